@@ -1,0 +1,122 @@
+import uuid
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+
+from .constants import Role
+
+
+class Team(models.Model):
+    """A group of people and applications that usage is attributed and billed to.
+
+    `default_tags` are merged under every request's metadata tags for the team's keys.
+    """
+
+    name = models.CharField(max_length=200, unique=True)
+    slug = models.SlugField(max_length=100, unique=True)
+    default_tags = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Membership(models.Model):
+    """A user's role in a team. Admin and finance roles reach across every team."""
+
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="memberships"
+    )
+    team = models.ForeignKey(Team, on_delete=models.CASCADE, related_name="memberships")
+    role = models.CharField(max_length=20, choices=Role.choices, default=Role.DEVELOPER)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["user", "team"], name="membership_unique_user_team"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.user} in {self.team} as {self.role}"
+
+
+class VirtualAccount(models.Model):
+    """A service account: an application's identity inside a team, owning its own keys."""
+
+    team = models.ForeignKey(Team, on_delete=models.PROTECT, related_name="virtual_accounts")
+    name = models.SlugField(max_length=100, unique=True)
+    description = models.TextField(blank=True)
+    default_tags = models.JSONField(default=dict, blank=True)
+    is_active = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class ApiKey(models.Model):
+    """A gateway key, owned by exactly one user or one virtual account.
+
+    Only a SHA-256 hash of the secret is stored; `prefix` is a short public handle for
+    display and lookups by humans. Keys rotated from one another share a `lineage_id`.
+    `team` is the team usage is attributed to (a user may belong to several).
+    """
+
+    name = models.CharField(max_length=200)
+    prefix = models.CharField(max_length=32, unique=True)
+    key_hash = models.CharField(max_length=64, unique=True)
+    team = models.ForeignKey(Team, on_delete=models.PROTECT, related_name="api_keys")
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="api_keys",
+    )
+    virtual_account = models.ForeignKey(
+        VirtualAccount,
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="api_keys",
+    )
+    lineage_id = models.UUIDField(default=uuid.uuid4, db_index=True)
+    rotated_from = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="successors"
+    )
+    default_tags = models.JSONField(default=dict, blank=True)
+    # Tag keys whose default value a request may not override.
+    enforced_tag_keys = models.JSONField(default=list, blank=True)
+    # Model names this key may call; empty means every model.
+    allowed_models = models.JSONField(default=list, blank=True)
+    scopes = models.JSONField(default=list, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    expires_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            models.CheckConstraint(
+                condition=(Q(user__isnull=False) & Q(virtual_account__isnull=True))
+                | (Q(user__isnull=True) & Q(virtual_account__isnull=False)),
+                name="apikey_exactly_one_owner",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.prefix}…)"
+
+    @property
+    def owner_label(self) -> str:
+        if self.virtual_account_id:
+            return f"virtualaccount:{self.virtual_account}"
+        return f"user:{self.user}"

@@ -1,0 +1,11 @@
+"""The Celery app. Tasks live in each app's tasks.py; beat schedules in settings."""
+
+import os
+
+from celery import Celery
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "gateway_portal.settings")
+
+app = Celery("gateway_portal")
+app.config_from_object("django.conf:settings", namespace="CELERY")
+app.autodiscover_tasks()

@@ -1,0 +1,47 @@
+"""Liveness and readiness probes, as JSON."""
+
+from django.conf import settings
+from django.db import connection
+from django.http import HttpRequest, JsonResponse
+
+
+def healthz(request: HttpRequest) -> JsonResponse:
+    return JsonResponse({"status": "ok"})
+
+
+def _check_database() -> str | None:
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+    except Exception as exc:  # any driver error means "not ready"
+        return f"database unreachable: {exc.__class__.__name__}"
+    return None
+
+
+def _check_redis() -> str | None:
+    if not settings.REDIS_URL:
+        return None
+    import redis
+
+    try:
+        client = redis.Redis.from_url(
+            settings.REDIS_URL, socket_timeout=1, socket_connect_timeout=1
+        )
+        client.ping()
+    except redis.RedisError as exc:
+        return f"redis unreachable: {exc.__class__.__name__}"
+    return None
+
+
+def readyz(request: HttpRequest) -> JsonResponse:
+    checks = {"database": _check_database(), "redis": _check_redis()}
+    problems = {name: reason for name, reason in checks.items() if reason}
+    body = {
+        "status": "ok" if not problems else "unavailable",
+        "checks": {name: (reason or "ok") for name, reason in checks.items()},
+    }
+    if not settings.REDIS_URL:
+        body["checks"]["redis"] = "not configured (embedded mode)"
+    if problems:
+        body["reason"] = "; ".join(problems.values())
+    return JsonResponse(body, status=503 if problems else 200)
