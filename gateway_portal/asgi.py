@@ -1,9 +1,12 @@
 """ASGI entry point.
 
-A small dispatcher sits in front of Django so the `/v1` hot path (added by the proxy)
-never crosses Django's middleware stack; everything else is the Django portal.
+A small dispatcher sits in front of Django: `/v1` goes straight to the proxy's plain ASGI
+app (no Django middleware on the hot path), `/simulator` to the built-in upstream
+simulator, everything else to the Django portal. The dispatcher also runs the lifespan:
+it loads the model catalog and starts and drains the usage writer.
 """
 
+import logging
 import os
 
 from django.core.asgi import get_asgi_application
@@ -12,6 +15,48 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "gateway_portal.settings")
 
 django_app = get_asgi_application()
 
+from django.conf import settings  # noqa: E402  (Django must be set up first)
 
-async def application(scope, receive, send):
+from apps.proxy import upstream  # noqa: E402
+from apps.proxy.app import app as proxy_app  # noqa: E402
+from apps.proxy.catalog import catalog  # noqa: E402
+from apps.proxy.simulator.app import create_app as create_simulator  # noqa: E402
+from apps.proxy.usage.writer import UsageWriter  # noqa: E402
+
+logger = logging.getLogger("tollgate.asgi")
+simulator_app = create_simulator(prefix="/simulator") if settings.SIMULATOR_MOUNTED else None
+usage_writer = UsageWriter()
+
+
+async def _lifespan(receive, send) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            try:
+                await catalog.refresh(force=True)
+            except Exception:  # an unmigrated database must not stop the portal from serving
+                logger.exception("could not load the model catalog at startup")
+            catalog.start()
+            await usage_writer.start()
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await usage_writer.stop()
+            await catalog.stop()
+            await upstream.close()
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+
+
+async def application(scope, receive, send) -> None:
+    if scope["type"] == "http":
+        path = scope["path"]
+        if path.startswith("/v1/"):
+            await proxy_app(scope, receive, send)
+            return
+        if simulator_app is not None and path.startswith("/simulator/"):
+            await simulator_app(scope, receive, send)
+            return
+    elif scope["type"] == "lifespan":
+        await _lifespan(receive, send)
+        return
     await django_app(scope, receive, send)

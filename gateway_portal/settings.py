@@ -90,6 +90,14 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     DATABASES["default"].setdefault("OPTIONS", {}).update(
         {"timeout": 20, "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;"}
     )
+    # A file, not Django's default in-memory test database, so that a gateway started by a
+    # test in another process sees the same rows.
+    DATABASES["default"].setdefault("TEST", {})["NAME"] = str(
+        Path(DATABASES["default"]["NAME"]).with_suffix(".test.sqlite3")
+    )
+if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+    # Fail fast when the database is away, so the proxy falls back instead of hanging.
+    DATABASES["default"].setdefault("OPTIONS", {}).setdefault("connect_timeout", 3)
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # --- Redis, cache and Celery ---------------------------------------------------
@@ -165,3 +173,48 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
     "loggers": {"django.db.backends": {"level": "WARNING"}},
 }
+
+# --- Proxy (/v1) -------------------------------------------------------------------
+PROXY_MAX_BODY_BYTES = env.int("PROXY_MAX_BODY_BYTES", default=10 * 1024 * 1024)
+# Deployments tried per request (the first plus failovers) and the backoff between them.
+PROXY_MAX_ATTEMPTS = env.int("PROXY_MAX_ATTEMPTS", default=3)
+PROXY_RETRY_BACKOFF = env.float("PROXY_RETRY_BACKOFF", default=0.05)
+UPSTREAM_CONNECT_TIMEOUT = env.float("UPSTREAM_CONNECT_TIMEOUT", default=5.0)
+UPSTREAM_POOL_LIMIT = env.int("UPSTREAM_POOL_LIMIT", default=1000)
+UPSTREAM_POOL_LIMIT_PER_HOST = env.int("UPSTREAM_POOL_LIMIT_PER_HOST", default=0)
+CATALOG_REFRESH_SECONDS = env.float("CATALOG_REFRESH_SECONDS", default=2.0)
+# Upstream base URLs must match one of these hostnames (`*.` wildcards) or networks.
+UPSTREAM_ALLOWED_HOSTS = env.list(
+    "UPSTREAM_ALLOWED_HOSTS",
+    default=[
+        "api.openai.com",
+        "*.openai.azure.com",
+        "api.anthropic.com",
+        "api.cohere.com",
+        "api.cohere.ai",
+        "api.groq.com",
+        "api.together.xyz",
+        "api.deepseek.com",
+        "api.mistral.ai",
+        "api.jina.ai",
+        "api.voyageai.com",
+        "localhost",
+        "127.0.0.0/8",
+        "::1/128",
+    ],
+)
+# Key for encrypting upstream provider secrets at rest (defaults to one derived from SECRET_KEY).
+UPSTREAM_SECRET_KEY = env.str("UPSTREAM_SECRET_KEY", default="")
+# The simulator is served at /simulator on the gateway itself (turn off in production).
+SIMULATOR_MOUNTED = env.bool("SIMULATOR_MOUNTED", default=True)
+# Where `make run`'s demo models reach the built-in simulator.
+SIMULATOR_BASE_URL = env.str(
+    "SIMULATOR_BASE_URL", default=f"http://127.0.0.1:{env.int('PORT', default=8000)}/simulator/v1"
+)
+
+# --- Usage capture -------------------------------------------------------------------
+USAGE_STREAM = env.str("USAGE_STREAM", default="tollgate:usage")
+USAGE_SPOOL_DIR = env.path("USAGE_SPOOL_DIR", default=VAR_DIR / "spool")
+USAGE_BATCH_SIZE = env.int("USAGE_BATCH_SIZE", default=500)
+USAGE_FLUSH_INTERVAL = env.float("USAGE_FLUSH_INTERVAL", default=1.0)
+USAGE_CLAIM_IDLE_MS = env.int("USAGE_CLAIM_IDLE_MS", default=30_000)

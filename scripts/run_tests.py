@@ -172,6 +172,8 @@ def main(argv: list[str]) -> int:
                 f"== suite against PostgreSQL ({database_url}) and Redis ({redis_url})", flush=True
             )
             services_rc = run_pytest(env, argv)
+        if os.environ.get("SKIP_EMBEDDED"):  # quicker local iterations
+            return services_rc
         embedded_env = {
             **base_env,
             "DATABASE_URL": f"sqlite:///{workdir / 'embedded.sqlite3'}",

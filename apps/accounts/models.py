@@ -16,6 +16,8 @@ class Team(models.Model):
     name = models.CharField(max_length=200, unique=True)
     slug = models.SlugField(max_length=100, unique=True)
     default_tags = models.JSONField(default=dict, blank=True)
+    # When off, the reserved `log_request` tag cannot make the gateway store bodies.
+    allow_request_logging = models.BooleanField(default=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

@@ -3,7 +3,6 @@ import uuid
 from django.db import models
 
 
-
 class ProviderType(models.TextChoices):
     OPENAI = "openai", "OpenAI-compatible"
     AZURE_OPENAI = "azure_openai", "Azure OpenAI"
@@ -63,8 +62,12 @@ class Deployment(models.Model):
     priority = models.IntegerField(default=0)
     weight = models.PositiveIntegerField(default=1)
     price_model_name = models.CharField(max_length=200, blank=True)
-    input_cost_per_token = models.DecimalField(max_digits=20, decimal_places=12, null=True, blank=True)
-    output_cost_per_token = models.DecimalField(max_digits=20, decimal_places=12, null=True, blank=True)
+    input_cost_per_token = models.DecimalField(
+        max_digits=20, decimal_places=12, null=True, blank=True
+    )
+    output_cost_per_token = models.DecimalField(
+        max_digits=20, decimal_places=12, null=True, blank=True
+    )
     cached_input_cost_per_token = models.DecimalField(
         max_digits=20, decimal_places=12, null=True, blank=True
     )
@@ -131,6 +134,3 @@ class UsageRecord(models.Model):
     @staticmethod
     def new_request_id() -> str:
         return f"req_{uuid.uuid4().hex}"
-
-
-

@@ -1,0 +1,79 @@
+from django import forms
+from django.conf import settings
+from django.contrib import admin
+
+from .models import Deployment, GatewayModel, UsageRecord
+from .validators import validate_upstream_base_url
+
+
+class DeploymentForm(forms.ModelForm):
+    base_url = forms.URLField(max_length=500, assume_scheme="https")
+
+    class Meta:
+        model = Deployment
+        fields = (
+            "name",
+            "provider",
+            "upstream_model",
+            "base_url",
+            "api_version",
+            "api_key_env",
+            "timeout_seconds",
+            "priority",
+            "weight",
+            "price_model_name",
+            "input_cost_per_token",
+            "output_cost_per_token",
+            "cached_input_cost_per_token",
+            "extra",
+            "is_active",
+        )
+
+    def clean_base_url(self) -> str:
+        url = self.cleaned_data["base_url"]
+        validate_upstream_base_url(url, settings.UPSTREAM_ALLOWED_HOSTS)
+        return url
+
+
+class DeploymentInline(admin.StackedInline):
+    model = Deployment
+    form = DeploymentForm
+    extra = 0
+
+
+@admin.register(GatewayModel)
+class GatewayModelAdmin(admin.ModelAdmin):
+    list_display = ("name", "mode", "routing_strategy", "is_active", "updated_at")
+    list_filter = ("mode", "is_active")
+    search_fields = ("name",)
+    inlines = [DeploymentInline]
+
+
+@admin.register(UsageRecord)
+class UsageRecordAdmin(admin.ModelAdmin):
+    """Usage is money: rows are read-only here."""
+
+    list_display = (
+        "created_at",
+        "request_id",
+        "model",
+        "team_id",
+        "status_code",
+        "input_tokens",
+        "output_tokens",
+        "cost_usd",
+        "latency_ms",
+        "is_stream",
+    )
+    list_filter = ("model", "status_code", "request_type", "is_stream")
+    search_fields = ("request_id", "model")
+    date_hierarchy = "created_at"
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False

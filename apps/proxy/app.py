@@ -1,0 +1,175 @@
+"""The /v1 hot path: a plain ASGI app, served in front of Django by gateway_portal.asgi.
+
+Request flow: read and size-check the body -> authenticate the key (in-process cache) ->
+validate the body and the metadata header -> resolve the model from the in-memory catalog ->
+forward through `calls` (failover, streaming) -> hand the usage record to the buffer.
+No database query happens here on a warm worker.
+"""
+
+import time
+import uuid
+
+import orjson
+from django.conf import settings
+
+from . import calls
+from .auth import KeyInfo, authenticate
+from .catalog import catalog
+from .errors import BadRequest, Forbidden, GatewayError, MethodNotAllowed, NotFound, PayloadTooLarge
+from .metadata import HEADER_NAMES, LOG_REQUEST_TAG, merge_tags, parse_metadata_header
+from .providers.base import CHAT, COMPLETION, EMBEDDING, RERANK
+from .responses import send_json
+from .validation import validate_body
+
+POST_ROUTES = {
+    "/v1/chat/completions": CHAT,
+    "/v1/completions": COMPLETION,
+    "/v1/embeddings": EMBEDDING,
+    "/v1/rerank": RERANK,
+}
+MODE_FOR_KIND = {
+    CHAT: "chat",
+    COMPLETION: ("completion", "chat"),
+    EMBEDDING: "embedding",
+    RERANK: "rerank",
+}
+
+
+def new_request_id() -> str:
+    return f"req_{uuid.uuid4().hex}"
+
+
+async def read_body(receive, headers: dict[bytes, bytes]) -> bytes:
+    limit = settings.PROXY_MAX_BODY_BYTES
+    declared = headers.get(b"content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"Request body is {int(declared)} bytes; the limit is {limit}.")
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise calls.ClientGone()
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"Request body exceeds the limit of {limit} bytes.")
+        chunks.append(chunk)
+        if not message.get("more_body"):
+            return b"".join(chunks)
+
+
+def _models_list(key: KeyInfo) -> bytes:
+    data = [
+        {"id": entry.name, "object": "model", "created": entry.created_ts, "owned_by": "tollgate"}
+        for entry in catalog.models.values()
+        if key.may_use(entry.name)
+    ]
+    return orjson.dumps({"object": "list", "data": data})
+
+
+def _model_detail(key: KeyInfo, name: str) -> bytes:
+    entry = catalog.models.get(name)
+    if entry is None or not key.may_use(name):
+        raise NotFound(f"The model '{name}' does not exist", param="model", code="model_not_found")
+    return orjson.dumps(
+        {"id": entry.name, "object": "model", "created": entry.created_ts, "owned_by": "tollgate"}
+    )
+
+
+async def app(scope, receive, send) -> None:
+    """ASGI entry for every /v1 path."""
+    started = time.perf_counter()
+    request_id = new_request_id()
+    headers = dict(scope["headers"])
+    path = scope["path"]
+    method = scope["method"]
+    try:
+        kind = POST_ROUTES.get(path)
+        if kind is None and not path.startswith("/v1/models"):
+            raise NotFound(f"Unknown path {path}.", code="unknown_url")
+        if kind is not None and method != "POST":
+            raise MethodNotAllowed(f"{method} is not allowed on {path}; use POST.")
+        key = await authenticate(headers)
+        await catalog.ensure_loaded()
+        if kind is None:
+            if method != "GET":
+                raise MethodNotAllowed(f"{method} is not allowed on {path}; use GET.")
+            name = path.removeprefix("/v1/models").strip("/")
+            body = _model_detail(key, name) if name else _models_list(key)
+            await send_json(send, 200, body, request_id)
+            return
+        raw = await read_body(receive, headers)
+        call = _prepare_call(
+            kind=kind, raw=raw, key=key, headers=headers, request_id=request_id, started=started
+        )
+    except calls.ClientGone:
+        return
+    except GatewayError as error:
+        await send_json(send, error.status, error.body(), request_id, error.headers)
+        return
+    await calls.run(call, receive, send)
+
+
+def _prepare_call(
+    *,
+    kind: str,
+    raw: bytes,
+    key: KeyInfo,
+    headers: dict[bytes, bytes],
+    request_id: str,
+    started: float,
+) -> "calls.Call":
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise BadRequest(
+            "We could not parse the JSON body of your request.", code="invalid_json"
+        ) from None
+    body = validate_body(kind, body)
+    request_tags: dict[str, str] = {}
+    for name in HEADER_NAMES:
+        if name in headers:
+            request_tags = parse_metadata_header(headers[name])
+            break
+    model_name = body["model"]
+    entry = catalog.models.get(model_name)
+    if entry is None:
+        raise NotFound(
+            f"The model '{model_name}' does not exist or is not served here.",
+            param="model",
+            code="model_not_found",
+        )
+    if not key.may_use(model_name):
+        raise Forbidden(f"This API key may not use the model '{model_name}'.", param="model")
+    expected = MODE_FOR_KIND[kind]
+    if entry.mode != expected and entry.mode not in expected:
+        raise BadRequest(
+            f"The model '{model_name}' is a {entry.mode} model and cannot serve {path_for(kind)}.",
+            param="model",
+            code="wrong_model_mode",
+        )
+    tags = merge_tags(
+        team_defaults=key.team_tags,
+        owner_defaults=key.owner_tags,
+        key_defaults=key.key_tags,
+        request_tags=request_tags,
+        enforced_keys=key.enforced_tag_keys,
+    )
+    log_bodies = tags.get(LOG_REQUEST_TAG) == "true" and key.allow_request_logging
+    return calls.Call(
+        request_id=request_id,
+        started=started,
+        key=key,
+        kind=kind,
+        model=entry,
+        body=body,
+        tags=tags,
+        end_user=body.get("user") or "",
+        stream=bool(body.get("stream")) and kind in (CHAT, COMPLETION),
+        log_bodies=log_bodies,
+    )
+
+
+def path_for(kind: str) -> str:
+    return next(path for path, value in POST_ROUTES.items() if value == kind)

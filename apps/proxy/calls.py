@@ -1,0 +1,428 @@
+"""Forwarding one client call upstream: failover, streaming relay, usage capture.
+
+The usage record is put in the durable buffer *before* the last byte of the answer is sent,
+so a worker killed after answering cannot lose it; the database write happens later, in
+batches, in the usage writer.
+"""
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal
+
+import orjson
+from django.conf import settings
+
+from . import upstream
+from .auth import KeyInfo
+from .catalog import ModelEntry, catalog
+from .errors import BadRequest, GatewayError, UpstreamError
+from .providers.base import DeploymentInfo, UnsupportedRequest, Usage
+from .providers.registry import provider_for
+from .responses import send_json
+from .router import deployments_to_try
+from .tokens import estimate_input_tokens, estimate_text_tokens
+from .usage.buffer import get_usage_buffer
+from .usage.event import UsageEvent
+
+logger = logging.getLogger(__name__)
+
+RETRYABLE_STATUSES = frozenset({401, 403, 408, 409, 429})
+
+
+class ClientGone(Exception):
+    """The client went away before we could answer."""
+
+
+@dataclass(slots=True)
+class Call:
+    request_id: str
+    started: float
+    key: KeyInfo
+    kind: str
+    model: ModelEntry
+    body: dict
+    tags: dict[str, str]
+    end_user: str
+    stream: bool
+    log_bodies: bool
+    created_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    # Outcome, filled in as the call goes.
+    status: int = 0
+    error_type: str = ""
+    deployment: DeploymentInfo | None = None
+    attempts: int = 0
+    usage: Usage | None = None
+    ttft_ms: float | None = None
+    upstream_ms: float | None = None
+    upstream_started: float | None = None
+    client_disconnected: bool = False
+    response_body: dict | None = None
+
+
+@dataclass(slots=True)
+class _Failure:
+    kind: str  # "timeout", "connection", "status"
+    detail: str
+    status: int = 0
+    retry_after: str | None = None
+
+
+def _failure_error(failure: _Failure | None) -> UpstreamError:
+    if failure is None:
+        return UpstreamError(
+            "No deployment is configured for this model.", status=503, code="no_deployment"
+        )
+    if failure.kind == "timeout":
+        return UpstreamError(
+            f"The upstream timed out: {failure.detail}", status=504, code="upstream_timeout"
+        )
+    if failure.kind == "status" and failure.status == 429:
+        headers = {"retry-after": failure.retry_after} if failure.retry_after else None
+        return UpstreamError(
+            "Every upstream deployment is rate limited; retry later.",
+            status=503,
+            code="upstream_rate_limited",
+            headers=headers,
+        )
+    if failure.kind == "connection":
+        return UpstreamError(
+            f"Could not reach the upstream: {failure.detail}",
+            status=502,
+            code="upstream_unreachable",
+        )
+    return UpstreamError(
+        f"The upstream failed: {failure.detail}", status=502, code="upstream_error"
+    )
+
+
+def _client_error_from_upstream(provider, status: int, raw: bytes) -> GatewayError:
+    """An upstream 4xx caused by the request itself, passed on in OpenAI's shape."""
+    try:
+        message = provider.error_message(orjson.loads(raw))
+    except (orjson.JSONDecodeError, AttributeError, TypeError, KeyError):
+        message = raw[:500].decode("utf-8", "replace") or f"upstream answered {status}"
+    error = GatewayError(message, status=status, code="upstream_rejected_request")
+    error.error_type = "invalid_request_error"
+    return error
+
+
+async def _backoff(attempt: int) -> None:
+    if attempt > 1:
+        await asyncio.sleep(min(settings.PROXY_RETRY_BACKOFF * (2 ** (attempt - 2)), 1.0))
+
+
+async def _open(call: Call, stream: bool):
+    """Try deployments in router order; return (deployment, provider, open response).
+
+    Failover on connection errors, timeouts, 429, 5xx and credential errors; a 4xx caused by
+    the request is returned to the client at once.
+    """
+    failure: _Failure | None = None
+    unsupported = 0
+    candidates = deployments_to_try(call.model, call.body)[: settings.PROXY_MAX_ATTEMPTS]
+    for attempt, deployment in enumerate(candidates, 1):
+        provider = provider_for(deployment)
+        try:
+            request = provider.build(call.kind, call.body, deployment)
+        except UnsupportedRequest as exc:
+            unsupported += 1
+            failure = failure or _Failure("status", str(exc), 400)
+            continue
+        await _backoff(attempt)
+        call.attempts = attempt
+        call.deployment = deployment
+        call.upstream_started = time.perf_counter()
+        try:
+            response = await upstream.open_response(
+                request,
+                orjson.dumps(request.json),
+                timeout_seconds=deployment.timeout_seconds,
+                stream=stream,
+            )
+        except upstream.UpstreamTimeout as exc:
+            failure = _Failure("timeout", f"{deployment.name}: {exc}")
+            continue
+        except upstream.UpstreamConnectionError as exc:
+            failure = _Failure("connection", f"{deployment.name}: {exc}")
+            continue
+        status = response.status
+        if status == 200:
+            return deployment, provider, response
+        raw = await upstream.read_body(response)
+        if status >= 500 or status in RETRYABLE_STATUSES:
+            failure = _Failure(
+                "status",
+                f"{deployment.name} answered {status}",
+                status,
+                response.headers.get("retry-after"),
+            )
+            logger.warning("deployment %s answered %s; trying the next", deployment.name, status)
+            continue
+        call.upstream_ms = (time.perf_counter() - call.upstream_started) * 1000
+        raise _client_error_from_upstream(provider, status, raw)
+    if unsupported and unsupported == len(candidates):
+        raise BadRequest(
+            f"The model '{call.model.name}' cannot serve this kind of request.",
+            code="unsupported_request",
+        )
+    raise _failure_error(failure)
+
+
+async def run(call: Call, receive, send) -> None:
+    try:
+        if call.stream:
+            await _run_stream(call, receive, send)
+        else:
+            await _run_json(call, send)
+    except GatewayError as error:
+        call.status = error.status
+        call.error_type = error.code or error.error_type
+        await _record(call)
+        await send_json(send, error.status, error.body(), call.request_id, error.headers)
+
+
+async def _run_json(call: Call, send) -> None:
+    deployment, provider, response = await _open(call, stream=False)
+    try:
+        raw = await upstream.read_body(response)
+    except (upstream.UpstreamTimeout, upstream.UpstreamConnectionError) as exc:
+        raise UpstreamError(f"The upstream failed mid-answer: {exc}") from exc
+    call.upstream_ms = (time.perf_counter() - call.upstream_started) * 1000
+    try:
+        data = provider.parse(call.kind, orjson.loads(raw), deployment)
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        raise UpstreamError(f"The upstream answered something that is not valid: {exc}") from exc
+    call.status = 200
+    call.usage = provider.usage(call.kind, data) or _estimate_usage(call, data)
+    if call.log_bodies:
+        call.response_body = data
+    body = orjson.dumps(data)
+    await _record(call)
+    await send_json(send, 200, body, call.request_id)
+
+
+def _estimate_usage(call: Call, data: dict) -> Usage:
+    output = 0
+    for choice in data.get("choices") or []:
+        message = choice.get("message") or {}
+        output += estimate_text_tokens(message.get("content") or choice.get("text") or "")
+    return Usage(estimate_input_tokens(call.kind, call.body), output, 0, estimated=True)
+
+
+async def _watch_disconnect(receive, gone: asyncio.Event) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            gone.set()
+            return
+
+
+def _sse(data: bytes) -> bytes:
+    return b"data: " + data + b"\n\n"
+
+
+async def _sse_events(content):
+    """Yield (event name, data bytes) from an upstream SSE body, as they arrive."""
+    event: str | None = None
+    data_lines: list[bytes] = []
+    async for raw_line in content:
+        line = raw_line.rstrip(b"\r\n")
+        if not line:
+            if data_lines:
+                yield event, b"\n".join(data_lines)
+            event, data_lines = None, []
+            continue
+        if line.startswith(b"data:"):
+            data_lines.append(line[5:].lstrip())
+        elif line.startswith(b"event:"):
+            event = line[6:].strip().decode()
+    if data_lines:
+        yield event, b"\n".join(data_lines)
+
+
+async def _run_stream(call: Call, receive, send) -> None:
+    client_wants_usage = bool((call.body.get("stream_options") or {}).get("include_usage"))
+    deployment, provider, response = await _open(call, stream=True)
+    gone = asyncio.Event()
+    watcher = asyncio.get_running_loop().create_task(_watch_disconnect(receive, gone))
+    translator = provider.stream_translator(deployment)
+    native = provider.openai_native_stream
+    rewrite_model = deployment.upstream_model != deployment.model_name
+    produced: list[str] = []
+    call.status = 200
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [
+                (b"content-type", b"text/event-stream; charset=utf-8"),
+                (b"cache-control", b"no-cache"),
+                (b"x-request-id", call.request_id.encode()),
+            ],
+        }
+    )
+    failed = False
+    try:
+        async for event, data in _sse_events(response.content):
+            if gone.is_set():
+                call.client_disconnected = True
+                break
+            if data == b"[DONE]":
+                break
+            try:
+                parsed = orjson.loads(data)
+            except orjson.JSONDecodeError:
+                continue
+            if native:
+                out_chunks = _native_chunk(
+                    call, parsed, data, rewrite_model, client_wants_usage, deployment, produced
+                )
+            else:
+                out_chunks = [
+                    _sse(orjson.dumps(chunk))
+                    for chunk in translator.feed(event, parsed)
+                    if _note_chunk(call, chunk, produced)
+                ]
+            for chunk in out_chunks:
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+    except (TimeoutError, OSError, Exception) as exc:
+        # Anything may break mid-stream; the client already has a 200, so it gets an error
+        # event, and the usage produced so far is still billed.
+        failed = True
+        call.error_type = "upstream_stream_error"
+        logger.warning("stream from %s broke: %s", deployment.name, exc.__class__.__name__)
+    finally:
+        response.release()
+        watcher.cancel()
+    call.upstream_ms = (time.perf_counter() - call.upstream_started) * 1000
+    if gone.is_set():
+        call.client_disconnected = True
+    if not native and translator.usage is not None:
+        call.usage = translator.usage
+    if getattr(translator, "error", None):
+        call.error_type = "upstream_stream_error"
+    if call.usage is None:
+        call.usage = Usage(
+            estimate_input_tokens(call.kind, call.body),
+            sum(estimate_text_tokens(text) for text in produced),
+            0,
+            estimated=True,
+        )
+    if call.log_bodies:
+        call.response_body = {"streamed_content": "".join(produced)}
+    tail = b""
+    if failed:
+        error = UpstreamError("The upstream stream broke off.", code="upstream_stream_error")
+        tail += _sse(error.body())
+    elif not native and client_wants_usage and not call.client_disconnected:
+        tail += _sse(orjson.dumps(translator.usage_chunk(call.usage)))
+    await _record(call)
+    await send({"type": "http.response.body", "body": tail + _sse(b"[DONE]"), "more_body": False})
+
+
+def _note_chunk(call: Call, chunk: dict, produced: list[str]) -> bool:
+    """Track time to first token and produced text of a translated chunk; keep all."""
+    for choice in chunk.get("choices") or ():
+        delta = choice.get("delta") or {}
+        text = delta.get("content") or ""
+        if text or delta.get("tool_calls"):
+            if call.ttft_ms is None:
+                call.ttft_ms = (time.perf_counter() - call.started) * 1000
+            produced.append(text)
+            for tool_call in delta.get("tool_calls") or ():
+                produced.append((tool_call.get("function") or {}).get("arguments") or "")
+    return True
+
+
+def _native_chunk(
+    call: Call,
+    parsed: dict,
+    data: bytes,
+    rewrite_model: bool,
+    client_wants_usage: bool,
+    deployment: DeploymentInfo,
+    produced: list[str],
+) -> list[bytes]:
+    usage = parsed.get("usage")
+    if usage:
+        details = usage.get("prompt_tokens_details") or {}
+        call.usage = Usage(
+            int(usage.get("prompt_tokens") or 0),
+            int(usage.get("completion_tokens") or 0),
+            int(details.get("cached_tokens") or 0),
+        )
+    _note_chunk(call, parsed, produced)
+    changed = False
+    if rewrite_model and "model" in parsed:
+        parsed["model"] = deployment.model_name
+        changed = True
+    if usage is not None and not client_wants_usage:
+        # We asked the upstream for usage; a client that did not ask never sees it.
+        if not parsed.get("choices"):
+            return []
+        parsed.pop("usage", None)
+        changed = True
+    return [_sse(orjson.dumps(parsed) if changed else data)]
+
+
+def _cost(call: Call) -> Decimal:
+    deployment = call.deployment
+    usage = call.usage
+    if deployment is None or usage is None:
+        return Decimal(0)
+    return catalog.prices.cost_for(
+        deployment.price_model_name,
+        usage.input_tokens,
+        usage.output_tokens,
+        usage.cached_tokens,
+        call.created_at,
+        override=(
+            deployment.input_cost_per_token,
+            deployment.output_cost_per_token,
+            deployment.cached_input_cost_per_token,
+        ),
+    )
+
+
+async def _record(call: Call) -> None:
+    now = time.perf_counter()
+    latency_ms = (now - call.started) * 1000
+    usage = call.usage or Usage()
+    deployment = call.deployment
+    event = UsageEvent(
+        request_id=call.request_id,
+        created_at=call.created_at,
+        api_key_id=call.key.id,
+        key_lineage_id=call.key.lineage_id,
+        user_id=call.key.user_id,
+        team_id=call.key.team_id,
+        virtual_account_id=call.key.virtual_account_id,
+        end_user=call.end_user[:256],
+        model=call.model.name,
+        deployment=deployment.name if deployment else "",
+        provider=deployment.provider if deployment else "",
+        request_type=call.kind,
+        is_stream=call.stream,
+        status_code=call.status,
+        error_type=call.error_type,
+        input_tokens=usage.input_tokens,
+        output_tokens=usage.output_tokens,
+        cached_tokens=usage.cached_tokens,
+        tokens_estimated=usage.estimated,
+        cost_usd=_cost(call),
+        latency_ms=round(latency_ms, 3),
+        ttft_ms=round(call.ttft_ms, 3) if call.ttft_ms is not None else None,
+        upstream_latency_ms=round(call.upstream_ms, 3) if call.upstream_ms is not None else None,
+        overhead_ms=(
+            round(latency_ms - call.upstream_ms, 3) if call.upstream_ms is not None else None
+        ),
+        attempts=max(call.attempts, 1),
+        client_disconnected=call.client_disconnected,
+        tags=call.tags,
+        request_body=call.body if call.log_bodies else None,
+        response_body=call.response_body,
+    )
+    await get_usage_buffer().put(event)

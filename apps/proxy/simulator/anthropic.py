@@ -1,0 +1,195 @@
+"""Anthropic's Messages API (`POST /v1/messages`), answers and SSE events in its wire format."""
+
+import secrets
+from collections.abc import Mapping
+from typing import Any
+
+from .content import (
+    content_text,
+    count_message_tokens,
+    count_tokens,
+    seed_of,
+    split_for_stream,
+    tool_arguments,
+)
+from .knobs import Knobs
+from .params import non_stream_delay, optional_int, require_str, stop_list, text_answer
+from .wire import ApiError, ChunkTemplate, EventStream, Request, Send, dumps, send_json, sse_event
+
+_PING = sse_event("ping", {"type": "ping"})
+_MESSAGE_STOP = sse_event("message_stop", {"type": "message_stop"})
+
+
+def _check(body: Mapping[str, Any]) -> list[Any]:
+    require_str(body, "model")
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise ApiError(400, "messages: Field required (a non-empty list)", param="messages")
+    for index, message in enumerate(messages):
+        if not isinstance(message, Mapping) or message.get("role") not in ("user", "assistant"):
+            raise ApiError(400, f"messages.{index}.role: Input should be 'user' or 'assistant'")
+    return messages
+
+
+def _pick_tool(body: Mapping[str, Any], messages: list[Any]) -> Mapping[str, Any] | None:
+    """The tool the answer uses, or None for a text answer (same rule as the OpenAI mode)."""
+    tools = body.get("tools")
+    if not isinstance(tools, list):
+        return None
+    named = [t for t in tools if isinstance(t, Mapping) and isinstance(t.get("name"), str)]
+    choice = body.get("tool_choice") if isinstance(body.get("tool_choice"), Mapping) else {}
+    kind = choice.get("type", "auto")
+    if not named or kind == "none":
+        return None
+    if kind == "tool":
+        for tool in named:
+            if tool["name"] == choice.get("name"):
+                return tool
+        raise ApiError(400, f"tool_choice.name: unknown tool {choice.get('name')!r}")
+    if kind != "any":
+        last = messages[-1]
+        content = last.get("content")
+        has_result = isinstance(content, list) and any(
+            isinstance(b, Mapping) and b.get("type") == "tool_result" for b in content
+        )
+        if last.get("role") != "user" or has_result:
+            return None
+        if "weather" not in content_text(content).lower():
+            return None
+    for tool in named:
+        if "weather" in tool["name"].lower():
+            return tool
+    return named[0]
+
+
+async def messages_create(req: Request, body: Mapping[str, Any], knobs: Knobs, send: Send) -> None:
+    messages = _check(body)
+    model = body["model"]
+    if body.get("max_tokens") is None:
+        raise ApiError(400, "max_tokens: Field required", param="max_tokens")
+    max_tokens = optional_int(body, "max_tokens")
+    stops = stop_list(body.get("stop_sequences"), "stop_sequences")
+    system = body.get("system")
+    input_tokens = count_message_tokens(messages, system=system, tools=body.get("tools"))
+    tool = _pick_tool(body, messages)
+    message_id = "msg_" + secrets.token_hex(12)
+    stop_sequence = None
+
+    if tool is not None:
+        prompt = content_text(messages[-1].get("content"))
+        tool_input = tool_arguments(tool.get("input_schema"), prompt)
+        block: dict[str, Any] = {
+            "type": "tool_use",
+            "id": "toolu_" + secrets.token_hex(12),
+            "name": tool["name"],
+            "input": tool_input,
+        }
+        input_json = dumps(tool_input).decode()
+        output_tokens = count_tokens(tool["name"]) + count_tokens(input_json)
+        stop_reason = "tool_use"
+        pieces: tuple[str, ...] = ()
+    else:
+        pieces, reason = text_answer(seed_of(messages, system), knobs, max_tokens, stops)
+        if reason == "length":
+            stop_reason = "max_tokens"
+        elif reason.startswith("stop_sequence:"):
+            stop_reason, stop_sequence = "stop_sequence", reason.removeprefix("stop_sequence:")
+        else:
+            stop_reason = "end_turn"
+        text = "".join(pieces)
+        block = {"type": "text", "text": text}
+        output_tokens = count_tokens(text)
+
+    usage = {
+        "input_tokens": input_tokens,
+        "cache_creation_input_tokens": 0,
+        "cache_read_input_tokens": 0,
+        "output_tokens": output_tokens,
+    }
+    message: dict[str, Any] = {
+        "id": message_id,
+        "type": "message",
+        "role": "assistant",
+        "model": model,
+        "content": [block],
+        "stop_reason": stop_reason,
+        "stop_sequence": stop_sequence,
+        "usage": usage,
+    }
+    if body.get("stream") is not True:
+        await non_stream_delay(knobs)
+        await send_json(send, 200, message)
+        return
+
+    # message_start carries the input tokens; output_tokens there is a placeholder, the
+    # cumulative count comes in message_delta (as Anthropic does).
+    start = {
+        **message,
+        "content": [],
+        "stop_reason": None,
+        "stop_sequence": None,
+        "usage": {**usage, "output_tokens": 1},
+    }
+    if tool is not None:
+        empty_block = {**block, "input": {}}
+        delta_type, field, deltas = "input_json_delta", "partial_json", split_for_stream(input_json)
+    else:
+        empty_block = {"type": "text", "text": ""}
+        delta_type, field, deltas = "text_delta", "text", list(pieces)
+    template = ChunkTemplate(
+        {
+            "type": "content_block_delta",
+            "index": 0,
+            "delta": {"type": delta_type, field: ChunkTemplate.slot()},
+        },
+        prefix=b"event: content_block_delta\ndata: ",
+    )
+    stream = EventStream(
+        send,
+        disconnect_after=knobs.disconnect_after_chunks,
+        tokens_per_second=knobs.tokens_per_second,
+    )
+    try:
+        if not await stream.start(req.receive, knobs.first_token_delay):
+            return
+        opening = (
+            sse_event("message_start", {"type": "message_start", "message": start}),
+            sse_event(
+                "content_block_start",
+                {"type": "content_block_start", "index": 0, "content_block": empty_block},
+            ),
+            _PING,
+        )
+        for event in opening:
+            if not await stream.event(event):
+                return
+        for delta in deltas:
+            if not await stream.event(template.render(delta), paced=True):
+                return
+        closing = (
+            sse_event("content_block_stop", {"type": "content_block_stop", "index": 0}),
+            sse_event(
+                "message_delta",
+                {
+                    "type": "message_delta",
+                    "delta": {"stop_reason": stop_reason, "stop_sequence": stop_sequence},
+                    "usage": {"output_tokens": output_tokens},
+                },
+            ),
+            _MESSAGE_STOP,
+        )
+        for event in closing:
+            if not await stream.event(event):
+                return
+        await stream.finish()
+    finally:
+        stream.close()
+
+
+async def count_tokens_endpoint(
+    req: Request, body: Mapping[str, Any], knobs: Knobs, send: Send
+) -> None:
+    """`POST /v1/messages/count_tokens`: the input tokens a Messages request would bill."""
+    messages = _check(body)
+    tokens = count_message_tokens(messages, system=body.get("system"), tools=body.get("tools"))
+    await send_json(send, 200, {"input_tokens": tokens})

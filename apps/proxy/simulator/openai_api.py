@@ -1,0 +1,313 @@
+"""OpenAI's chat completions and legacy completions, whole and streamed."""
+
+import secrets
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from .content import (
+    content_text,
+    count_message_tokens,
+    count_tokens,
+    seed_of,
+    split_for_stream,
+    tool_arguments,
+)
+from .knobs import Knobs
+from .params import non_stream_delay, optional_int, require_str, stop_list, text_answer
+from .wire import ApiError, ChunkTemplate, EventStream, Request, Send, dumps, send_json, sse_data
+
+SYSTEM_FINGERPRINT = "fp_tollgate_sim"
+_DONE = b"data: [DONE]\n\n"
+
+
+def _usage(prompt_tokens: int, completion_tokens: int) -> dict[str, Any]:
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
+        "completion_tokens_details": {
+            "reasoning_tokens": 0,
+            "audio_tokens": 0,
+            "accepted_prediction_tokens": 0,
+            "rejected_prediction_tokens": 0,
+        },
+    }
+
+
+# Tools ---------------------------------------------------------------------------------------
+
+
+def _pick_function(body: Mapping[str, Any], messages: list[Any]) -> dict[str, Any] | None:
+    """The function the answer calls, or None for a text answer.
+
+    A call happens when tool_choice forces one, or when the conversation ends with a user
+    message mentioning "weather"; after a tool result the model answers in text.
+    """
+    tools = body.get("tools")
+    if not isinstance(tools, list) or not tools:
+        return None
+    functions = [
+        t["function"]
+        for t in tools
+        if isinstance(t, Mapping)
+        and isinstance(t.get("function"), Mapping)
+        and isinstance(t["function"].get("name"), str)
+    ]
+    choice = body.get("tool_choice")
+    if not functions or choice == "none":
+        return None
+    if isinstance(choice, Mapping):
+        function_choice = choice.get("function")
+        wanted = function_choice.get("name") if isinstance(function_choice, Mapping) else None
+        for function in functions:
+            if function["name"] == wanted:
+                return function
+        raise ApiError(
+            400, f"tool_choice names an unknown function: {wanted!r}.", param="tool_choice"
+        )
+    last = messages[-1] if isinstance(messages[-1], Mapping) else {}
+    if choice != "required":
+        if last.get("role") != "user":
+            return None
+        if "weather" not in content_text(last.get("content")).lower():
+            return None
+    for function in functions:
+        if "weather" in function["name"].lower():
+            return function
+    return functions[0]
+
+
+# Chat completions ----------------------------------------------------------------------------
+
+
+async def chat_completions(req: Request, body: Mapping[str, Any], knobs: Knobs, send: Send) -> None:
+    model = require_str(body, "model")
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise ApiError(400, "'messages' must be a non-empty array.", param="messages")
+    max_tokens = optional_int(body, "max_completion_tokens", "max_tokens")
+    stops = stop_list(body.get("stop"))
+    prompt_tokens = count_message_tokens(messages, tools=body.get("tools"))
+    function = _pick_function(body, messages)
+
+    if function is not None:
+        prompt = (
+            content_text(messages[-1].get("content")) if isinstance(messages[-1], Mapping) else ""
+        )
+        name = function["name"]
+        arguments = dumps(tool_arguments(function.get("parameters"), prompt)).decode()
+        call_id = "call_" + secrets.token_hex(12)
+        completion_tokens = count_tokens(name) + count_tokens(arguments)
+        finish_reason = "tool_calls"
+        pieces: tuple[str, ...] = ()
+    else:
+        pieces, reason = text_answer(seed_of(messages), knobs, max_tokens, stops)
+        finish_reason = "length" if reason == "length" else "stop"
+        completion_tokens = count_tokens("".join(pieces))
+
+    completion_id = "chatcmpl-" + secrets.token_hex(12)
+    created = int(time.time())
+    usage = _usage(prompt_tokens, completion_tokens)
+
+    if body.get("stream") is not True:
+        await non_stream_delay(knobs)
+        if function is not None:
+            message: dict[str, Any] = {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [
+                    {
+                        "id": call_id,
+                        "type": "function",
+                        "function": {"name": name, "arguments": arguments},
+                    }
+                ],
+                "refusal": None,
+                "annotations": [],
+            }
+        else:
+            message = {
+                "role": "assistant",
+                "content": "".join(pieces),
+                "refusal": None,
+                "annotations": [],
+            }
+        answer = {
+            "id": completion_id,
+            "object": "chat.completion",
+            "created": created,
+            "model": model,
+            "choices": [
+                {"index": 0, "message": message, "logprobs": None, "finish_reason": finish_reason}
+            ],
+            "usage": usage,
+            "service_tier": "default",
+            "system_fingerprint": SYSTEM_FINGERPRINT,
+        }
+        await send_json(send, 200, answer)
+        return
+
+    options = body.get("stream_options")
+    include_usage = isinstance(options, Mapping) and options.get("include_usage") is True
+
+    def chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
+        value: dict[str, Any] = {
+            "id": completion_id,
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": model,
+            "service_tier": "default",
+            "system_fingerprint": SYSTEM_FINGERPRINT,
+            "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
+        }
+        if include_usage:
+            value["usage"] = None
+        return value
+
+    stream = EventStream(
+        send,
+        disconnect_after=knobs.disconnect_after_chunks,
+        tokens_per_second=knobs.tokens_per_second,
+    )
+    try:
+        if not await stream.start(req.receive, knobs.first_token_delay):
+            return
+        if function is not None:
+            head = {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [
+                    {
+                        "index": 0,
+                        "id": call_id,
+                        "type": "function",
+                        "function": {"name": name, "arguments": ""},
+                    }
+                ],
+                "refusal": None,
+            }
+            if not await stream.event(sse_data(chunk(head))):
+                return
+            template = ChunkTemplate(
+                chunk(
+                    {"tool_calls": [{"index": 0, "function": {"arguments": ChunkTemplate.slot()}}]}
+                )
+            )
+            deltas = split_for_stream(arguments)
+        else:
+            head = {"role": "assistant", "content": "", "refusal": None}
+            if not await stream.event(sse_data(chunk(head))):
+                return
+            template = ChunkTemplate(chunk({"content": ChunkTemplate.slot()}))
+            deltas = list(pieces)
+        for delta in deltas:
+            if not await stream.event(template.render(delta), paced=True):
+                return
+        if not await stream.event(sse_data(chunk({}, finish_reason))):
+            return
+        if include_usage:
+            tail = chunk({})
+            tail["choices"] = []
+            tail["usage"] = usage
+            if not await stream.event(sse_data(tail)):
+                return
+        if not await stream.event(_DONE):
+            return
+        await stream.finish()
+    finally:
+        stream.close()
+
+
+# Legacy completions --------------------------------------------------------------------------
+
+
+async def completions(req: Request, body: Mapping[str, Any], knobs: Knobs, send: Send) -> None:
+    model = require_str(body, "model")
+    prompt = body.get("prompt")
+    prompts = [prompt] if isinstance(prompt, str) else prompt
+    if not isinstance(prompts, list) or not prompts or not all(isinstance(p, str) for p in prompts):
+        raise ApiError(
+            400,
+            "'prompt' must be a string or an array of strings (the simulator takes no token arrays).",
+            param="prompt",
+        )
+    max_tokens = optional_int(body, "max_tokens")
+    stops = stop_list(body.get("stop"))
+    answers = [text_answer(seed_of(p), knobs, max_tokens, stops) for p in prompts]
+    prompt_tokens = sum(count_tokens(p) for p in prompts)
+    completion_tokens = sum(count_tokens("".join(pieces)) for pieces, _ in answers)
+    usage = {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
+    completion_id = "cmpl-" + secrets.token_hex(12)
+    created = int(time.time())
+
+    def finish(reason: str) -> str:
+        return "length" if reason == "length" else "stop"
+
+    if body.get("stream") is not True:
+        await non_stream_delay(knobs)
+        choices = [
+            {"text": "".join(pieces), "index": i, "logprobs": None, "finish_reason": finish(reason)}
+            for i, (pieces, reason) in enumerate(answers)
+        ]
+        answer = {
+            "id": completion_id,
+            "object": "text_completion",
+            "created": created,
+            "model": model,
+            "system_fingerprint": SYSTEM_FINGERPRINT,
+            "choices": choices,
+            "usage": usage,
+        }
+        await send_json(send, 200, answer)
+        return
+
+    options = body.get("stream_options")
+    include_usage = isinstance(options, Mapping) and options.get("include_usage") is True
+
+    def chunk(index: int, text: str, finish_reason: str | None) -> dict[str, Any]:
+        value: dict[str, Any] = {
+            "id": completion_id,
+            "object": "text_completion",
+            "created": created,
+            "model": model,
+            "system_fingerprint": SYSTEM_FINGERPRINT,
+            "choices": [
+                {"text": text, "index": index, "logprobs": None, "finish_reason": finish_reason}
+            ],
+        }
+        if include_usage:
+            value["usage"] = None
+        return value
+
+    stream = EventStream(
+        send,
+        disconnect_after=knobs.disconnect_after_chunks,
+        tokens_per_second=knobs.tokens_per_second,
+    )
+    try:
+        if not await stream.start(req.receive, knobs.first_token_delay):
+            return
+        for index, (pieces, reason) in enumerate(answers):
+            template = ChunkTemplate(chunk(index, ChunkTemplate.slot(), None))
+            for piece in pieces:
+                if not await stream.event(template.render(piece), paced=True):
+                    return
+            if not await stream.event(sse_data(chunk(index, "", finish(reason)))):
+                return
+        if include_usage:
+            tail = chunk(0, "", None)
+            tail["choices"] = []
+            tail["usage"] = usage
+            if not await stream.event(sse_data(tail)):
+                return
+        if not await stream.event(_DONE):
+            return
+        await stream.finish()
+    finally:
+        stream.close()

@@ -1,0 +1,85 @@
+"""The one upstream HTTP client of a worker process.
+
+aiohttp's ClientSession on the hot path: measured faster than httpx (and httpx's aiohttp
+transport) under concurrency on this kind of machine; see README "Upstream client".
+Timeouts are explicit per deployment; the connection pool is shared and bounded.
+"""
+
+import aiohttp
+from django.conf import settings
+
+from .providers.base import UpstreamRequest
+
+
+class UpstreamTimeout(Exception):
+    pass
+
+
+class UpstreamConnectionError(Exception):
+    pass
+
+
+_session: aiohttp.ClientSession | None = None
+
+
+def session() -> aiohttp.ClientSession:
+    global _session
+    if _session is None or _session.closed:
+        connector = aiohttp.TCPConnector(
+            limit=settings.UPSTREAM_POOL_LIMIT,
+            limit_per_host=settings.UPSTREAM_POOL_LIMIT_PER_HOST,
+            ttl_dns_cache=300,
+            keepalive_timeout=30,
+        )
+        _session = aiohttp.ClientSession(
+            connector=connector,
+            json_serialize=None,  # bodies are sent pre-serialised with orjson
+            auto_decompress=True,
+            skip_auto_headers=("User-Agent",),
+        )
+    return _session
+
+
+async def close() -> None:
+    global _session
+    if _session is not None and not _session.closed:
+        await _session.close()
+    _session = None
+
+
+def _timeout(seconds: float, *, stream: bool) -> aiohttp.ClientTimeout:
+    connect = min(settings.UPSTREAM_CONNECT_TIMEOUT, seconds)
+    if stream:
+        # A stream may run long; what matters is the gap between chunks.
+        return aiohttp.ClientTimeout(total=None, connect=connect, sock_read=seconds)
+    return aiohttp.ClientTimeout(total=seconds, connect=connect)
+
+
+async def open_response(
+    request: UpstreamRequest, body: bytes, *, timeout_seconds: float, stream: bool
+) -> aiohttp.ClientResponse:
+    """Send a request and return the response with its body unread; caller releases it."""
+    headers = {"content-type": "application/json", **request.headers}
+    try:
+        return await session().request(
+            request.method,
+            request.url,
+            data=body,
+            headers=headers,
+            timeout=_timeout(timeout_seconds, stream=stream),
+        )
+    except TimeoutError as exc:
+        raise UpstreamTimeout(str(exc) or "timed out") from exc
+    except aiohttp.ClientError as exc:
+        raise UpstreamConnectionError(f"{exc.__class__.__name__}: {exc}") from exc
+
+
+async def read_body(response: aiohttp.ClientResponse) -> bytes:
+    try:
+        return await response.read()
+    except TimeoutError as exc:
+        raise UpstreamTimeout("timed out reading the answer") from exc
+    except aiohttp.ClientError as exc:
+        raise UpstreamConnectionError(f"{exc.__class__.__name__}: {exc}") from exc
+    finally:
+        response.release()

@@ -1,0 +1,123 @@
+"""The usage event: what the proxy knows about one finished request, before it is a row.
+
+It travels through the usage buffer (a Redis stream, an in-process queue or a spool file) as
+JSON, so it must survive a round trip exactly: money as a decimal string, times as ISO 8601.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import asdict, dataclass, field, fields
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+from apps.proxy.models import UsageRecord
+
+# The cost column is DecimalField(decimal_places=10); quantizing here keeps the buffered
+# value identical to what the database will store.
+COST_QUANTUM = Decimal("1e-10")
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(kw_only=True, slots=True)
+class UsageEvent:
+    """One proxied request's usage, mirroring `UsageRecord` field by field."""
+
+    request_id: str = field(default_factory=UsageRecord.new_request_id)
+    created_at: datetime = field(default_factory=_utcnow)
+    api_key_id: int | None = None
+    key_lineage_id: str | None = None
+    user_id: int | None = None
+    team_id: int | None = None
+    virtual_account_id: int | None = None
+    end_user: str = ""
+    model: str
+    deployment: str = ""
+    provider: str = ""
+    request_type: str
+    is_stream: bool = False
+    status_code: int
+    error_type: str = ""
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cached_tokens: int = 0
+    tokens_estimated: bool = False
+    cost_usd: Decimal = Decimal(0)
+    latency_ms: float = 0.0
+    ttft_ms: float | None = None
+    upstream_latency_ms: float | None = None
+    overhead_ms: float | None = None
+    attempts: int = 1
+    client_disconnected: bool = False
+    tags: dict[str, Any] = field(default_factory=dict)
+    request_body: Any = None
+    response_body: Any = None
+
+    def __post_init__(self) -> None:
+        if self.created_at.tzinfo is None:
+            raise ValueError("UsageEvent.created_at must be timezone-aware (UTC)")
+        self.created_at = self.created_at.astimezone(UTC)
+        if not isinstance(self.cost_usd, Decimal):
+            # A float cost would carry binary noise into the bill; go through str.
+            self.cost_usd = Decimal(str(self.cost_usd))
+        if self.key_lineage_id is not None:
+            self.key_lineage_id = str(self.key_lineage_id)
+
+    def to_json(self) -> bytes:
+        data = asdict(self)
+        data["created_at"] = self.created_at.isoformat()
+        data["cost_usd"] = str(self.cost_usd)
+        return json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode()
+
+    @classmethod
+    def from_json(cls, raw: bytes | str) -> UsageEvent:
+        data = json.loads(raw)
+        # Ignore keys this version does not know, so a rolling upgrade that adds a field
+        # does not strand events written by the newer code.
+        known = {f.name for f in fields(cls)}
+        data = {k: v for k, v in data.items() if k in known}
+        created_at = datetime.fromisoformat(data["created_at"])
+        if created_at.tzinfo is None:
+            created_at = created_at.replace(tzinfo=UTC)
+        data["created_at"] = created_at
+        data["cost_usd"] = Decimal(data.get("cost_usd") or "0")
+        return cls(**data)
+
+    def to_record(self) -> UsageRecord:
+        """An unsaved row; the writer inserts these in bulk."""
+        return UsageRecord(
+            request_id=self.request_id,
+            created_at=self.created_at,
+            api_key_id=self.api_key_id,
+            key_lineage_id=uuid.UUID(self.key_lineage_id) if self.key_lineage_id else None,
+            user_id=self.user_id,
+            team_id=self.team_id,
+            virtual_account_id=self.virtual_account_id,
+            end_user=self.end_user or "",
+            model=self.model,
+            deployment=self.deployment or "",
+            provider=self.provider or "",
+            request_type=self.request_type,
+            is_stream=self.is_stream,
+            status_code=self.status_code,
+            error_type=self.error_type or "",
+            input_tokens=self.input_tokens,
+            output_tokens=self.output_tokens,
+            cached_tokens=self.cached_tokens,
+            tokens_estimated=self.tokens_estimated,
+            cost_usd=self.cost_usd.quantize(COST_QUANTUM),
+            latency_ms=self.latency_ms,
+            ttft_ms=self.ttft_ms,
+            upstream_latency_ms=self.upstream_latency_ms,
+            overhead_ms=self.overhead_ms,
+            attempts=self.attempts,
+            client_disconnected=self.client_disconnected,
+            tags=self.tags or {},
+            request_body=self.request_body,
+            response_body=self.response_body,
+        )

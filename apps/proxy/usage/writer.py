@@ -1,0 +1,260 @@
+"""The usage writer: drains the buffer and the spool into UsageRecord in batches.
+
+One writer runs in each gateway process (started by the ASGI lifespan) and, optionally,
+standalone (`manage.py usage_writer`). Inserts are idempotent on `request_id`, so a batch
+replayed after a crash, a reclaim or a spool replay never counts twice. A batch is acked
+only after its transaction commits; on a database error it stays in the buffer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from django.db import (
+    DEFAULT_DB_ALIAS,
+    DatabaseError,
+    close_old_connections,
+    connections,
+    transaction,
+)
+
+from apps.proxy.models import UsageRecord
+from apps.proxy.usage.buffer import (
+    BUFFER_ERRORS,
+    MemoryBuffer,
+    UsageBuffer,
+    get_usage_buffer,
+    usage_settings,
+)
+from apps.proxy.usage.event import UsageEvent
+
+logger = logging.getLogger(__name__)
+
+
+def insert_events(events: list[UsageEvent]) -> int:
+    """Blocking: insert the events not yet in the table, in one transaction; rows inserted."""
+    # Duplicates inside one batch (a spooled copy of a streamed event) collapse here.
+    records = {event.request_id: event.to_record() for event in events}
+    if not records:
+        return 0
+    with transaction.atomic():
+        existing = set(
+            UsageRecord.objects.filter(request_id__in=list(records)).values_list(
+                "request_id", flat=True
+            )
+        )
+        new = [record for rid, record in records.items() if rid not in existing]
+        # ignore_conflicts still matters: another writer may commit the same ids meanwhile.
+        UsageRecord.objects.bulk_create(new, ignore_conflicts=True)
+    return len(new)
+
+
+class UsageWriter:
+    """Batches from `buffer` (and its spool) into the database, off the request path."""
+
+    def __init__(
+        self,
+        buffer: UsageBuffer | None = None,
+        *,
+        batch_size: int | None = None,
+        flush_interval: float | None = None,
+        max_backoff: float = 30.0,
+    ) -> None:
+        conf = usage_settings()
+        self.buffer = buffer if buffer is not None else get_usage_buffer()
+        self.batch_size = batch_size or conf["batch_size"]
+        self.flush_interval = conf["flush_interval"] if flush_interval is None else flush_interval
+        self.max_backoff = max_backoff
+        self._executor: ThreadPoolExecutor | None = None
+        self._lock = asyncio.Lock()
+        self._task: asyncio.Task[None] | None = None
+        self._stopping: asyncio.Event | None = None
+        self._db_down = False
+        self._buffer_down = False
+
+    # Lifecycle ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        if self._task is not None and not self._task.done():
+            return
+        self._stopping = asyncio.Event()
+        self._task = asyncio.create_task(self._run(), name="usage-writer")
+
+    async def stop(self, grace_seconds: float = 10.0) -> None:
+        """Stop the loop and write everything pending; with the database down, keep it safe."""
+        if self._stopping is not None:
+            self._stopping.set()
+        if self._task is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        deadline = time.monotonic() + grace_seconds
+        delay = 0.1
+        while True:
+            try:
+                await self.drain_all()
+                break
+            except DatabaseError as exc:
+                self._note_db_error(exc)
+                if time.monotonic() + delay > deadline:
+                    logger.error("usage writer: stopping with rows still pending (database down)")
+                    break
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+        if isinstance(self.buffer, MemoryBuffer) and len(self.buffer):
+            # Memory dies with the process; the spool is replayed by the next writer.
+            spilled = await self.buffer.spill()
+            logger.warning("usage writer: %d pending rows spooled for later", spilled)
+        await self.close()
+
+    async def close(self) -> None:
+        await self.buffer.close()
+        executor, self._executor = self._executor, None
+        if executor is not None:
+            loop = asyncio.get_running_loop()
+            with contextlib.suppress(Exception):
+                await loop.run_in_executor(executor, connections.close_all)
+            executor.shutdown(wait=False)
+
+    # Draining ----------------------------------------------------------------------------
+
+    async def drain_once(self) -> int:
+        """One batch from the buffer plus ready spool files; rows inserted.
+
+        Raises DatabaseError if the insert failed (the batch stays pending).
+        """
+        _, inserted = await self._drain(seal_age=self.flush_interval)
+        return inserted
+
+    async def drain_all(self) -> int:
+        """Until the buffer and the spool are empty (or only others' recent pending remain)."""
+        total = 0
+        while True:
+            fetched, inserted = await self._drain(seal_age=0.0)
+            total += inserted
+            if fetched == 0:
+                return total
+
+    async def _drain(self, *, seal_age: float) -> tuple[int, int]:
+        async with self._lock:
+            fetched = inserted = 0
+            batch = None
+            try:
+                batch = await self.buffer.fetch(self.batch_size)
+            except BUFFER_ERRORS as exc:
+                self._note_buffer_error(exc)
+            else:
+                self._note_buffer_ok()
+            if batch:
+                fetched += len(batch)
+                try:
+                    inserted += await self._insert(batch.events)
+                except DatabaseError:
+                    await self.buffer.release(batch)
+                    raise
+                try:
+                    await self.buffer.ack(batch)
+                except BUFFER_ERRORS as exc:
+                    # Committed but not acked: redelivered later and ignored by the insert.
+                    self._note_buffer_error(exc)
+            spool_fetched, spool_inserted = await self._replay_spool(seal_age)
+            if fetched or spool_fetched:
+                self._note_db_ok()  # only a write that went through proves the database is back
+            return fetched + spool_fetched, inserted + spool_inserted
+
+    async def _replay_spool(self, seal_age: float) -> tuple[int, int]:
+        spool = self.buffer.spool
+        await asyncio.to_thread(spool.seal, min_age=seal_age)
+        fetched = inserted = 0
+        for path in await asyncio.to_thread(spool.sealed_files):
+            events = await asyncio.to_thread(spool.read, path)
+            for start in range(0, len(events), self.batch_size):
+                inserted += await self._insert(events[start : start + self.batch_size])
+            # Deleted only after every chunk committed; a crash before this re-inserts
+            # nothing new because the insert skips known request ids.
+            await asyncio.to_thread(spool.remove, path)
+            fetched += len(events) or 1  # an empty file still counts as work done
+            if fetched >= self.batch_size:
+                break
+        return fetched, inserted
+
+    async def _insert(self, events: list[UsageEvent]) -> int:
+        if self._executor is None:
+            # One thread keeps one database connection instead of one per pooled thread.
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="usage-writer")
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self._insert_sync, events)
+
+    @staticmethod
+    def _insert_sync(events: list[UsageEvent]) -> int:
+        # Drops a connection broken by an earlier outage so this attempt reconnects.
+        close_old_connections()
+        try:
+            return insert_events(events)
+        except DatabaseError:
+            with contextlib.suppress(Exception):
+                connections[DEFAULT_DB_ALIAS].close()
+            raise
+
+    # Background loop -----------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        if self._stopping is None:
+            return
+        delay = self.flush_interval
+        while not self._stopping.is_set():
+            try:
+                # Drain full batches back to back; a short one means we caught up.
+                while not self._stopping.is_set():
+                    fetched, _ = await self._drain(seal_age=self.flush_interval)
+                    if fetched < self.batch_size:
+                        break
+                delay = self.flush_interval
+            except DatabaseError as exc:
+                self._note_db_error(exc)
+                delay = min(max(delay, self.flush_interval) * 2, self.max_backoff)
+            except Exception:
+                logger.exception("usage writer: unexpected error; retrying")
+                delay = min(max(delay, self.flush_interval) * 2, self.max_backoff)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), delay)
+
+    # Outage logging: once when it starts, once when it ends ----------------------------------
+
+    def _note_db_error(self, exc: BaseException) -> None:
+        if not self._db_down:
+            self._db_down = True
+            logger.error("usage writer: database unavailable, rows kept pending: %r", exc)
+
+    def _note_db_ok(self) -> None:
+        if self._db_down:
+            self._db_down = False
+            logger.warning("usage writer: database reachable again, catching up")
+
+    def _note_buffer_error(self, exc: BaseException) -> None:
+        if not self._buffer_down:
+            self._buffer_down = True
+            logger.error("usage writer: buffer unavailable, replaying spool only: %r", exc)
+
+    def _note_buffer_ok(self) -> None:
+        if self._buffer_down:
+            self._buffer_down = False
+            logger.warning("usage writer: buffer reachable again")
+
+
+def drain_all_sync(buffer: UsageBuffer | None = None, **writer_options: Any) -> int:
+    """Write everything pending now, from sync code (management commands, tests)."""
+
+    async def run() -> int:
+        writer = UsageWriter(buffer, **writer_options)
+        try:
+            return await writer.drain_all()
+        finally:
+            await writer.close()
+
+    return asyncio.run(run())
