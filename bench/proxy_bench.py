@@ -99,6 +99,11 @@ def main() -> None:
     parser.add_argument("--duration", type=int, default=20)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 16, 64])
     parser.add_argument("--rounds", type=int, default=1, help="alternations per concurrency")
+    parser.add_argument(
+        "--embedded",
+        action="store_true",
+        help="no Redis: in-process usage queue and writer on SQLite",
+    )
     args = parser.parse_args()
     wrk = ensure_wrk()
     workdir = Path(tempfile.mkdtemp(prefix="tollgate-bench-"))
@@ -112,6 +117,24 @@ def main() -> None:
     }
     env.setdefault("DATABASE_URL", f"sqlite:///{workdir / 'bench.sqlite3'}")
     manage = [PYTHON, "manage.py"]
+    processes = []
+    redis_server = shutil.which("redis-server")
+    if redis_server and not args.embedded:
+        # The production shape: usage goes to a Redis stream, a separate writer inserts it.
+        redis_port = free_port()
+        processes.append(
+            subprocess.Popen(
+                pinned(
+                    1, [redis_server, "--port", str(redis_port), "--save", "", "--appendonly", "no"]
+                ),
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        )
+        env.update(REDIS_URL=f"redis://127.0.0.1:{redis_port}/0", USAGE_WRITER_IN_PROCESS="false")
+        mode = "Redis stream buffer, separate usage_writer process"
+    else:
+        mode = "embedded: in-process queue and writer, SQLite"
     subprocess.run([*manage, "migrate", "-v0"], cwd=ROOT, env=env, check=True)
     subprocess.run([*manage, "seed_demo"], cwd=ROOT, env=env, check=True, capture_output=True)
     key = (
@@ -178,7 +201,10 @@ def main() -> None:
                 for name, (url, headers) in targets.items():
                     result = run_wrk(wrk, url, concurrency, args.duration, headers, workdir)
                     results.setdefault((name, concurrency), []).append(result)
-        print(f"\nTollgate proxy benchmark: {args.duration}s per run, gateway pinned to CPU 0\n")
+        print(
+            f"\nTollgate proxy benchmark: {args.duration}s per run, one gateway worker pinned "
+            f"to CPU 0; usage capture: {mode}\n"
+        )
         print("| target | c | RPS | p50 ms | p95 ms | p99 ms | errors |")
         print("|---|---:|---:|---:|---:|---:|---:|")
         for (name, concurrency), runs in results.items():

@@ -6,6 +6,7 @@ simulator, everything else to the Django portal. The dispatcher also runs the li
 it loads the model catalog and starts and drains the usage writer.
 """
 
+import asyncio
 import logging
 import os
 
@@ -22,10 +23,25 @@ from apps.proxy.app import app as proxy_app  # noqa: E402
 from apps.proxy.catalog import catalog  # noqa: E402
 from apps.proxy.simulator.app import create_app as create_simulator  # noqa: E402
 from apps.proxy.usage.writer import UsageWriter  # noqa: E402
+from apps.quotas.engine import get_quota_engine  # noqa: E402
 
 logger = logging.getLogger("tollgate.asgi")
 simulator_app = create_simulator(prefix="/simulator") if settings.SIMULATOR_MOUNTED else None
 usage_writer = UsageWriter()
+_background: list[asyncio.Task] = []
+_writer_started = asyncio.Event()
+
+
+async def _refresh_quotas_forever() -> None:
+    """Quota config changes reach every worker within QUOTA_REFRESH_SECONDS (one query)."""
+    engine = get_quota_engine()
+    while True:
+        try:
+            if await engine.refresh():
+                logger.info("quota config version %s active", engine.version)
+        except Exception:  # keep enforcing the last good rules
+            logger.exception("quota config refresh failed; keeping the current rules")
+        await asyncio.sleep(settings.QUOTA_REFRESH_SECONDS)
 
 
 async def _lifespan(receive, send) -> None:
@@ -37,10 +53,16 @@ async def _lifespan(receive, send) -> None:
             except Exception:  # an unmigrated database must not stop the portal from serving
                 logger.exception("could not load the model catalog at startup")
             catalog.start()
-            await usage_writer.start()
+            _background.append(asyncio.get_running_loop().create_task(_refresh_quotas_forever()))
+            if settings.USAGE_WRITER_IN_PROCESS or not settings.REDIS_URL:
+                await usage_writer.start()
+                _writer_started.set()
             await send({"type": "lifespan.startup.complete"})
         elif message["type"] == "lifespan.shutdown":
-            await usage_writer.stop()
+            for task in _background:
+                task.cancel()
+            if _writer_started.is_set():
+                await usage_writer.stop()
             await catalog.stop()
             await upstream.close()
             await send({"type": "lifespan.shutdown.complete"})

@@ -212,9 +212,20 @@ SIMULATOR_BASE_URL = env.str(
     "SIMULATOR_BASE_URL", default=f"http://127.0.0.1:{env.int('PORT', default=8000)}/simulator/v1"
 )
 
+# --- Quotas ----------------------------------------------------------------------------
+QUOTA_REFRESH_SECONDS = env.float("QUOTA_REFRESH_SECONDS", default=1.0)
+# Seconds before the reservation of a request that never settled is released.
+QUOTA_RESERVATION_TTL = env.int("QUOTA_RESERVATION_TTL", default=600)
+# Worst-case output tokens reserved when a request sets no max_tokens.
+QUOTA_DEFAULT_MAX_OUTPUT_TOKENS = env.int("QUOTA_DEFAULT_MAX_OUTPUT_TOKENS", default=4096)
+
 # --- Usage capture -------------------------------------------------------------------
 USAGE_STREAM = env.str("USAGE_STREAM", default="tollgate:usage")
 USAGE_SPOOL_DIR = env.path("USAGE_SPOOL_DIR", default=VAR_DIR / "spool")
 USAGE_BATCH_SIZE = env.int("USAGE_BATCH_SIZE", default=500)
 USAGE_FLUSH_INTERVAL = env.float("USAGE_FLUSH_INTERVAL", default=1.0)
 USAGE_CLAIM_IDLE_MS = env.int("USAGE_CLAIM_IDLE_MS", default=30_000)
+# Each gateway process drains the buffer itself; with Redis, a separate
+# `manage.py usage_writer` process can do it instead, keeping batch inserts (CPU and GIL
+# time) off the processes that serve /v1.
+USAGE_WRITER_IN_PROCESS = env.bool("USAGE_WRITER_IN_PROCESS", default=True)

@@ -15,11 +15,19 @@ from decimal import Decimal
 import orjson
 from django.conf import settings
 
+from apps.quotas.engine import Admission, get_quota_engine, subject_ids_for
+
 from . import upstream
 from .auth import KeyInfo
 from .catalog import ModelEntry, catalog
 from .errors import BadRequest, GatewayError, UpstreamError
-from .providers.base import DeploymentInfo, UnsupportedRequest, Usage
+from .providers.base import (
+    CHAT,
+    COMPLETION,
+    DeploymentInfo,
+    UnsupportedRequest,
+    Usage,
+)
 from .providers.registry import provider_for
 from .responses import send_json
 from .router import deployments_to_try
@@ -60,6 +68,8 @@ class Call:
     upstream_started: float | None = None
     client_disconnected: bool = False
     response_body: dict | None = None
+    admission: Admission | None = None
+    response_headers: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -171,8 +181,58 @@ async def _open(call: Call, stream: bool):
     raise _failure_error(failure)
 
 
+class QuotaRefused(GatewayError):
+    error_type = "rate_limit_error"
+
+
+async def _admit(call: Call) -> None:
+    """Check every matching quota rule (one Redis round trip); raise when one is broken."""
+    engine = get_quota_engine()
+    body = call.body
+    max_output = None
+    if call.kind in (CHAT, COMPLETION):
+        max_output = body.get("max_completion_tokens") or body.get("max_tokens")
+    else:
+        max_output = 0
+    input_estimate = estimate_input_tokens(call.kind, body)
+    cost_estimate = None
+    if call.model.deployments:
+        first = call.model.deployments[0]
+        cost_estimate = catalog.prices.cost_for(
+            first.price_model_name,
+            input_estimate,
+            max_output if max_output is not None else engine.default_max_output_tokens,
+            0,
+            call.created_at,
+            override=(
+                first.input_cost_per_token,
+                first.output_cost_per_token,
+                first.cached_input_cost_per_token,
+            ),
+        )
+    admission = await engine.check(
+        subject_ids=subject_ids_for(call.key),
+        model=call.model.name,
+        tags=call.tags,
+        request_tokens_estimate=input_estimate,
+        max_output_tokens=max_output,
+        cost_estimate_usd=cost_estimate,
+    )
+    if not admission.allowed:
+        raise QuotaRefused(
+            admission.message,
+            status=admission.status,
+            code=admission.code,
+            headers=admission.headers,
+            extra=admission.error_extra(),
+        )
+    call.admission = admission
+    call.response_headers = admission.headers
+
+
 async def run(call: Call, receive, send) -> None:
     try:
+        await _admit(call)
         if call.stream:
             await _run_stream(call, receive, send)
         else:
@@ -181,7 +241,17 @@ async def run(call: Call, receive, send) -> None:
         call.status = error.status
         call.error_type = error.code or error.error_type
         await _record(call)
-        await send_json(send, error.status, error.body(), call.request_id, error.headers)
+        headers = {**call.response_headers, **error.headers}
+        await send_json(send, error.status, error.body(), call.request_id, headers)
+    finally:
+        if call.admission is not None and call.admission.reservation is not None:
+            usage = call.usage or Usage()
+            await get_quota_engine().settle(
+                call.admission,
+                input_tokens=usage.input_tokens,
+                output_tokens=usage.output_tokens,
+                cost_usd=_cost(call),
+            )
 
 
 async def _run_json(call: Call, send) -> None:
@@ -201,7 +271,7 @@ async def _run_json(call: Call, send) -> None:
         call.response_body = data
     body = orjson.dumps(data)
     await _record(call)
-    await send_json(send, 200, body, call.request_id)
+    await send_json(send, 200, body, call.request_id, call.response_headers)
 
 
 def _estimate_usage(call: Call, data: dict) -> Usage:

@@ -84,6 +84,7 @@ def start_gateway(extra_env: dict | None = None, workers: int = 1) -> GatewaySer
         KEY_CACHE_TTL="1",
         SIMULATOR_MODEL_KNOBS=json.dumps(SIMULATOR_MODEL_KNOBS),
         PROXY_RETRY_BACKOFF="0.01",
+        QUOTA_REFRESH_SECONDS="0.2",
     )
     env.update(extra_env or {})
     command = [
@@ -128,6 +129,19 @@ def stop_gateway(server: GatewayServer) -> None:
         server.process.wait(15)
     except subprocess.TimeoutExpired:
         server.process.kill()
+    # Rows still in the shared usage stream would be written by the next test's writers,
+    # after that test's database flush; start every test from an empty stream.
+    if os.environ.get("REDIS_URL"):
+        import redis
+        from django.conf import settings
+
+        redis.Redis.from_url(os.environ["REDIS_URL"]).delete(settings.USAGE_STREAM)
+
+
+def purge_usage_rows() -> None:
+    from apps.proxy.models import UsageRecord
+
+    UsageRecord.objects.all().delete()
 
 
 @pytest.fixture(scope="module")
@@ -135,3 +149,6 @@ def gateway(django_db_setup, django_db_blocker) -> Iterator[GatewayServer]:
     server = start_gateway()
     yield server
     stop_gateway(server)
+    # Its shutdown drain may have written rows after the last test's flush.
+    with django_db_blocker.unblock():
+        purge_usage_rows()
