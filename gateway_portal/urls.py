@@ -2,10 +2,12 @@ from django.contrib import admin
 from django.urls import include, path
 
 from . import health
+from .api import api
 
 urlpatterns = [
     path("healthz", health.healthz, name="healthz"),
     path("readyz", health.readyz, name="readyz"),
     path("admin/", admin.site.urls),
+    path("api/", api.urls),
     path("", include("apps.accounts.urls")),
 ]

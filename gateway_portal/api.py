@@ -1,0 +1,46 @@
+"""The JSON API at /api (django-ninja; OpenAPI docs at /api/docs).
+
+Each app contributes a Router from its `api.py`; they are mounted here. Errors use the same
+`{"error": {"message", "type", "code"}}` shape as the /v1 gateway API.
+"""
+
+from django.http import HttpRequest, HttpResponse
+from ninja import NinjaAPI
+from ninja.errors import AuthenticationError, HttpError, ValidationError
+
+from apps.quotas.api import router as quotas_router
+
+api = NinjaAPI(title="Tollgate API", version="1.0", docs_url="/docs", urls_namespace="api")
+
+
+def error_response(request: HttpRequest, status: int, message: str, code: str,
+                   error_type: str = "invalid_request_error") -> HttpResponse:
+    return api.create_response(
+        request,
+        {"error": {"message": message, "type": error_type, "code": code}},
+        status=status,
+    )
+
+
+@api.exception_handler(ValidationError)
+def on_validation_error(request: HttpRequest, exc: ValidationError) -> HttpResponse:
+    problems = "; ".join(
+        f"{'.'.join(str(p) for p in error.get('loc', ())[1:]) or 'body'}: {error.get('msg')}"
+        for error in exc.errors
+    )
+    return error_response(request, 400, problems or "invalid request", "invalid_request")
+
+
+@api.exception_handler(AuthenticationError)
+def on_auth_error(request: HttpRequest, exc: AuthenticationError) -> HttpResponse:
+    return error_response(request, 401, "Authentication required: a portal session or an API "
+                          "key as 'Authorization: Bearer <key>'.", "unauthorized",
+                          "authentication_error")
+
+
+@api.exception_handler(HttpError)
+def on_http_error(request: HttpRequest, exc: HttpError) -> HttpResponse:
+    return error_response(request, exc.status_code, str(exc), f"http_{exc.status_code}")
+
+
+api.add_router("/quotas/", quotas_router)
