@@ -8,7 +8,6 @@ from django.http import HttpRequest, HttpResponse
 from ninja import NinjaAPI
 from ninja.errors import AuthenticationError, HttpError, ValidationError
 
-from apps.quotas.api import router as quotas_router
 
 api = NinjaAPI(title="Tollgate API", version="1.0", docs_url="/docs", urls_namespace="api")
 
@@ -43,4 +42,3 @@ def on_http_error(request: HttpRequest, exc: HttpError) -> HttpResponse:
     return error_response(request, exc.status_code, str(exc), f"http_{exc.status_code}")
 
 
-api.add_router("/quotas/", quotas_router)
