@@ -55,7 +55,6 @@ class UsageRecordAdmin(admin.ModelAdmin):
 
     list_display = (
         "created_at",
-        "request_id",
         "model",
         "team_id",
         "status_code",
@@ -63,10 +62,10 @@ class UsageRecordAdmin(admin.ModelAdmin):
         "output_tokens",
         "cost_usd",
         "latency_ms",
-        "is_stream",
+        "tags",
     )
     list_filter = ("model", "status_code", "request_type", "is_stream")
-    search_fields = ("request_id", "model")
+    search_fields = ("request_id", "model", "end_user")
     date_hierarchy = "created_at"
 
     def has_add_permission(self, request) -> bool:
