@@ -8,6 +8,8 @@ from django.http import HttpRequest, HttpResponse
 from ninja import NinjaAPI
 from ninja.errors import AuthenticationError, HttpError, ValidationError
 
+from apps.billing.api import router as billing_router
+from apps.quotas.api import router as quotas_router
 
 api = NinjaAPI(title="Tollgate API", version="1.0", docs_url="/docs", urls_namespace="api")
 
@@ -42,3 +44,5 @@ def on_http_error(request: HttpRequest, exc: HttpError) -> HttpResponse:
     return error_response(request, exc.status_code, str(exc), f"http_{exc.status_code}")
 
 
+api.add_router("/quotas/", quotas_router)
+api.add_router("/usage/", billing_router)

@@ -3,7 +3,8 @@
 A small dispatcher sits in front of Django: `/v1` goes straight to the proxy's plain ASGI
 app (no Django middleware on the hot path), `/simulator` to the built-in upstream
 simulator, everything else to the Django portal. The dispatcher also runs the lifespan:
-it loads the model catalog and starts and drains the usage writer.
+it loads the model catalog, starts and drains the usage writer, listens for key
+invalidations and flushes keys' last-used times.
 """
 
 import asyncio
@@ -18,7 +19,7 @@ django_app = get_asgi_application()
 
 from django.conf import settings  # noqa: E402  (Django must be set up first)
 
-from apps.proxy import upstream  # noqa: E402
+from apps.proxy import key_events, upstream  # noqa: E402
 from apps.proxy.app import app as proxy_app  # noqa: E402
 from apps.proxy.catalog import catalog  # noqa: E402
 from apps.proxy.simulator.app import create_app as create_simulator  # noqa: E402
@@ -30,6 +31,7 @@ simulator_app = create_simulator(prefix="/simulator") if settings.SIMULATOR_MOUN
 usage_writer = UsageWriter()
 _background: list[asyncio.Task] = []
 _writer_started = asyncio.Event()
+_last_used_flusher: list[asyncio.Task] = []
 
 
 async def _refresh_quotas_forever() -> None:
@@ -53,14 +55,22 @@ async def _lifespan(receive, send) -> None:
             except Exception:  # an unmigrated database must not stop the portal from serving
                 logger.exception("could not load the model catalog at startup")
             catalog.start()
-            _background.append(asyncio.get_running_loop().create_task(_refresh_quotas_forever()))
+            loop = asyncio.get_running_loop()
+            _background.append(loop.create_task(_refresh_quotas_forever()))
+            if settings.REDIS_URL:
+                _background.append(loop.create_task(key_events.listen_forever()))
+            _last_used_flusher.append(loop.create_task(key_events.flush_last_used_forever()))
             if settings.USAGE_WRITER_IN_PROCESS or not settings.REDIS_URL:
                 await usage_writer.start()
                 _writer_started.set()
             await send({"type": "lifespan.startup.complete"})
         elif message["type"] == "lifespan.shutdown":
-            for task in _background:
+            for task in _background + _last_used_flusher:
                 task.cancel()
+            try:
+                await key_events.flush_last_used()
+            except Exception:  # shutting down: nothing else to do with them
+                logger.exception("could not write last-used times at shutdown")
             if _writer_started.is_set():
                 await usage_writer.stop()
             await catalog.stop()

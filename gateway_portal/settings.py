@@ -45,6 +45,7 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "rest_framework",
+    "rest_framework.authtoken",
     "ninja",
     "apps.accounts",
     "apps.proxy",
@@ -117,7 +118,12 @@ CELERY_TASK_ALWAYS_EAGER = not CELERY_BROKER_URL
 CELERY_TASK_EAGER_PROPAGATES = True
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TIMEZONE = "UTC"
-CELERY_BEAT_SCHEDULE: dict = {}
+CELERY_BEAT_SCHEDULE: dict = {
+    # Key lifecycle (apps/accounts/tasks.py); each task is idempotent, so overlaps are safe.
+    "accounts.rotate_due_keys": {"task": "accounts.rotate_due_keys", "schedule": 15 * 60.0},
+    "accounts.retire_expired_keys": {"task": "accounts.retire_expired_keys", "schedule": 5 * 60.0},
+    "accounts.warn_expiring_keys": {"task": "accounts.warn_expiring_keys", "schedule": 60 * 60.0},
+}
 
 # --- Auth and portal -----------------------------------------------------------
 AUTH_PASSWORD_VALIDATORS = [
@@ -131,12 +137,16 @@ SESSION_COOKIE_SECURE = env.bool("SESSION_COOKIE_SECURE", default=False)
 CSRF_COOKIE_SECURE = env.bool("CSRF_COOKIE_SECURE", default=False)
 
 REST_FRAMEWORK = {
+    # DRF tokens (`manage.py drf_create_token USER`) for scripts and runbooks, the session
+    # for the portal's own calls. Token first so a bad or missing token answers 401.
     "DEFAULT_AUTHENTICATION_CLASSES": [
+        "rest_framework.authentication.TokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.PageNumberPagination",
     "PAGE_SIZE": 50,
+    "DEFAULT_SCHEMA_CLASS": "rest_framework.schemas.openapi.AutoSchema",
 }
 
 EMAIL_BACKEND = env.str("EMAIL_BACKEND", default="django.core.mail.backends.console.EmailBackend")
@@ -163,6 +173,14 @@ WHITENOISE_USE_FINDERS = True
 API_KEY_PREFIX = env.str("API_KEY_PREFIX", default="tg_live_")
 # Seconds a verified key stays in a worker's in-process cache before it is re-read.
 KEY_CACHE_TTL = env.float("KEY_CACHE_TTL", default=30.0)
+
+# --- Key lifecycle --------------------------------------------------------------------
+# Pub/sub channel on which revocations and key edits reach every gateway worker.
+KEY_EVENTS_CHANNEL = env.str("KEY_EVENTS_CHANNEL", default="tollgate:key-events")
+# Seconds between batched writes of keys' last-used times (one UPDATE per key used).
+LAST_USED_FLUSH_SECONDS = env.float("LAST_USED_FLUSH_SECONDS", default=30.0)
+# Owners are emailed this many days before a key expires (once per key).
+KEY_EXPIRY_WARNING_DAYS = env.int("KEY_EXPIRY_WARNING_DAYS", default=7)
 
 # --- Logging ----------------------------------------------------------------------
 LOGGING = {
@@ -218,6 +236,8 @@ QUOTA_REFRESH_SECONDS = env.float("QUOTA_REFRESH_SECONDS", default=1.0)
 QUOTA_RESERVATION_TTL = env.int("QUOTA_RESERVATION_TTL", default=600)
 # Worst-case output tokens reserved when a request sets no max_tokens.
 QUOTA_DEFAULT_MAX_OUTPUT_TOKENS = env.int("QUOTA_DEFAULT_MAX_OUTPUT_TOKENS", default=4096)
+# Async callables returning (stamp, rules) merged over the YAML rules: hard-capped tiers.
+QUOTA_GENERATED_RULE_SOURCES = ["apps.billing.quota_rules.atier_quota_state"]
 
 # --- Usage capture -------------------------------------------------------------------
 USAGE_STREAM = env.str("USAGE_STREAM", default="tollgate:usage")
@@ -229,3 +249,60 @@ USAGE_CLAIM_IDLE_MS = env.int("USAGE_CLAIM_IDLE_MS", default=30_000)
 # `manage.py usage_writer` process can do it instead, keeping batch inserts (CPU and GIL
 # time) off the processes that serve /v1.
 USAGE_WRITER_IN_PROCESS = env.bool("USAGE_WRITER_IN_PROCESS", default=True)
+
+# --- Billing -------------------------------------------------------------------------
+# Tag keys whose values the rollups keep as dimensions; the customer tag is always added.
+BILLING_ROLLUP_TAG_KEYS = env.list(
+    "BILLING_ROLLUP_TAG_KEYS", default=["customer_id", "feature", "environment"]
+)
+# The tag whose value identifies a customer subscription (subject type "customer").
+BILLING_CUSTOMER_TAG_KEY = env.str("BILLING_CUSTOMER_TAG_KEY", default="customer_id")
+# Incremental exports only hand out rows inserted at least this long ago, so a row whose
+# writer transaction commits late cannot land behind a watermark already handed out.
+BILLING_EXPORT_SETTLE_SECONDS = env.int("BILLING_EXPORT_SETTLE_SECONDS", default=120)
+# Rollup runs are idempotent (delete and insert per period), so overlapping runs are safe;
+# both re-read recent periods to pick up late (spooled) usage rows.
+CELERY_BEAT_SCHEDULE.update(
+    {
+        "billing.usage_rollup_daily": {
+            "task": "billing.usage_rollup_daily",
+            "schedule": 30 * 60.0,
+        },
+        "billing.usage_rollup_monthly": {
+            "task": "billing.usage_rollup_monthly",
+            "schedule": 60 * 60.0,
+        },
+    }
+)
+
+# --- Routing and health --------------------------------------------------------------
+# Smoothing of the latency EWMAs the `latency` strategy routes by (weight of a new sample).
+ROUTING_EWMA_ALPHA = env.float("ROUTING_EWMA_ALPHA", default=0.3)
+# Share of `latency`-routed requests sent to a random deployment, so a recovered one is seen.
+ROUTING_EXPLORATION_SHARE = env.float("ROUTING_EXPLORATION_SHARE", default=0.05)
+# Default time-to-first-token limit of streams (0: none); a deployment's
+# `ttft_timeout_seconds` overrides it. Past it the stream is abandoned for the next deployment.
+ROUTING_TTFT_TIMEOUT_SECONDS = env.float("ROUTING_TTFT_TIMEOUT_SECONDS", default=0.0)
+# Circuit breaker: this many failures within the window cool a deployment for the cooldown.
+HEALTH_BREAKER_FAILURES = env.int("HEALTH_BREAKER_FAILURES", default=5)
+HEALTH_BREAKER_WINDOW_SECONDS = env.float("HEALTH_BREAKER_WINDOW_SECONDS", default=30.0)
+HEALTH_BREAKER_COOLDOWN_SECONDS = env.float("HEALTH_BREAKER_COOLDOWN_SECONDS", default=30.0)
+# An upstream 429's retry-after cools a deployment that long, at most this.
+HEALTH_BREAKER_MAX_RETRY_AFTER = env.float("HEALTH_BREAKER_MAX_RETRY_AFTER", default=300.0)
+# Workers share latency and breaker state through Redis this often (off the request path);
+# the shared state outlives a worker by the TTL.
+HEALTH_SYNC_SECONDS = env.float("HEALTH_SYNC_SECONDS", default=0.5)
+HEALTH_STATE_TTL_SECONDS = env.float("HEALTH_STATE_TTL_SECONDS", default=600.0)
+HEALTH_STATS_WINDOW_SECONDS = env.float("HEALTH_STATS_WINDOW_SECONDS", default=60.0)
+HEALTH_REDIS_PREFIX = env.str("HEALTH_REDIS_PREFIX", default="tollgate:health")
+# GET /metrics: a bearer token, or clients from these networks (loopback by default). Behind
+# a reverse proxy on the same host every client looks local: empty the list, use the token.
+METRICS_TOKEN = env.str("METRICS_TOKEN", default="")
+METRICS_ALLOWED_NETWORKS = env.list("METRICS_ALLOWED_NETWORKS", default=["127.0.0.0/8", "::1/128"])
+# Tag keys whose values become metric labels, each capped at so many distinct values.
+METRICS_TAG_KEYS = env.list("METRICS_TAG_KEYS", default=[])
+METRICS_TAG_VALUES_MAX = env.int("METRICS_TAG_VALUES_MAX", default=50)
+# Multi-worker metrics: prometheus-client's multiprocess directory, emptied before start.
+PROMETHEUS_MULTIPROC_DIR = env.str("PROMETHEUS_MULTIPROC_DIR", default="")
+if PROMETHEUS_MULTIPROC_DIR:
+    Path(PROMETHEUS_MULTIPROC_DIR).mkdir(parents=True, exist_ok=True)

@@ -8,6 +8,9 @@ urlpatterns = [
     path("healthz", health.healthz, name="healthz"),
     path("readyz", health.readyz, name="readyz"),
     path("admin/", admin.site.urls),
+    path("api/admin/", include("apps.accounts.rest_urls")),
     path("api/", api.urls),
+    path("quotas/", include("apps.quotas.urls")),
+    path("billing/", include("apps.billing.urls")),
     path("", include("apps.accounts.urls")),
 ]

@@ -1,6 +1,15 @@
-from django.contrib import admin
+from django.contrib import admin, messages
 
-from .models import ApiKey, Membership, Team, VirtualAccount
+from .models import (
+    ApiKey,
+    AuditLog,
+    Membership,
+    RotationPolicy,
+    TagDefinition,
+    Team,
+    VirtualAccount,
+)
+from .services import api_key_revoke
 
 
 class MembershipInline(admin.TabularInline):
@@ -25,13 +34,74 @@ class VirtualAccountAdmin(admin.ModelAdmin):
 
 @admin.register(ApiKey)
 class ApiKeyAdmin(admin.ModelAdmin):
-    """Keys are issued by services (portal, issue_key); the admin only shows them."""
+    """Keys are issued and changed by services (portal, `keys` command); the admin shows them
+    and can revoke through the service, so the audit log and the proxy's caches follow."""
 
-    list_display = ("name", "prefix", "team", "user", "virtual_account", "created_at", "revoked_at")
+    list_display = (
+        "name",
+        "prefix",
+        "team",
+        "user",
+        "virtual_account",
+        "created_at",
+        "expires_at",
+        "revoked_at",
+        "last_used_at",
+    )
     list_filter = ("team",)
     search_fields = ("name", "prefix")
     exclude = ("key_hash",)
-    readonly_fields = ("prefix", "lineage_id", "rotated_from", "created_at", "last_used_at")
+    actions = ["revoke_keys"]
+
+    def get_readonly_fields(self, request, obj=None):
+        return [f.name for f in ApiKey._meta.fields if f.name != "key_hash"]
 
     def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False
+
+    @admin.action(description="Revoke selected keys")
+    def revoke_keys(self, request, queryset) -> None:
+        for key in queryset:
+            api_key_revoke(key=key, actor=request.user)
+        self.message_user(request, f"Revoked {queryset.count()} key(s).", messages.SUCCESS)
+
+
+@admin.register(TagDefinition)
+class TagDefinitionAdmin(admin.ModelAdmin):
+    list_display = ("key", "owner_team", "owner_user", "updated_at")
+    search_fields = ("key", "description")
+    readonly_fields = [f.name for f in TagDefinition._meta.fields]
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+
+@admin.register(RotationPolicy)
+class RotationPolicyAdmin(admin.ModelAdmin):
+    list_display = ("__str__", "every_days", "grace_hours", "last_run_at")
+    readonly_fields = [f.name for f in RotationPolicy._meta.fields]
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+
+@admin.register(AuditLog)
+class AuditLogAdmin(admin.ModelAdmin):
+    """Append-only: rows are written by services and can be read, never changed or deleted."""
+
+    list_display = ("created_at", "actor_label", "action", "object_type", "object_repr", "team")
+    list_filter = ("action", "object_type", "team")
+    search_fields = ("actor_label", "object_repr", "object_id")
+    date_hierarchy = "created_at"
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
         return False

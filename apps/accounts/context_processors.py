@@ -1,14 +1,41 @@
 """Navigation that shows each role only what it may use."""
 
+from django.utils import timezone
+
 from .constants import Role
 from .selectors import portal_identity
 
+EVERYONE = {Role.ADMIN, Role.FINANCE, Role.TEAM_ADMIN, Role.DEVELOPER}
+
 # (label, url name, roles that see it)
 NAV_ITEMS = [
-    ("Home", "home", {Role.ADMIN, Role.FINANCE, Role.TEAM_ADMIN, Role.DEVELOPER}),
-    ("API keys", "keys", {Role.ADMIN, Role.TEAM_ADMIN, Role.DEVELOPER}),
+    ("Home", "home", EVERYONE),
+    ("Keys", "keys", {Role.ADMIN, Role.TEAM_ADMIN, Role.DEVELOPER}),
     ("Teams", "teams", {Role.ADMIN, Role.TEAM_ADMIN}),
+    ("Users", "users", {Role.ADMIN}),
+    ("Tags", "tags", EVERYONE),
+    ("Audit", "audit", {Role.ADMIN}),
+    ("Quotas", "quotas:rules", {Role.ADMIN, Role.FINANCE, Role.TEAM_ADMIN}),
+    ("Billing", "billing:statements", {Role.ADMIN, Role.FINANCE}),
 ]
+# Which nav entry a page belongs to, by the start of its url name.
+NAV_SECTIONS = [
+    ("quotas:", "quotas:rules"),
+    ("key", "keys"),
+    ("team", "teams"),
+    ("member", "teams"),
+    ("virtual_account", "teams"),
+    ("user", "users"),
+    ("tag", "tags"),
+    ("audit", "audit"),
+]
+
+
+def nav_section(view_name: str | None) -> str | None:
+    """The nav entry of a page, from its namespaced view name (`quotas:rules`, `key_detail`)."""
+    if not view_name:
+        return None
+    return next((item for start, item in NAV_SECTIONS if view_name.startswith(start)), view_name)
 
 
 def portal_nav(request) -> dict:
@@ -20,5 +47,8 @@ def portal_nav(request) -> dict:
     return {
         "nav_items": items,
         "portal_role": identity.role,
+        "nav_active": nav_section(getattr(request.resolver_match, "view_name", None)),
         "show_django_admin": user.is_superuser,
+        # For "expired" badges; templates cannot call ApiKey.is_expired(now).
+        "now_ts": timezone.now(),
     }

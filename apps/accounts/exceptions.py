@@ -8,3 +8,15 @@ class OwnerError(AccountsError):
 
 class TagsError(AccountsError):
     """Default tags must be a JSON object of strings to strings."""
+
+
+class KeyStateError(AccountsError):
+    """The key cannot take this action in its current state (revoked, expired, rotated)."""
+
+
+class MembershipError(AccountsError):
+    """The membership to change does not exist."""
+
+
+class PolicyError(AccountsError):
+    """A rotation policy targets exactly one key or one team, with sane intervals."""

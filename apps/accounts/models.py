@@ -1,6 +1,7 @@
 import uuid
 
 from django.conf import settings
+from django.core.serializers.json import DjangoJSONEncoder
 from django.db import models
 from django.db.models import Q
 
@@ -18,6 +19,8 @@ class Team(models.Model):
     default_tags = models.JSONField(default=dict, blank=True)
     # When off, the reserved `log_request` tag cannot make the gateway store bodies.
     allow_request_logging = models.BooleanField(default=True)
+    # Tag keys every request of the team's keys must carry (after defaults are merged).
+    required_tag_keys = models.JSONField(default=list, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -103,6 +106,9 @@ class ApiKey(models.Model):
     expires_at = models.DateTimeField(null=True, blank=True)
     revoked_at = models.DateTimeField(null=True, blank=True)
     last_used_at = models.DateTimeField(null=True, blank=True)
+    # Set once by the beat tasks so an owner is warned, and an expiry audited, only once.
+    expiry_warned_at = models.DateTimeField(null=True, blank=True)
+    retired_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-created_at"]
@@ -122,3 +128,108 @@ class ApiKey(models.Model):
         if self.virtual_account_id:
             return f"virtualaccount:{self.virtual_account}"
         return f"user:{self.user}"
+
+    @property
+    def is_revoked(self) -> bool:
+        return self.revoked_at is not None
+
+    def is_expired(self, now) -> bool:
+        return self.expires_at is not None and self.expires_at <= now
+
+
+class TagDefinition(models.Model):
+    """A glossary entry: what a tag key means and who answers for it."""
+
+    key = models.CharField(max_length=64, unique=True)
+    description = models.TextField(blank=True)
+    owner_team = models.ForeignKey(
+        Team, null=True, blank=True, on_delete=models.SET_NULL, related_name="tag_definitions"
+    )
+    owner_user = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="tag_definitions",
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["key"]
+
+    def __str__(self) -> str:
+        return self.key
+
+
+class RotationPolicy(models.Model):
+    """Scheduled rotation for one key or for every key of a team (a key policy wins).
+
+    A key is due when it is `every_days` old; the old key keeps working `grace_hours`.
+    """
+
+    key = models.OneToOneField(
+        ApiKey, null=True, blank=True, on_delete=models.CASCADE, related_name="rotation_policy"
+    )
+    team = models.OneToOneField(
+        Team, null=True, blank=True, on_delete=models.CASCADE, related_name="rotation_policy"
+    )
+    every_days = models.PositiveIntegerField()
+    grace_hours = models.FloatField(default=24.0)
+    last_run_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        verbose_name_plural = "rotation policies"
+        constraints = [
+            models.CheckConstraint(
+                condition=(Q(key__isnull=False) & Q(team__isnull=True))
+                | (Q(key__isnull=True) & Q(team__isnull=False)),
+                name="rotationpolicy_exactly_one_target",
+            ),
+            models.CheckConstraint(
+                condition=Q(every_days__gte=1), name="rotationpolicy_every_days_positive"
+            ),
+            models.CheckConstraint(
+                condition=Q(grace_hours__gte=0), name="rotationpolicy_grace_not_negative"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        target = f"key {self.key}" if self.key_id else f"team {self.team}"
+        return f"rotate {target} every {self.every_days} days"
+
+
+class AuditLog(models.Model):
+    """An append-only record of a governance action: who, what, when, before and after.
+
+    Written only through `apps.accounts.audit.audit_record`; the admin cannot edit or delete
+    rows. `actor_label` and `object_repr` keep the record readable after deletions.
+    `team` scopes rows for team admins; it is empty for organisation-wide objects.
+    """
+
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="audit_entries",
+    )
+    actor_label = models.CharField(max_length=200)
+    action = models.CharField(max_length=64, db_index=True)
+    object_type = models.CharField(max_length=100)
+    object_id = models.CharField(max_length=64)
+    object_repr = models.CharField(max_length=300)
+    before = models.JSONField(null=True, blank=True, encoder=DjangoJSONEncoder)
+    after = models.JSONField(null=True, blank=True, encoder=DjangoJSONEncoder)
+    team = models.ForeignKey(
+        Team, null=True, blank=True, on_delete=models.SET_NULL, related_name="audit_entries"
+    )
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [models.Index(fields=["object_type", "object_id"])]
+
+    def __str__(self) -> str:
+        return f"{self.created_at:%Y-%m-%d %H:%M:%S} {self.actor_label} {self.action} {self.object_repr}"

@@ -1,9 +1,22 @@
-"""Reads for tenancy: who a user is in the portal and what they may see."""
+"""Reads for tenancy: who a user is in the portal and what they may see.
 
+Every read takes the caller's identity explicitly and returns only rows inside it, so views
+and the management API fetch objects through these and get a 404 for anything else.
+"""
+
+import datetime as dt
 from dataclasses import dataclass, field
 
+from django.contrib.auth import get_user_model
+from django.db.models import Count, Prefetch, Q, QuerySet
+
 from .constants import ORG_WIDE_ROLES, ROLE_RANK, Role
-from .models import ApiKey, Membership, Team
+from .models import ApiKey, AuditLog, Membership, TagDefinition, Team, VirtualAccount
+
+User = get_user_model()
+
+# How many recent usage rows the tag glossary scans for tag keys in use.
+TAG_SCAN_ROWS = 2000
 
 
 @dataclass(frozen=True)
@@ -13,6 +26,7 @@ class PortalIdentity:
     role: Role | None
     team_ids: frozenset[int] = field(default_factory=frozenset)
     admin_team_ids: frozenset[int] = field(default_factory=frozenset)
+    user_id: int | None = None
 
     @property
     def is_admin(self) -> bool:
@@ -37,22 +51,213 @@ def portal_identity(*, user) -> PortalIdentity:
         admin_team_ids=frozenset(
             team_id for team_id, role in memberships if role == Role.TEAM_ADMIN
         ),
+        user_id=user.pk,
     )
 
 
-def teams_visible_to(*, identity: PortalIdentity):
+# --- Teams, members, virtual accounts ------------------------------------------------
+
+
+def teams_visible_to(*, identity: PortalIdentity) -> QuerySet[Team]:
     if identity.is_org_wide:
         return Team.objects.all()
     return Team.objects.filter(id__in=identity.team_ids)
 
 
-def api_keys_visible_to(*, user, identity: PortalIdentity):
+def teams_administered_by(*, identity: PortalIdentity) -> QuerySet[Team]:
+    """Teams whose members, virtual accounts and keys the identity manages."""
+    if identity.is_admin:
+        return Team.objects.all()
+    return Team.objects.filter(id__in=identity.admin_team_ids)
+
+
+def team_list(*, identity: PortalIdentity) -> QuerySet[Team]:
+    return (
+        teams_administered_by(identity=identity)
+        .annotate(
+            member_count=Count("memberships", distinct=True),
+            key_count=Count("api_keys", filter=Q(api_keys__revoked_at__isnull=True), distinct=True),
+        )
+        .prefetch_related("virtual_accounts")
+    )
+
+
+def team_members(*, identity: PortalIdentity, team: Team) -> QuerySet[Membership]:
+    if not (identity.is_admin or team.pk in identity.admin_team_ids):
+        return Membership.objects.none()
+    return Membership.objects.filter(team=team).select_related("user").order_by("user__username")
+
+
+def membership_list(*, identity: PortalIdentity) -> QuerySet[Membership]:
+    return (
+        Membership.objects.filter(team__in=teams_administered_by(identity=identity))
+        .select_related("user", "team")
+        .order_by("team__name", "user__username")
+    )
+
+
+def virtual_accounts_visible_to(*, identity: PortalIdentity) -> QuerySet[VirtualAccount]:
+    return VirtualAccount.objects.filter(
+        team__in=teams_administered_by(identity=identity)
+    ).select_related("team")
+
+
+def user_by_username(*, identity: PortalIdentity, username: str):
+    """A user to add to a team; only someone who administers a team may look one up."""
+    if not (identity.is_admin or identity.admin_team_ids):
+        return None
+    return User.objects.filter(username=username, is_active=True).first()
+
+
+def users_with_memberships(*, identity: PortalIdentity) -> QuerySet:
+    if not identity.is_admin:
+        return User.objects.none()
+    return User.objects.order_by("username").prefetch_related(
+        Prefetch("memberships", queryset=Membership.objects.select_related("team"))
+    )
+
+
+# --- Keys -----------------------------------------------------------------------------
+
+
+def api_keys_visible_to(*, user, identity: PortalIdentity) -> QuerySet[ApiKey]:
     """Admins see every key, team admins their teams' keys, developers their own keys."""
     keys = ApiKey.objects.select_related("team", "user", "virtual_account")
     if identity.is_admin:
         return keys
-    if identity.role == Role.FINANCE:
+    if identity.role == Role.FINANCE or identity.role is None:
         return keys.none()
     if identity.admin_team_ids:
-        return keys.filter(team_id__in=identity.admin_team_ids) | keys.filter(user=user)
+        return keys.filter(Q(team_id__in=identity.admin_team_ids) | Q(user=user))
     return keys.filter(user=user)
+
+
+def api_key_list(
+    *,
+    user,
+    identity: PortalIdentity,
+    team_id: int | None = None,
+    active: bool | None = None,
+    owner_user_id: int | None = None,
+) -> QuerySet[ApiKey]:
+    keys = api_keys_visible_to(user=user, identity=identity)
+    if team_id is not None:
+        keys = keys.filter(team_id=team_id)
+    if owner_user_id is not None:
+        keys = keys.filter(user_id=owner_user_id)
+    if active is True:
+        keys = keys.filter(revoked_at__isnull=True)
+    elif active is False:
+        keys = keys.filter(revoked_at__isnull=False)
+    return keys
+
+
+def key_owner_choices(*, user, identity: PortalIdentity) -> list[tuple[str, str]]:
+    """`self` or a virtual account of a team the identity administers, as form choices."""
+    choices = [("self", f"Me ({user.get_username()})")]
+    for va in virtual_accounts_visible_to(identity=identity).filter(is_active=True):
+        choices.append((f"va:{va.pk}", f"Virtual account {va.name} ({va.team})"))
+    return choices
+
+
+def key_team_choices(*, user, identity: PortalIdentity) -> list[tuple[str, str]]:
+    """Teams a key owned by the caller may be attributed to: the caller's own teams."""
+    teams = Team.objects.filter(memberships__user=user).order_by("name")
+    return [(str(team.pk), team.name) for team in teams]
+
+
+def gateway_model_names() -> list[str]:
+    from apps.proxy.models import GatewayModel
+
+    return list(
+        GatewayModel.objects.filter(is_active=True).order_by("name").values_list("name", flat=True)
+    )
+
+
+# --- Tag glossary -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class GlossaryEntry:
+    key: str
+    description: str
+    owner: str
+    defined: bool
+    seen_in_usage: bool
+    definition: TagDefinition | None
+
+
+def tag_glossary(*, identity: PortalIdentity) -> list[GlossaryEntry]:
+    """Defined tag keys plus keys seen in the caller's recent usage, alphabetically."""
+    from apps.proxy.models import UsageRecord
+
+    definitions = {
+        d.key: d for d in TagDefinition.objects.select_related("owner_team", "owner_user")
+    }
+    usage = UsageRecord.objects.order_by("-created_at")
+    if not identity.is_org_wide:
+        usage = usage.filter(team_id__in=identity.team_ids)
+    seen: set[str] = set()
+    for tags in usage.values_list("tags", flat=True)[:TAG_SCAN_ROWS]:
+        if isinstance(tags, dict):
+            seen.update(str(k) for k in tags)
+    entries = []
+    for key in sorted(set(definitions) | seen):
+        definition = definitions.get(key)
+        owner = ""
+        if definition is not None:
+            owner = str(definition.owner_team or definition.owner_user or "")
+        entries.append(
+            GlossaryEntry(
+                key=key,
+                description=definition.description if definition else "",
+                owner=owner,
+                defined=definition is not None,
+                seen_in_usage=key in seen,
+                definition=definition,
+            )
+        )
+    return entries
+
+
+def tag_definition_get(*, key: str) -> TagDefinition | None:
+    return TagDefinition.objects.filter(key=key).first()
+
+
+# --- Audit log --------------------------------------------------------------------------
+
+
+def audit_log_entries(
+    *,
+    identity: PortalIdentity,
+    actor: str = "",
+    action: str = "",
+    object_type: str = "",
+    date_from: dt.date | None = None,
+    date_to: dt.date | None = None,
+) -> QuerySet[AuditLog]:
+    """Admins only; everyone else gets an empty queryset."""
+    if not identity.is_admin:
+        return AuditLog.objects.none()
+    rows = AuditLog.objects.select_related("actor").order_by("-created_at", "-pk")
+    if actor:
+        rows = rows.filter(Q(actor_label__icontains=actor) | Q(actor__username__iexact=actor))
+    if action:
+        rows = rows.filter(action=action)
+    if object_type:
+        rows = rows.filter(object_type=object_type)
+    if date_from:
+        rows = rows.filter(created_at__date__gte=date_from)
+    if date_to:
+        rows = rows.filter(created_at__date__lte=date_to)
+    return rows
+
+
+def audit_filter_choices(*, identity: PortalIdentity) -> tuple[list[str], list[str]]:
+    if not identity.is_admin:
+        return [], []
+    actions = AuditLog.objects.order_by("action").values_list("action", flat=True).distinct()
+    types = (
+        AuditLog.objects.order_by("object_type").values_list("object_type", flat=True).distinct()
+    )
+    return list(actions), list(types)

@@ -6,8 +6,10 @@ class BillingConfig(AppConfig):
     label = "billing"
 
     def seed_demo(self, stdout) -> None:
-        """Called by `manage.py seed_demo`: load the list-price catalog (idempotent)."""
-        from apps.billing.services import model_prices_import
+        """Called by `manage.py seed_demo`: the price catalog and the demo tiers (idempotent)."""
+        from apps.billing.services import model_prices_import, tiers_seed_demo
 
         count = model_prices_import()
         stdout.write(f"Model prices: {count} catalog entries loaded")
+        created = tiers_seed_demo()
+        stdout.write(f"Tiers: {created} created (Standard 200k, Professional 1M tokens/month)")

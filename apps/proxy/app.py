@@ -156,6 +156,14 @@ def _prepare_call(
         request_tags=request_tags,
         enforced_keys=key.enforced_tag_keys,
     )
+    for required in key.required_tag_keys:
+        if not tags.get(required):
+            raise BadRequest(
+                f"The team requires the tag '{required}' on every request: send it in "
+                "X-Gateway-Metadata or set it as a default tag.",
+                param="X-Gateway-Metadata",
+                code="missing_required_tag",
+            )
     log_bodies = tags.get(LOG_REQUEST_TAG) == "true" and key.allow_request_logging
     return calls.Call(
         request_id=request_id,

@@ -2,7 +2,9 @@
 
 A key is looked up by the SHA-256 of the presented secret: first in this worker's in-process
 cache, then, on a miss, with one async query. Revocations drop cache entries (see
-`invalidate`), and entries expire after settings.KEY_CACHE_TTL so any change is re-read.
+`invalidate`, fed by `key_events.listen_forever`), and entries expire after
+settings.KEY_CACHE_TTL so any change is re-read. The time a key was last used is kept in
+memory (`last_used`) and written in batches by `key_events.flush_last_used`.
 """
 
 import logging
@@ -50,6 +52,7 @@ class KeyInfo:
     owner_tags: dict
     key_tags: dict
     enforced_tag_keys: frozenset[str]
+    required_tag_keys: tuple[str, ...]
     allowed_models: frozenset[str]
     scopes: frozenset[str]
     allow_request_logging: bool
@@ -89,6 +92,7 @@ def key_info_from_row(key: ApiKey) -> KeyInfo:
         owner_tags=dict(va.default_tags or {}) if va else {},
         key_tags=dict(key.default_tags or {}),
         enforced_tag_keys=frozenset(key.enforced_tag_keys or ()),
+        required_tag_keys=tuple(key.team.required_tag_keys or ()),
         allowed_models=frozenset(key.allowed_models or ()),
         scopes=frozenset(key.scopes or ()),
         allow_request_logging=key.team.allow_request_logging,
@@ -107,6 +111,9 @@ class KeyCache:
 
     def __init__(self) -> None:
         self._entries: dict[str, tuple[KeyInfo | None, float]] = {}
+        # Bumped by every invalidation. A lookup that began before one may have read the row
+        # before the change committed, so its result is not cached (see `put`).
+        self.generation = 0
 
     def get(self, key_hash: str) -> tuple[bool, KeyInfo | None]:
         entry = self._entries.get(key_hash)
@@ -119,20 +126,53 @@ class KeyCache:
         entry = self._entries.get(key_hash)
         return entry[0] if entry is not None else None
 
-    def put(self, key_hash: str, info: KeyInfo | None) -> None:
+    def put(self, key_hash: str, info: KeyInfo | None, generation: int | None = None) -> None:
+        if generation is not None and generation != self.generation:
+            return
         if len(self._entries) >= _MAX_ENTRIES:
             self._entries.clear()  # crude bound; a full reload costs one query per key
         ttl = settings.KEY_CACHE_TTL if info is not None else _NEGATIVE_TTL
         self._entries[key_hash] = (info, time.monotonic() + ttl)
 
     def invalidate(self, key_hash: str | None = None) -> None:
+        self.generation += 1
         if key_hash is None:
             self._entries.clear()
         else:
             self._entries.pop(key_hash, None)
 
+    def invalidate_team(self, team_id: int) -> None:
+        """Team-wide settings (tags, required tags, logging) changed: drop its keys."""
+        self.generation += 1
+        for key_hash, (info, _) in list(self._entries.items()):
+            if info is not None and info.team_id == team_id:
+                del self._entries[key_hash]
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+class LastUsed:
+    """key id -> POSIX time of its latest request in this worker, until the next flush."""
+
+    def __init__(self) -> None:
+        self._seen: dict[int, float] = {}
+
+    def note(self, key_id: int, ts: float) -> None:
+        self._seen[key_id] = ts
+
+    def drain(self) -> dict[int, float]:
+        seen, self._seen = self._seen, {}
+        return seen
+
+    def restore(self, pending: dict[int, float]) -> None:
+        for key_id, ts in pending.items():
+            if self._seen.get(key_id, 0.0) < ts:
+                self._seen[key_id] = ts
+
 
 key_cache = KeyCache()
+last_used = LastUsed()
 
 
 def presented_secret(headers: dict[bytes, bytes]) -> str | None:
@@ -176,6 +216,7 @@ async def authenticate(headers: dict[bytes, bytes]) -> KeyInfo:
     key_hash = hash_secret(secret)
     hit, info = key_cache.get(key_hash)
     if not hit:
+        generation = key_cache.generation
         try:
             info = await _load(key_hash)
         except DatabaseError:
@@ -188,10 +229,12 @@ async def authenticate(headers: dict[bytes, bytes]) -> KeyInfo:
                     "The gateway cannot verify API keys right now; retry shortly."
                 ) from None
         else:
-            key_cache.put(key_hash, info)
+            key_cache.put(key_hash, info, generation)
     if info is None:
         raise Unauthorized("Incorrect API key provided.")
-    refusal = info.refusal(time.time())
+    now = time.time()
+    refusal = info.refusal(now)
     if refusal:
         raise Unauthorized(f"This API key has been {refusal}.", code=f"api_key_{refusal}")
+    last_used.note(info.id, now)
     return info

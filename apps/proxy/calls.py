@@ -240,6 +240,9 @@ async def run(call: Call, receive, send) -> None:
     except GatewayError as error:
         call.status = error.status
         call.error_type = error.code or error.error_type
+        if isinstance(error, QuotaRefused):
+            # Which rules refused it: the quota page and its audit trail read it from the row.
+            call.response_body = error.extra
         await _record(call)
         headers = {**call.response_headers, **error.headers}
         await send_json(send, error.status, error.body(), call.request_id, headers)

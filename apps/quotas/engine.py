@@ -36,6 +36,7 @@ from .rules import (
     QuotaRule,
     counter_key_prefix,
     escape_key_part,
+    merge_rules,
     parse_config,
     usd_to_micros,
     window_bounds_ts,
@@ -215,36 +216,59 @@ class QuotaEngine:
         self.version = version
 
     async def refresh(self) -> bool:
-        """Load the active stored config if its version changed; True when it did.
+        """Load the active stored config if it or a generated rule source changed.
 
-        One small query; call it every second or so off the request path (or on a pub/sub
-        nudge). A stored version that no longer parses keeps the current rules.
+        One small query per source; call it every second or so off the request path. A
+        stored version that no longer parses keeps the current rules. Generated rules (for
+        instance a hard-capped pricing tier's monthly allowance) come from the async
+        callables named in settings.QUOTA_GENERATED_RULE_SOURCES, each returning
+        (stamp, rules); they are merged over the hand-written YAML.
         """
+        from django.conf import settings
+        from django.utils.module_loading import import_string
+
         from .models import QuotaConfigVersion  # the app registry must be ready
 
         row = await (
             QuotaConfigVersion.objects.filter(is_active=True).values_list("version").afirst()
         )
-        version = row[0] if row else None
+        stored_version = row[0] if row else None
+        generated: list[QuotaRule] = []
+        stamps = []
+        for path in getattr(settings, "QUOTA_GENERATED_RULE_SOURCES", ()):
+            stamp, rules = await import_string(path)()
+            stamps.append(stamp)
+            generated.extend(rules)
+        version = (stored_version, tuple(stamps))
         if version == self.version:
             return False
+        if self.version is None and stored_version is None and not generated:
+            self.version = version  # still no rules at all: nothing to reload
+            return False
         text = ""
-        if version is not None:
+        if stored_version is not None:
             text = await (
-                QuotaConfigVersion.objects.filter(version=version)
+                QuotaConfigVersion.objects.filter(version=stored_version)
                 .values_list("yaml_text", flat=True)
                 .aget()
             )
         try:
             config = parse_config(text) if text else QuotaConfig()
+            if generated:
+                config = merge_rules(config, generated)
         except QuotaConfigError:
             logger.exception(
-                "stored quota config version %s does not parse; keeping rules", version
+                "stored quota config version %s does not parse; keeping rules", stored_version
             )
             self.version = version
             return False
         self.load(config, version)
         return True
+
+    @property
+    def stored_version(self) -> int | None:
+        """The stored YAML version in force (the first part of `version`)."""
+        return self.version[0] if isinstance(self.version, tuple) else self.version
 
     def _match(self, subject_ids: set[str] | frozenset[str], model: str, tags: dict) -> list:
         compiled = self._compiled

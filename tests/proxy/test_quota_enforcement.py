@@ -59,6 +59,7 @@ rules:
     assert response.headers["x-ratelimit-remaining-requests"] == "0"
     row = wait_for_usage(response.headers["x-request-id"])
     assert row.status_code == 429 and row.error_type == "quota_exceeded"
+    assert [r["rule"] for r in row.response_body["broken_rules"]] == [f"frontend-burst-{suffix}"]
 
 
 def test_token_budget_reserves_and_settles(gateway, team, user):
@@ -94,3 +95,29 @@ rules:
     )
     remaining = int(raw.headers["x-ratelimit-remaining-tokens"])
     assert remaining <= 300 - used
+
+
+def test_hard_capped_tier_is_enforced_as_a_rule_named_after_it(gateway, user, other_team):
+    from apps.accounts.services import membership_set
+    from apps.billing.constants import SubjectType
+    from apps.billing.services.subscriptions import subscription_change, tier_save
+    from apps.billing.subjects import BillingSubject
+
+    membership_set(user=user, team=other_team, role="developer")
+    _, secret = factories.make_key(user=user, team=other_team)
+    declare_model("tier-chat", gateway.simulator_url, "demo-chat")
+    gateway.wait_for_model(secret, "tier-chat")
+    tier = tier_save(
+        name=f"Tiny {time.monotonic_ns()}",
+        monthly_token_allowance=150,
+        monthly_price="1.00",
+        hard_cap=True,
+    )
+    subscription_change(subject=BillingSubject(type=SubjectType.TEAM, team=other_team), tier=tier)
+    wait_for_quota_refresh()
+    client = OpenAI(base_url=f"{gateway.url}/v1", api_key=secret, max_retries=0)
+    with pytest.raises(openai.RateLimitError) as caught:
+        client.chat.completions.create(model="tier-chat", messages=MESSAGES, max_tokens=500)
+    assert f"tier-team-{other_team.slug}" in caught.value.response.json()["error"]["message"]
+    answer = client.chat.completions.create(model="tier-chat", messages=MESSAGES, max_tokens=20)
+    assert answer.usage.total_tokens > 0

@@ -1,4 +1,4 @@
-"""Billing use cases: every write goes through a function here."""
+"""Price catalog import."""
 
 import json
 from decimal import Decimal

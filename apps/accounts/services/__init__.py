@@ -1,0 +1,55 @@
+"""Writes and use cases for teams, memberships, virtual accounts, API keys and tags.
+
+Split by subject; import from here (`from apps.accounts.services import api_key_rotate`).
+"""
+
+from ..audit import audit_record
+from ._common import validate_tag_keys, validate_tags
+from .keys import (
+    DEFAULT_GRACE_HOURS,
+    UNCHANGED,
+    api_key_issue,
+    api_key_revoke,
+    api_key_rotate,
+    api_key_update,
+)
+from .rotation import (
+    api_keys_retire_expired,
+    api_keys_rotate_due,
+    api_keys_warn_expiring,
+    rotation_policy_remove,
+    rotation_policy_set,
+)
+from .tags import tag_definition_upsert
+from .tenancy import (
+    membership_remove,
+    membership_set,
+    team_create,
+    team_update,
+    virtual_account_create,
+    virtual_account_update,
+)
+
+__all__ = [
+    "DEFAULT_GRACE_HOURS",
+    "UNCHANGED",
+    "api_key_issue",
+    "api_key_revoke",
+    "api_key_rotate",
+    "api_key_update",
+    "api_keys_retire_expired",
+    "api_keys_rotate_due",
+    "api_keys_warn_expiring",
+    "audit_record",
+    "membership_remove",
+    "membership_set",
+    "rotation_policy_remove",
+    "rotation_policy_set",
+    "tag_definition_upsert",
+    "team_create",
+    "team_update",
+    "validate_tag_keys",
+    "validate_tags",
+    "virtual_account_create",
+    "virtual_account_update",
+]

@@ -1,0 +1,236 @@
+"""/api/usage: usage export (grouped metrics or raw rows) and the chargeback CSV.
+
+Auth: a portal session of an admin or finance user (every team), a team admin (their teams),
+or an API key with the `usage:read` scope (the key's team). Developers get 403.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import replace
+from typing import Any, Literal
+
+from django.http import HttpRequest
+from ninja import Field, Query, Router, Schema
+from ninja.errors import HttpError
+
+from apps.accounts.api_auth import session_or_key_auth
+from apps.accounts.models import ApiKey
+from apps.accounts.selectors import portal_identity
+
+from .constants import COST_DECIMALS, CURRENCY, EXPORT_SCHEMA_VERSION, USAGE_READ_SCOPE
+from .exceptions import UsageQueryError
+from .exports import (
+    chargeback_csv,
+    group_record,
+    row_record,
+    rows_response,
+    usage_groups_csv,
+    usage_groups_ndjson,
+    usage_rows_csv,
+    usage_rows_ndjson,
+)
+from .selectors.usage import (
+    MAX_PAGE,
+    RowCursor,
+    UsageScope,
+    usage_grouped,
+    usage_rows_page,
+)
+from .usage_query import UsageQuery, parse_time, parse_usage_query
+
+router = Router(tags=["usage"])
+
+SCHEMA_DOC = f"""
+Row schema version {EXPORT_SCHEMA_VERSION} (also in the `schema_version` field and the
+`X-Schema-Version` header).
+
+**Grouped rows** (`mode=aggregate`): `period` (ISO start of the hour/day/month bucket, UTC;
+only with `granularity`), one column per `group_by` dimension (`team` + `team_id`, `user` +
+`user_id`, `virtual_account` + `virtual_account_id`, `model`, `status_code`, `provider`,
+`request_type`, `tag.<key>`; null when absent), then the metrics asked for: `requests`,
+`errors`, `error_rate` (0..1), `input_tokens`, `output_tokens`, `cached_tokens`,
+`total_tokens` (input + output), `cost_usd` ({CURRENCY}, string with {COST_DECIMALS} decimals),
+`latency_p50_ms`, `latency_p90_ms`, `latency_p99_ms` (percentile_cont, interpolated).
+
+**Raw rows** (`mode=rows`): `id` (stable, unique), `request_id` (unique), `created_at`,
+`inserted_at` (when the row reached the database: the incremental watermark), attribution
+ids, `model`, `deployment`, `provider`, `request_type`, `is_stream`, `status_code`,
+`error_type`, token counts, `tokens_estimated`, `cost_usd` (exact decimal string, 10 places),
+latencies in ms, `attempts`, `client_disconnected`, `tags` (object; JSON text in CSV). Rows
+come in (`inserted_at`, `id`) order. Resume from the last `next_cursor` (JSON body, or the
+`X-Next-Cursor` header for CSV/NDJSON) to load each row exactly once, late rows included;
+rows are handed out once they are BILLING_EXPORT_SETTLE_SECONDS (default 120 s) old.
+"""
+
+
+class UsageParams(Schema):
+    start: str | None = Field(
+        None, description="ISO date (00:00 UTC) or datetime; default: start of this month"
+    )
+    end: str | None = Field(
+        None, description="ISO datetime (exclusive) or date (inclusive); default: now"
+    )
+    team: str | None = Field(None, description="Team slugs or ids, comma-separated")
+    user: str | None = Field(None, description="Usernames or ids, comma-separated")
+    virtual_account: str | None = Field(None, description="Virtual account names or ids")
+    model: str | None = Field(None, description="Model names, comma-separated")
+    status: str | None = Field(None, description="Codes (429), classes (4xx), success or error")
+    group_by: str | None = Field(
+        None,
+        description="Comma-separated: team, user, virtual_account, model, status, provider, request_type, tag.<key> (or a configured tag key). Tag filters: tag.<key>=<value>",
+    )
+    granularity: Literal["hour", "day", "month"] | None = None
+    metrics: str | None = Field(
+        None, description="Any of requests, tokens, cost, latency, error_rate (default all)"
+    )
+    mode: Literal["aggregate", "rows"] = "aggregate"
+    format: Literal["json", "ndjson", "csv"] = "json"
+    updated_since: str | None = Field(
+        None, description="rows mode: inserted_at strictly after this"
+    )
+    cursor: str | None = Field(None, description="rows mode: next_cursor of the previous page")
+    limit: int = Field(1000, ge=1, le=MAX_PAGE, description="rows mode: page size")
+
+
+class ChargebackParams(Schema):
+    start: str | None = Field(None, description="As for /api/usage; or use month")
+    end: str | None = None
+    month: str | None = Field(None, description="YYYY-MM: the whole UTC month")
+    team: str | None = None
+    user: str | None = None
+    virtual_account: str | None = None
+    model: str | None = None
+    status: str | None = None
+    group_by: str | None = Field(None, description="As for /api/usage; default team")
+    granularity: Literal["hour", "day", "month"] | None = None
+
+
+class UsageOut(Schema):
+    schema_version: str
+    mode: str
+    start: str | None
+    end: str | None
+    group_by: list[str] = []
+    granularity: str | None = None
+    data: list[dict[str, Any]]
+    next_cursor: str | None = None
+    has_more: bool = False
+    watermark: str | None = Field(None, description="rows mode: settle horizon of this page")
+
+
+def usage_scope_for(request: HttpRequest) -> UsageScope:
+    caller = request.auth
+    if isinstance(caller, ApiKey):
+        if USAGE_READ_SCOPE not in (caller.scopes or []):
+            raise HttpError(403, f"This API key lacks the {USAGE_READ_SCOPE} scope.")
+        return UsageScope(frozenset({caller.team_id}))
+    identity = portal_identity(user=caller)
+    if identity.is_org_wide:
+        return UsageScope(None)
+    if identity.admin_team_ids:
+        return UsageScope(identity.admin_team_ids)
+    raise HttpError(403, "Usage export needs the admin, finance or team admin role.")
+
+
+def _query(request: HttpRequest, **kwargs) -> UsageQuery:
+    try:
+        return parse_usage_query(request.GET, **kwargs)
+    except UsageQueryError as error:
+        raise HttpError(400, str(error)) from error
+
+
+def _iso(moment) -> str | None:
+    return moment.isoformat().replace("+00:00", "Z") if moment else None
+
+
+@router.get(
+    "", response=UsageOut, auth=session_or_key_auth, summary="Usage export", description=SCHEMA_DOC
+)
+def usage(request: HttpRequest, params: Query[UsageParams]):
+    scope = usage_scope_for(request)
+    rows_mode = params.mode == "rows"
+    query = _query(request, require_start=not rows_mode)
+    try:
+        if rows_mode:
+            return _rows(scope, query, params)
+        groups = usage_grouped(scope=scope, query=query)
+        if params.format == "csv":
+            return usage_groups_csv(groups, query)
+        if params.format == "ndjson":
+            return usage_groups_ndjson(groups, query)
+        return {
+            "schema_version": EXPORT_SCHEMA_VERSION,
+            "mode": "aggregate",
+            "start": _iso(query.start),
+            "end": _iso(query.end),
+            "group_by": [dim.output for dim in query.group_by],
+            "granularity": query.granularity,
+            "data": [group_record(group, query) for group in groups],
+        }
+    except PermissionError as error:
+        raise HttpError(403, str(error)) from error
+    except UsageQueryError as error:
+        raise HttpError(400, str(error)) from error
+
+
+def _rows(scope: UsageScope, query: UsageQuery, params: UsageParams):
+    cursor = None
+    if params.cursor:
+        cursor = RowCursor.decode(params.cursor)
+    elif params.updated_since:
+        cursor = RowCursor.after(parse_time(params.updated_since, name="updated_since"))
+    page = usage_rows_page(scope=scope, query=query, cursor=cursor, limit=params.limit)
+    next_cursor = page.next_cursor.encode() if page.next_cursor else None
+    if params.format == "json":
+        return {
+            "schema_version": EXPORT_SCHEMA_VERSION,
+            "mode": "rows",
+            "start": _iso(query.start),
+            "end": _iso(query.end),
+            "data": [row_record(row) for row in page.rows],
+            "next_cursor": next_cursor,
+            "has_more": page.has_more,
+            "watermark": _iso(page.horizon),
+        }
+    rows = page.rows.iterator(chunk_size=2000)
+    body = usage_rows_csv(rows) if params.format == "csv" else usage_rows_ndjson(rows)
+    response = rows_response(body, params.format)
+    response["X-Next-Cursor"] = next_cursor or ""
+    response["X-Has-More"] = "true" if page.has_more else "false"
+    return response
+
+
+@router.get(
+    "chargeback.csv",
+    auth=session_or_key_auth,
+    summary="Chargeback CSV",
+    description=(
+        "Cost and tokens per group (default: per team) for a month or any range, streamed. "
+        f"`cost_usd` is {CURRENCY} with {COST_DECIMALS} decimals (half-up); the last row is "
+        "`TOTAL` (the exact sum, rounded once). Cells starting with = + - @ tab or CR are "
+        "prefixed with a single quote against CSV injection."
+    ),
+)
+def chargeback(request: HttpRequest, params: Query[ChargebackParams]):
+    scope = usage_scope_for(request)
+    data = request.GET.copy()
+    if params.month:
+        if params.start or params.end:
+            raise HttpError(400, "month: give either month or start/end")
+        try:
+            start = parse_time(f"{params.month}-01", name="month")
+        except UsageQueryError as error:
+            raise HttpError(400, "month: use YYYY-MM") from error
+        data["start"] = start.date().isoformat()
+        data["end"] = (start.replace(day=28) + dt.timedelta(days=4)).replace(day=1).isoformat()
+    try:
+        query = parse_usage_query(data, default_group_by="team")
+        # No latency percentiles: they are the expensive part of the GROUP BY.
+        query = replace(query, metrics=frozenset({"requests", "tokens", "cost"}))
+        filename = f"chargeback_{query.start:%Y%m%d}_{query.end:%Y%m%d}.csv"
+        return chargeback_csv(usage_grouped(scope=scope, query=query), query, filename=filename)
+    except PermissionError as error:
+        raise HttpError(403, str(error)) from error
+    except UsageQueryError as error:
+        raise HttpError(400, str(error)) from error

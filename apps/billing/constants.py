@@ -1,0 +1,15 @@
+from django.db import models
+
+
+class SubjectType(models.TextChoices):
+    TEAM = "team", "Team"
+    VIRTUAL_ACCOUNT = "virtual_account", "Virtual account"
+    CUSTOMER = "customer", "Customer (tag value)"
+
+
+CURRENCY = "USD"
+# Chargeback and export cost cells: USD with 6 decimals, half-up (documented in exports.py).
+COST_DECIMALS = 6
+EXPORT_SCHEMA_VERSION = "1"
+# An API key needs this scope to read its team's usage through /api/usage.
+USAGE_READ_SCOPE = "usage:read"

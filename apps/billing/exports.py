@@ -1,0 +1,180 @@
+"""Streamed CSV and NDJSON for the usage API and chargebacks; never a whole file in memory.
+
+Chargeback CSV: one row per group, then a `TOTAL` row. Money is USD (`currency` column),
+`cost_usd` with 6 decimals rounded half-up per cell; the total is the exact sum rounded once,
+so it can differ from the sum of the rounded cells by a few millionths. Tokens are integers.
+Cells that a spreadsheet would run as a formula (starting with = + - @ tab or CR) are
+prefixed with a single quote (OWASP CSV injection).
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import json
+from collections.abc import Iterable, Iterator
+from decimal import ROUND_HALF_UP, Decimal
+
+from django.core.serializers.json import DjangoJSONEncoder
+from django.http import StreamingHttpResponse
+
+from apps.billing.constants import COST_DECIMALS, CURRENCY, EXPORT_SCHEMA_VERSION
+from apps.billing.selectors.usage import PERCENTILES, ROW_FIELDS, UsageGroup, dim_columns
+from apps.billing.usage_query import UsageQuery
+
+FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
+COST_QUANTUM = Decimal(1).scaleb(-COST_DECIMALS)
+NDJSON = "application/x-ndjson"
+
+
+def csv_safe(value: object) -> object:
+    if isinstance(value, str) and value.startswith(FORMULA_PREFIXES):
+        return "'" + value
+    return value
+
+
+def money(value: Decimal) -> str:
+    return str(value.quantize(COST_QUANTUM, ROUND_HALF_UP))
+
+
+class Echo:
+    """A file-like object whose write returns the line, for csv.writer in a generator."""
+
+    def write(self, value: str) -> str:
+        return value
+
+
+def _iso(moment: dt.datetime | None) -> str | None:
+    return moment.astimezone(dt.UTC).isoformat().replace("+00:00", "Z") if moment else None
+
+
+# --- Grouped usage ------------------------------------------------------------------------
+
+
+def metric_columns(query: UsageQuery) -> list[str]:
+    columns = []
+    if "requests" in query.metrics:
+        columns.append("requests")
+    if "error_rate" in query.metrics:
+        columns += ["errors", "error_rate"]
+    if "tokens" in query.metrics:
+        columns += ["input_tokens", "output_tokens", "cached_tokens", "total_tokens"]
+    if "cost" in query.metrics:
+        columns.append("cost_usd")
+    if "latency" in query.metrics:
+        columns += [name for name, _ in PERCENTILES]
+    return columns
+
+
+def group_columns(query: UsageQuery) -> list[str]:
+    return [*(["period"] if query.granularity else []), *dim_columns(query), *metric_columns(query)]
+
+
+def group_record(group: UsageGroup, query: UsageQuery) -> dict[str, object]:
+    """Schema v1 of a grouped row (documented on /api/docs)."""
+    values: dict[str, object] = {
+        "requests": group.requests,
+        "errors": group.errors,
+        "error_rate": group.error_rate,
+        "input_tokens": group.input_tokens,
+        "output_tokens": group.output_tokens,
+        "cached_tokens": group.cached_tokens,
+        "total_tokens": group.total_tokens,
+        "cost_usd": money(group.cost_usd),
+        **{
+            name: None if value is None else round(value, 3)
+            for name, value in group.latency.items()
+        },
+        **group.dims,
+        "period": _iso(group.period),
+    }
+    return {column: values.get(column) for column in group_columns(query)}
+
+
+def _csv_stream(header: list[str], rows: Iterable[list[object]]) -> Iterator[str]:
+    writer = csv.writer(Echo())
+    yield writer.writerow(header)
+    for row in rows:
+        yield writer.writerow([csv_safe(cell) for cell in row])
+
+
+def _response(body: Iterator[str], content_type: str, filename: str | None = None):
+    response = StreamingHttpResponse(body, content_type=content_type)
+    response["X-Schema-Version"] = EXPORT_SCHEMA_VERSION
+    if filename:
+        response["Content-Disposition"] = f'attachment; filename="{filename}"'
+    return response
+
+
+def usage_groups_csv(groups: Iterable[UsageGroup], query: UsageQuery) -> StreamingHttpResponse:
+    columns = group_columns(query)
+    rows = ([record[c] for c in columns] for record in (group_record(g, query) for g in groups))
+    return _response(_csv_stream(columns, rows), "text/csv; charset=utf-8", "usage.csv")
+
+
+def usage_groups_ndjson(groups: Iterable[UsageGroup], query: UsageQuery) -> StreamingHttpResponse:
+    body = (
+        json.dumps(group_record(group, query), cls=DjangoJSONEncoder) + "\n" for group in groups
+    )
+    return _response(body, NDJSON)
+
+
+def chargeback_csv(
+    groups: Iterable[UsageGroup], query: UsageQuery, *, filename: str
+) -> StreamingHttpResponse:
+    dims = [*(["period"] if query.granularity else []), *dim_columns(query)]
+    metrics = ["requests", "input_tokens", "output_tokens", "cached_tokens", "total_tokens"]
+    header = [*dims, *metrics, "cost_usd", "currency"]
+
+    def rows() -> Iterator[list[object]]:
+        totals = dict.fromkeys(metrics, 0)
+        cost = Decimal(0)
+        for group in groups:
+            record = group_record(group, query)
+            yield [
+                *(record.get(column) for column in dims),
+                *(getattr(group, metric) for metric in metrics),
+                money(group.cost_usd),
+                CURRENCY,
+            ]
+            for metric in metrics:
+                totals[metric] += getattr(group, metric)
+            cost += group.cost_usd
+        label = ["TOTAL", *[""] * (len(dims) - 1)] if dims else []
+        yield [*label, *totals.values(), money(cost), CURRENCY]
+
+    return _response(_csv_stream(header, rows()), "text/csv; charset=utf-8", filename)
+
+
+# --- Raw rows ---------------------------------------------------------------------------
+
+
+def row_record(row: dict) -> dict[str, object]:
+    """Schema v1 of a raw usage row; `cost_usd` is an exact decimal string (10 places)."""
+    record = dict(row)
+    record["created_at"] = _iso(row["created_at"])
+    record["inserted_at"] = _iso(row["inserted_at"])
+    record["cost_usd"] = str(row["cost_usd"])
+    record["tags"] = row["tags"] if isinstance(row["tags"], dict) else {}
+    return record
+
+
+def usage_rows_csv(rows: Iterable[dict]) -> Iterator[str]:
+    def cells() -> Iterator[list[object]]:
+        for row in rows:
+            record = row_record(row)
+            record["tags"] = json.dumps(record["tags"], sort_keys=True)
+            yield [record[field] for field in ROW_FIELDS]
+
+    return _csv_stream(list(ROW_FIELDS), cells())
+
+
+def usage_rows_ndjson(rows: Iterable[dict]) -> Iterator[str]:
+    for row in rows:
+        yield json.dumps(row_record(row), cls=DjangoJSONEncoder) + "\n"
+
+
+def rows_response(body: Iterator[str], fmt: str) -> StreamingHttpResponse:
+    if fmt == "csv":
+        return _response(body, "text/csv; charset=utf-8", "usage_rows.csv")
+    return _response(body, NDJSON)

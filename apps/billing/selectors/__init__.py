@@ -1,0 +1,1 @@
+"""Billing reads: usage (export API, chargebacks) and plans (tiers, statements)."""

@@ -1,0 +1,164 @@
+"""Monthly statements per billing subject, computed from the monthly rollups.
+
+Rules (documented in the portal):
+- The allowance is the allowance of the tier held at the end of the month (or now, for the
+  current month): a change of tier applies at once to the month's usage so far.
+- The base price is prorated by the share of the month each tier was held, to the second.
+- Used tokens are input + output tokens of the whole month (only the tier's included models
+  when it lists any). Overage is charged at the final tier's rate; a hard-capped tier charges
+  none (its quota rule refuses requests instead).
+- Amounts are USD rounded half-up to the cent once, after summing exact fractions.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import defaultdict
+from dataclasses import dataclass
+from decimal import ROUND_HALF_UP, Decimal
+
+from django.db import transaction
+from django.db.models import F, Q, Sum
+from django.utils import timezone
+
+from apps.billing.models import Statement, Subscription, Tier, UsageRollupMonthly
+from apps.billing.services.rollups import day_bounds, month_start, next_month
+from apps.billing.subjects import BillingSubject, subject_of
+
+CENT = Decimal("0.01")
+
+
+@dataclass(frozen=True)
+class TierSegment:
+    tier: Tier
+    starts_at: dt.datetime
+    ends_at: dt.datetime
+    fraction: Decimal
+
+
+@dataclass(frozen=True)
+class StatementDraft:
+    subject: BillingSubject
+    month: dt.date
+    tier: Tier
+    segments: list[TierSegment]
+    allowance_tokens: int
+    used_tokens: int
+    overage_tokens: int
+    base_amount: Decimal
+    overage_amount: Decimal
+    amount: Decimal
+    cost_usd: Decimal
+
+
+def _segments(subscriptions: list[Subscription], month: dt.date) -> list[TierSegment]:
+    low, high = day_bounds(month, next_month(month))
+    seconds = Decimal((high - low).total_seconds())
+    out = []
+    for sub in sorted(subscriptions, key=lambda s: s.starts_at):
+        start = max(sub.starts_at, low)
+        end = min(sub.ends_at or high, high)
+        if end > start:
+            fraction = Decimal((end - start).total_seconds()) / seconds
+            out.append(TierSegment(sub.tier, start, end, fraction))
+    return out
+
+
+def subject_month_usage(
+    *, subject: BillingSubject, month: dt.date, models: list[str] | None = None
+) -> tuple[int, Decimal]:
+    """(input + output tokens, cost) of a subject in a month, from the monthly rollups."""
+    rows = UsageRollupMonthly.objects.filter(subject.usage_filter(), month=month_start(month))
+    if models:
+        rows = rows.filter(model__in=models)
+    totals = rows.aggregate(
+        tokens=Sum(F("input_tokens") + F("output_tokens")), cost=Sum("cost_usd")
+    )
+    return int(totals["tokens"] or 0), Decimal(totals["cost"] or 0)
+
+
+def statement_draft(
+    *, subject: BillingSubject, subscriptions: list[Subscription], month: dt.date
+) -> StatementDraft | None:
+    segments = _segments(subscriptions, month)
+    if not segments:
+        return None
+    tier = segments[-1].tier
+    used, cost = subject_month_usage(
+        subject=subject, month=month, models=list(tier.included_models or [])
+    )
+    overage = max(0, used - tier.monthly_token_allowance)
+    rate = Decimal(0) if tier.hard_cap else (tier.overage_price_per_1k_tokens or Decimal(0))
+    base = sum((s.tier.monthly_price * s.fraction for s in segments), Decimal(0))
+    overage_amount = Decimal(overage) * rate / 1000
+    return StatementDraft(
+        subject=subject,
+        month=month,
+        tier=tier,
+        segments=segments,
+        allowance_tokens=tier.monthly_token_allowance,
+        used_tokens=used,
+        overage_tokens=overage,
+        base_amount=base.quantize(CENT, ROUND_HALF_UP),
+        overage_amount=overage_amount.quantize(CENT, ROUND_HALF_UP),
+        amount=(base + overage_amount).quantize(CENT, ROUND_HALF_UP),
+        cost_usd=cost,
+    )
+
+
+def _overlapping(month: dt.date) -> dict[str, list[Subscription]]:
+    low, high = day_bounds(month, next_month(month))
+    subs = (
+        Subscription.objects.filter(
+            Q(ends_at__isnull=True) | Q(ends_at__gt=low), starts_at__lt=high
+        )
+        .select_related("tier", "team", "virtual_account")
+        .order_by("subject_key", "starts_at")
+    )
+    by_subject: dict[str, list[Subscription]] = defaultdict(list)
+    for sub in subs:
+        by_subject[sub.subject_key].append(sub)
+    return by_subject
+
+
+@transaction.atomic
+def statements_compute(*, month: dt.date) -> int:
+    """Upsert the statement of every subject subscribed during `month`; returns how many."""
+    month = month_start(month)
+    now = timezone.now()
+    keep = []
+    for key, subs in _overlapping(month).items():
+        subject = subject_of(subs[-1])
+        draft = statement_draft(subject=subject, subscriptions=subs, month=month)
+        if draft is None:
+            continue
+        Statement.objects.update_or_create(
+            subject_key=key,
+            month=month,
+            defaults={
+                "subject_type": subject.type,
+                "subject_label": subject.label,
+                "tier": draft.tier,
+                "allowance_tokens": draft.allowance_tokens,
+                "used_tokens": draft.used_tokens,
+                "overage_tokens": draft.overage_tokens,
+                "base_amount": draft.base_amount,
+                "overage_amount": draft.overage_amount,
+                "amount": draft.amount,
+                "cost_usd": draft.cost_usd,
+                "lines": [
+                    {
+                        "tier": s.tier.name,
+                        "from": s.starts_at.isoformat(),
+                        "to": s.ends_at.isoformat(),
+                        "fraction": str(s.fraction.quantize(Decimal("0.000001"))),
+                        "base": str((s.tier.monthly_price * s.fraction).quantize(CENT)),
+                    }
+                    for s in draft.segments
+                ],
+                "computed_at": now,
+            },
+        )
+        keep.append(key)
+    Statement.objects.filter(month=month).exclude(subject_key__in=keep).delete()
+    return len(keep)

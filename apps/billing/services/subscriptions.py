@@ -1,0 +1,138 @@
+"""Tiers and subscriptions: create and edit tiers, change a subject's tier with history."""
+
+from __future__ import annotations
+
+import datetime as dt
+from decimal import Decimal
+
+from django.db import transaction
+from django.utils import timezone
+
+from apps.accounts.audit import audit_record
+from apps.billing.exceptions import SubscriptionError
+from apps.billing.models import Subscription, Tier
+from apps.billing.subjects import BillingSubject
+
+TIER_FIELDS = (
+    "name",
+    "monthly_token_allowance",
+    "monthly_price",
+    "overage_price_per_1k_tokens",
+    "hard_cap",
+    "included_models",
+    "is_active",
+)
+DEMO_TIERS = [
+    # Standard is hard-capped so the demo shows quota enforcement; Professional accrues.
+    {
+        "name": "Standard",
+        "monthly_token_allowance": 200_000,
+        "monthly_price": Decimal("49.00"),
+        "overage_price_per_1k_tokens": None,
+        "hard_cap": True,
+    },
+    {
+        "name": "Professional",
+        "monthly_token_allowance": 1_000_000,
+        "monthly_price": Decimal("199.00"),
+        "overage_price_per_1k_tokens": Decimal("0.250000"),
+        "hard_cap": False,
+    },
+]
+
+
+def _tier_snapshot(tier: Tier) -> dict:
+    return {field: getattr(tier, field) for field in TIER_FIELDS}
+
+
+@transaction.atomic
+def tier_save(*, tier: Tier | None = None, actor=None, **fields) -> Tier:
+    """Create a tier, or update `tier` with `fields`; a hard cap clears the overage price."""
+    unknown = set(fields) - set(TIER_FIELDS)
+    if unknown:
+        raise TypeError(f"unknown tier fields: {sorted(unknown)}")
+    if fields.get("hard_cap"):
+        fields["overage_price_per_1k_tokens"] = None
+    before = _tier_snapshot(tier) if tier is not None else None
+    if tier is None:
+        tier = Tier(**fields)
+    else:
+        for name, value in fields.items():
+            setattr(tier, name, value)
+    tier.full_clean()
+    tier.save()
+    audit_record(
+        actor=actor,
+        action="billing.tier_update" if before else "billing.tier_create",
+        obj=tier,
+        before=before,
+        after=_tier_snapshot(tier),
+    )
+    return tier
+
+
+def tiers_seed_demo() -> int:
+    """Create the demo tiers if missing (never overwrites an edited tier)."""
+    created = 0
+    for spec in DEMO_TIERS:
+        _, made = Tier.objects.get_or_create(name=spec["name"], defaults=spec)
+        created += made
+    return created
+
+
+@transaction.atomic
+def subscription_change(
+    *,
+    subject: BillingSubject,
+    tier: Tier | None,
+    actor=None,
+    at: dt.datetime | None = None,
+) -> Subscription | None:
+    """Put `subject` on `tier` from `at` (default now); `tier=None` ends the subscription.
+
+    Applies at once: the open subscription is closed at `at` and the new one opens at the
+    same instant, so history has no gap and the month's statement prorates the base price.
+    Enforcement uses the new tier's allowance against the whole month's usage.
+    """
+    at = at or timezone.now()
+    if timezone.is_naive(at):
+        raise SubscriptionError("the change time must be timezone-aware")
+    # Lock the subject's open row so two admins changing it at once serialise here.
+    current = (
+        Subscription.objects.select_for_update()
+        .filter(subject_key=subject.key, ends_at__isnull=True)
+        .select_related("tier")
+        .first()
+    )
+    if current is not None and tier is not None and current.tier_id == tier.pk:
+        return current
+    if current is not None:
+        if at <= current.starts_at:
+            raise SubscriptionError(
+                f"{subject.label} is on {current.tier} since {current.starts_at:%Y-%m-%d %H:%M} "
+                "UTC; a change must come after that"
+            )
+        current.ends_at = at
+        current.save(update_fields=["ends_at", "updated_at"])
+    elif tier is None:
+        return None
+    new = None
+    if tier is not None:
+        new = Subscription.objects.create(
+            tier=tier,
+            subject_type=subject.type,
+            subject_key=subject.key,
+            team=subject.team,
+            virtual_account=subject.virtual_account,
+            customer_id=subject.customer_id.strip(),
+            starts_at=at,
+            created_by=actor if actor is not None and actor.is_authenticated else None,
+        )
+    audit_record(
+        actor=actor,
+        action="billing.subscription_change",
+        obj=new or current,
+        before={"subject": subject.key, "tier": current.tier.name} if current else None,
+        after={"subject": subject.key, "tier": tier.name, "at": at} if tier else None,
+    )
+    return new
