@@ -8,7 +8,7 @@ from django.db import transaction
 
 from apps.billing.models import ModelPrice
 
-PRICE_FIXTURE = Path(__file__).resolve().parent / "fixtures" / "model_prices.json"
+PRICE_FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "model_prices.json"
 PRICE_FIELDS = [
     "provider",
     "mode",
