@@ -19,9 +19,10 @@ django_app = get_asgi_application()
 
 from django.conf import settings  # noqa: E402  (Django must be set up first)
 
-from apps.proxy import key_events, upstream  # noqa: E402
+from apps.proxy import key_events, metrics, upstream  # noqa: E402
 from apps.proxy.app import app as proxy_app  # noqa: E402
 from apps.proxy.catalog import catalog  # noqa: E402
+from apps.proxy.health import board as health_board  # noqa: E402
 from apps.proxy.simulator.app import create_app as create_simulator  # noqa: E402
 from apps.proxy.usage.writer import UsageWriter  # noqa: E402
 from apps.quotas.engine import get_quota_engine  # noqa: E402
@@ -55,6 +56,7 @@ async def _lifespan(receive, send) -> None:
             except Exception:  # an unmigrated database must not stop the portal from serving
                 logger.exception("could not load the model catalog at startup")
             catalog.start()
+            health_board.start()  # shares breaker and latency state through Redis
             loop = asyncio.get_running_loop()
             _background.append(loop.create_task(_refresh_quotas_forever()))
             if settings.REDIS_URL:
@@ -74,6 +76,7 @@ async def _lifespan(receive, send) -> None:
             if _writer_started.is_set():
                 await usage_writer.stop()
             await catalog.stop()
+            await health_board.stop()
             await upstream.close()
             await send({"type": "lifespan.shutdown.complete"})
             return
@@ -84,6 +87,9 @@ async def application(scope, receive, send) -> None:
         path = scope["path"]
         if path.startswith("/v1/"):
             await proxy_app(scope, receive, send)
+            return
+        if path == "/metrics":
+            await metrics.endpoint(scope, receive, send)
             return
         if simulator_app is not None and path.startswith("/simulator/"):
             await simulator_app(scope, receive, send)

@@ -11,6 +11,7 @@ urlpatterns = [
     path("api/admin/", include("apps.accounts.rest_urls")),
     path("api/", api.urls),
     path("quotas/", include("apps.quotas.urls")),
+    path("deployments/", include("apps.proxy.urls")),
     path("billing/", include("apps.billing.urls")),
     path("", include("apps.accounts.urls")),
 ]

@@ -17,10 +17,12 @@ NAV_ITEMS = [
     ("Audit", "audit", {Role.ADMIN}),
     ("Quotas", "quotas:rules", {Role.ADMIN, Role.FINANCE, Role.TEAM_ADMIN}),
     ("Billing", "billing:statements", {Role.ADMIN, Role.FINANCE}),
+    ("Deployments", "proxy:deployments", {Role.ADMIN, Role.FINANCE}),
 ]
 # Which nav entry a page belongs to, by the start of its url name.
 NAV_SECTIONS = [
     ("quotas:", "quotas:rules"),
+    ("proxy:", "proxy:deployments"),
     ("key", "keys"),
     ("team", "teams"),
     ("member", "teams"),

@@ -17,10 +17,12 @@ from django.conf import settings
 
 from apps.quotas.engine import Admission, get_quota_engine, subject_ids_for
 
-from . import upstream
+from . import metrics, upstream
 from .auth import KeyInfo
 from .catalog import ModelEntry, catalog
 from .errors import BadRequest, GatewayError, UpstreamError
+from .health import board as health
+from .health import ttft_timeout
 from .providers.base import (
     CHAT,
     COMPLETION,
@@ -70,6 +72,8 @@ class Call:
     response_body: dict | None = None
     admission: Admission | None = None
     response_headers: dict[str, str] = field(default_factory=dict)
+    # The attempt whose outcome health has not heard yet (released in `run` if never told).
+    health_pending: DeploymentInfo | None = None
 
 
 @dataclass(slots=True)
@@ -84,6 +88,12 @@ def _failure_error(failure: _Failure | None) -> UpstreamError:
     if failure is None:
         return UpstreamError(
             "No deployment is configured for this model.", status=503, code="no_deployment"
+        )
+    if failure.kind == "ttft":
+        return UpstreamError(
+            f"No upstream sent a first token in time: {failure.detail}",
+            status=504,
+            code="upstream_timeout",
         )
     if failure.kind == "timeout":
         return UpstreamError(
@@ -124,16 +134,20 @@ async def _backoff(attempt: int) -> None:
         await asyncio.sleep(min(settings.PROXY_RETRY_BACKOFF * (2 ** (attempt - 2)), 1.0))
 
 
-async def _open(call: Call, stream: bool):
+async def _open(
+    call: Call, stream: bool, tried: set[int] | None = None, failure: _Failure | None = None
+):
     """Try deployments in router order; return (deployment, provider, open response).
 
     Failover on connection errors, timeouts, 429, 5xx and credential errors; a 4xx caused by
-    the request is returned to the client at once.
+    the request is returned to the client at once. `tried` (ids, filled in) and `failure`
+    continue the walk after a stream was abandoned for its time to first token.
     """
-    failure: _Failure | None = None
     unsupported = 0
-    candidates = deployments_to_try(call.model, call.body)[: settings.PROXY_MAX_ATTEMPTS]
-    for attempt, deployment in enumerate(candidates, 1):
+    tried = set() if tried is None else tried
+    candidates = [d for d in deployments_to_try(call.model, call.body) if d.id not in tried]
+    candidates = candidates[: max(settings.PROXY_MAX_ATTEMPTS - call.attempts, 0)]
+    for attempt, deployment in enumerate(candidates, call.attempts + 1):
         provider = provider_for(deployment)
         try:
             request = provider.build(call.kind, call.body, deployment)
@@ -142,21 +156,34 @@ async def _open(call: Call, stream: bool):
             failure = failure or _Failure("status", str(exc), 400)
             continue
         await _backoff(attempt)
+        tried.add(deployment.id)
         call.attempts = attempt
         call.deployment = deployment
         call.upstream_started = time.perf_counter()
+        health.attempt_started(call, deployment)
+        opening = upstream.open_response(
+            request,
+            orjson.dumps(request.json),
+            timeout_seconds=deployment.timeout_seconds,
+            stream=stream,
+        )
+        first_token_limit = ttft_timeout(deployment) if stream else None
         try:
-            response = await upstream.open_response(
-                request,
-                orjson.dumps(request.json),
-                timeout_seconds=deployment.timeout_seconds,
-                stream=stream,
-            )
+            if first_token_limit is not None:
+                response = await asyncio.wait_for(opening, first_token_limit)
+            else:
+                response = await opening
         except upstream.UpstreamTimeout as exc:
             failure = _Failure("timeout", f"{deployment.name}: {exc}")
+            health.attempt_failed(call, "timeout")
             continue
         except upstream.UpstreamConnectionError as exc:
             failure = _Failure("connection", f"{deployment.name}: {exc}")
+            health.attempt_failed(call, "connection")
+            continue
+        except TimeoutError:
+            failure = _Failure("ttft", f"{deployment.name}: no answer in {first_token_limit}s")
+            health.attempt_failed(call, "ttft")
             continue
         status = response.status
         if status == 200:
@@ -169,9 +196,11 @@ async def _open(call: Call, stream: bool):
                 status,
                 response.headers.get("retry-after"),
             )
+            health.attempt_failed(call, "status", status=status, retry_after=failure.retry_after)
             logger.warning("deployment %s answered %s; trying the next", deployment.name, status)
             continue
         call.upstream_ms = (time.perf_counter() - call.upstream_started) * 1000
+        health.attempt_answered(call)
         raise _client_error_from_upstream(provider, status, raw)
     if unsupported and unsupported == len(candidates):
         raise BadRequest(
@@ -238,6 +267,8 @@ async def run(call: Call, receive, send) -> None:
         else:
             await _run_json(call, send)
     except GatewayError as error:
+        if isinstance(error, QuotaRefused):
+            metrics.observe_quota_refusal(error.extra)
         call.status = error.status
         call.error_type = error.code or error.error_type
         if isinstance(error, QuotaRefused):
@@ -247,6 +278,7 @@ async def run(call: Call, receive, send) -> None:
         headers = {**call.response_headers, **error.headers}
         await send_json(send, error.status, error.body(), call.request_id, headers)
     finally:
+        health.attempt_released(call)  # an attempt cut short (cancelled, crashed) says nothing
         if call.admission is not None and call.admission.reservation is not None:
             usage = call.usage or Usage()
             await get_quota_engine().settle(
@@ -262,12 +294,15 @@ async def _run_json(call: Call, send) -> None:
     try:
         raw = await upstream.read_body(response)
     except (upstream.UpstreamTimeout, upstream.UpstreamConnectionError) as exc:
+        health.attempt_failed(call, "read")
         raise UpstreamError(f"The upstream failed mid-answer: {exc}") from exc
     call.upstream_ms = (time.perf_counter() - call.upstream_started) * 1000
     try:
         data = provider.parse(call.kind, orjson.loads(raw), deployment)
     except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        health.attempt_failed(call, "invalid_answer")
         raise UpstreamError(f"The upstream answered something that is not valid: {exc}") from exc
+    health.attempt_succeeded(call, call.upstream_ms)
     call.status = 200
     call.usage = provider.usage(call.kind, data) or _estimate_usage(call, data)
     if call.log_bodies:
@@ -316,9 +351,55 @@ async def _sse_events(content):
         yield event, b"\n".join(data_lines)
 
 
+_NO_EVENTS = (None, b"[DONE]")
+
+
+async def _open_stream(call: Call):
+    """Open a stream and wait for its first event before anything is sent to the client, so
+    a deployment silent past its time-to-first-token limit is abandoned for the next one.
+
+    Returns (deployment, provider, response, events) with the first event put back in front.
+    """
+    tried: set[int] = set()
+    failure: _Failure | None = None
+    while True:
+        deployment, provider, response = await _open(
+            call, stream=True, tried=tried, failure=failure
+        )
+        events = _sse_events(response.content)
+        limit = ttft_timeout(deployment)
+        if limit is not None:
+            limit = max(limit - (time.perf_counter() - call.upstream_started), 0.001)
+        try:
+            first = await asyncio.wait_for(anext(events), limit)
+        except StopAsyncIteration:
+            first = _NO_EVENTS
+        except TimeoutError:
+            response.release()
+            health.attempt_failed(call, "ttft")
+            logger.warning(
+                "deployment %s sent no first token in time; trying the next", deployment.name
+            )
+            failure = _Failure("ttft", f"{deployment.name}: no first token in time")
+            continue
+        except Exception as exc:  # broken before anything reached the client: fail over
+            response.release()
+            health.attempt_failed(call, "stream")
+            failure = _Failure("connection", f"{deployment.name}: {exc.__class__.__name__}")
+            continue
+        return deployment, provider, response, _prepend(first, events)
+
+
+async def _prepend(first: tuple, events):
+    yield first
+    if first is not _NO_EVENTS:
+        async for item in events:
+            yield item
+
+
 async def _run_stream(call: Call, receive, send) -> None:
     client_wants_usage = bool((call.body.get("stream_options") or {}).get("include_usage"))
-    deployment, provider, response = await _open(call, stream=True)
+    deployment, provider, response, events = await _open_stream(call)
     gone = asyncio.Event()
     watcher = asyncio.get_running_loop().create_task(_watch_disconnect(receive, gone))
     translator = provider.stream_translator(deployment)
@@ -339,7 +420,7 @@ async def _run_stream(call: Call, receive, send) -> None:
     )
     failed = False
     try:
-        async for event, data in _sse_events(response.content):
+        async for event, data in events:
             if gone.is_set():
                 call.client_disconnected = True
                 break
@@ -373,6 +454,7 @@ async def _run_stream(call: Call, receive, send) -> None:
     call.upstream_ms = (time.perf_counter() - call.upstream_started) * 1000
     if gone.is_set():
         call.client_disconnected = True
+    _report_stream(call, failed)
     if not native and translator.usage is not None:
         call.usage = translator.usage
     if getattr(translator, "error", None):
@@ -394,6 +476,19 @@ async def _run_stream(call: Call, receive, send) -> None:
         tail += _sse(orjson.dumps(translator.usage_chunk(call.usage)))
     await _record(call)
     await send({"type": "http.response.body", "body": tail + _sse(b"[DONE]"), "more_body": False})
+
+
+def _report_stream(call: Call, failed: bool) -> None:
+    if failed:
+        health.attempt_failed(call, "stream")
+    elif call.client_disconnected:
+        health.attempt_released(call)
+    else:
+        ttft = None
+        if call.ttft_ms is not None and call.upstream_started is not None:
+            # Measured from this attempt's start, not the client's, for the deployment's EWMA.
+            ttft = call.ttft_ms - (call.upstream_started - call.started) * 1000
+        health.attempt_succeeded(call, call.upstream_ms, ttft)
 
 
 def _note_chunk(call: Call, chunk: dict, produced: list[str]) -> bool:
@@ -499,3 +594,4 @@ async def _record(call: Call) -> None:
         response_body=call.response_body,
     )
     await get_usage_buffer().put(event)
+    metrics.observe_usage(event, team=call.key.team_slug)

@@ -20,6 +20,9 @@ class ModelMode(models.TextChoices):
 
 class RoutingStrategy(models.TextChoices):
     PRIORITY = "priority", "Priority (ordered failover)"
+    WEIGHTED = "weighted", "Weighted (traffic split by weight)"
+    LATENCY = "latency", "Lowest recent latency"
+    LEAST_BUSY = "least_busy", "Fewest requests in flight"
 
 
 class GatewayModel(models.Model):

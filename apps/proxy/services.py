@@ -26,6 +26,7 @@ DEPLOYMENT_KEYS = {
     "price_model_name",
     "prices",
     "extra",
+    "ttft_timeout_seconds",
     "is_active",
 }
 PRICE_KEYS = ("input_cost_per_token", "output_cost_per_token", "cached_input_cost_per_token")
@@ -96,6 +97,17 @@ def _deployment_fields(where: str, spec: dict) -> dict:
             raise CatalogSpecError(f"{where}.prices.{key}: not a number") from exc
     if fields["timeout_seconds"] <= 0:
         raise CatalogSpecError(f"{where}: timeout_seconds must be positive")
+    if fields["weight"] < 0:
+        raise CatalogSpecError(f"{where}: weight must not be negative")
+    # The stream time-to-first-token limit lives in `extra`, where the router reads it.
+    if "ttft_timeout_seconds" in spec:
+        try:
+            ttft = float(spec["ttft_timeout_seconds"])
+        except (TypeError, ValueError) as exc:
+            raise CatalogSpecError(f"{where}: ttft_timeout_seconds must be a number") from exc
+        if ttft <= 0:
+            raise CatalogSpecError(f"{where}: ttft_timeout_seconds must be positive")
+        fields["extra"]["ttft_timeout_seconds"] = ttft
     return fields
 
 
@@ -171,8 +183,11 @@ def model_catalog_export() -> dict:
             prices = {k: str(getattr(dep, k)) for k in PRICE_KEYS if getattr(dep, k) is not None}
             if prices:
                 item["prices"] = prices
-            if dep.extra:
-                item["extra"] = dep.extra
+            extra = dict(dep.extra or {})
+            if "ttft_timeout_seconds" in extra:
+                item["ttft_timeout_seconds"] = extra.pop("ttft_timeout_seconds")
+            if extra:
+                item["extra"] = extra
             if not dep.is_active:
                 item["is_active"] = False
             deployments.append(item)

@@ -9,6 +9,7 @@ Routes (below the prefix):
     POST /v1/messages, /v1/messages/count_tokens          (Anthropic's wire format)
     GET  /v1/models, /v1/models/{id}
     GET  /_sim/last_request, /_sim/requests, /_sim/health; POST /_sim/reset
+    POST /_sim/knobs   {"model": {...knobs...} | null}: change a model's knobs at run time
 """
 
 import hmac
@@ -19,7 +20,15 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
 from . import anthropic, openai_api, retrieval
-from .knobs import ErrorGate, KnobError, Knobs, model_knobs_from_env, parse_model_knobs, resolve
+from .knobs import (
+    ErrorGate,
+    KnobError,
+    Knobs,
+    apply_knob_changes,
+    model_knobs_from_env,
+    parse_model_knobs,
+    resolve,
+)
 from .params import non_stream_delay
 from .wire import ApiError, Receive, Request, Scope, Send, read_body, send_json
 
@@ -97,7 +106,10 @@ class Simulator:
             await _not_found(send, method, scope["path"])
             return
         if path.startswith("/_sim/"):
-            await self._control(method, path, send)
+            if path == "/_sim/knobs" and method == "POST":
+                await self._set_knobs(await read_body(receive), send)
+            else:
+                await self._control(method, path, send)
             return
         body = await read_body(receive)
         raw_headers = scope["headers"]
@@ -182,6 +194,15 @@ class Simulator:
             return
         # Any model answers, so any id exists.
         await send_json(send, 200, entry(path.removeprefix("/v1/models/")))
+
+    async def _set_knobs(self, body: bytes, send: Send) -> None:
+        """Tests flip a model to failing and back while traffic flows."""
+        try:
+            self.model_knobs = apply_knob_changes(self.model_knobs, json.loads(body or b"{}"))
+        except (KnobError, ValueError) as exc:
+            await send_json(send, 400, ApiError(400, str(exc)).openai_body())
+            return
+        await send_json(send, 200, {"status": "ok", "models": sorted(self.model_knobs)})
 
     async def _control(self, method: str, path: str, send: Send) -> None:
         if path == "/_sim/last_request" and method == "GET":

@@ -94,6 +94,24 @@ def parse_model_knobs(config: Mapping[str, Mapping[str, Any]] | str | None) -> d
     return {str(model): knobs_from_mapping(values) for model, values in config.items()}
 
 
+def apply_knob_changes(current: Mapping[str, Knobs], changes: Any) -> dict[str, Knobs]:
+    """A copy of `current` with each model in `changes` set to its new knobs (null removes).
+
+    Whole knobs objects are replaced, not merged, so a test states exactly what it wants.
+    """
+    if not isinstance(changes, Mapping):
+        raise KnobError("knob changes must map model names to knob objects or null")
+    updated = dict(current)
+    for model, values in changes.items():
+        if values is None:
+            updated.pop(str(model), None)
+        elif isinstance(values, Mapping):
+            updated[str(model)] = knobs_from_mapping(values)
+        else:
+            raise KnobError(f"knobs of {model!r} must be an object or null")
+    return updated
+
+
 def model_knobs_from_env() -> dict[str, Knobs]:
     return parse_model_knobs(os.environ.get("SIMULATOR_MODEL_KNOBS"))
 
