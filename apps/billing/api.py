@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import replace
+from decimal import Decimal
 from typing import Any, Literal
 
 from django.http import HttpRequest
@@ -30,6 +31,7 @@ from .exports import (
     usage_rows_csv,
     usage_rows_ndjson,
 )
+from .selectors.insights import billing_insights
 from .selectors.usage import (
     MAX_PAGE,
     RowCursor,
@@ -234,3 +236,94 @@ def chargeback(request: HttpRequest, params: Query[ChargebackParams]):
         raise HttpError(403, str(error)) from error
     except UsageQueryError as error:
         raise HttpError(400, str(error)) from error
+
+
+class SubjectSpendOut(Schema):
+    subject_key: str
+    subject_type: str
+    label: str
+    tier: str | None
+    tokens: int
+    spend_usd: Decimal
+    projected_tokens: int
+    projected_usd: Decimal
+
+
+class TierCostOut(Schema):
+    tier: str
+    hard_cap: bool
+    amount_usd: Decimal
+    overage_tokens: int
+    refused_tokens: int
+
+
+class CapForecastOut(Schema):
+    tier: str
+    allowance_tokens: int
+    used_tokens: int
+    tokens_per_day: int
+    reached: bool
+    hits_on: dt.date | None
+
+
+class TierFitOut(Schema):
+    subject_key: str
+    subject_type: str
+    label: str
+    current_tier: str
+    tokens_by_month: list[int]
+    costs: list[TierCostOut]
+    current_amount_usd: Decimal
+    recommended_tier: str
+    recommended_amount_usd: Decimal
+    saving_usd: Decimal
+    pays_less_elsewhere: bool
+    cap: CapForecastOut | None
+
+
+class ModelSavingOut(Schema):
+    feature: str
+    model: str
+    mode: str
+    input_tokens: int
+    output_tokens: int
+    cached_tokens: int
+    cost_usd: Decimal
+    cheapest_model: str | None
+    cheapest_cost_usd: Decimal | None
+    saving_usd: Decimal
+
+
+class InsightsOut(Schema):
+    month: dt.date
+    as_of: dt.datetime
+    elapsed_days: Decimal
+    days_in_month: int
+    tier_fit_months: list[dt.date]
+    spend_total_usd: Decimal
+    projected_total_usd: Decimal
+    spend: list[SubjectSpendOut]
+    tier_fit: list[TierFitOut]
+    model_savings: list[ModelSavingOut]
+
+
+@router.get(
+    "insights",
+    response=InsightsOut,
+    auth=session_or_key_auth,
+    summary="Billing insights",
+    description=(
+        "Admin and finance sessions only. The data of /billing/insights/: month-to-date spend "
+        "per subject with a linear projection to month end (spend x days in month / elapsed "
+        "days, elapsed up to the last rollup run, at least one day); the tier fit of each "
+        "subscribed subject over the last three full months (cost on each active tier, the "
+        "cheapest that would refuse nothing, hard-cap date at the same run rate); and per "
+        f"`feature` tag x model the cost on the cheapest same-mode model. Money: {CURRENCY} "
+        "as decimal strings (cents; model costs with 6 decimals)."
+    ),
+)
+def insights(request: HttpRequest):
+    caller = request.auth
+    if isinstance(caller, ApiKey) or not portal_identity(user=caller).is_org_wide:
+        raise HttpError(403, "Billing insights need the admin or finance role.")
+    return billing_insights()

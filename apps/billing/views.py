@@ -1,4 +1,5 @@
-"""Portal pages: statements and chargebacks (finance, admin); tiers and subscriptions (admin)."""
+"""Portal pages: statements, chargebacks and insights (finance, admin); tiers and subscriptions
+(admin)."""
 
 import csv
 import datetime as dt
@@ -15,6 +16,7 @@ from .exceptions import SubscriptionError
 from .exports import Echo, csv_safe
 from .forms import SubscriptionForm, TierForm
 from .models import Tier
+from .selectors.insights import billing_insights
 from .selectors.plans import (
     statement_months,
     statements_for_month,
@@ -101,6 +103,18 @@ def statements_csv(request: HttpRequest) -> HttpResponse:
     response = StreamingHttpResponse(rows(), content_type="text/csv; charset=utf-8")
     response["Content-Disposition"] = f'attachment; filename="statements_{month:%Y-%m}.csv"'
     return response
+
+
+@login_required
+def insights(request: HttpRequest) -> HttpResponse:
+    identity = portal_identity(user=request.user)
+    if not identity.is_org_wide:
+        return _forbidden(request)
+    return render(
+        request,
+        "billing/insights.html",
+        {"insights": billing_insights(), "is_admin": identity.is_admin},
+    )
 
 
 @login_required
