@@ -20,6 +20,7 @@ class AuditAction:
     KEY_REVOKED = "key.revoked"
     KEY_UPDATED = "key.updated"
     KEY_EXPIRED = "key.expired"
+    KEY_SECRET_REVEALED = "key.secret_revealed"  # noqa: S105 (an action name, not a secret)
     MEMBERSHIP_SET = "membership.set"
     MEMBERSHIP_REMOVED = "membership.removed"
     TEAM_CREATED = "team.created"

@@ -16,3 +16,5 @@ ROLE_RANK = [Role.ADMIN, Role.FINANCE, Role.TEAM_ADMIN, Role.DEVELOPER]
 
 SECRET_BYTES = 32
 DISPLAY_PREFIX_CHARS = 8
+# How long a scheduled rotation's new secret waits, encrypted, to be revealed in the portal.
+PENDING_SECRET_TTL_DAYS = 7

@@ -20,3 +20,7 @@ class MembershipError(AccountsError):
 
 class PolicyError(AccountsError):
     """A rotation policy targets exactly one key or one team, with sane intervals."""
+
+
+class SecretRevealError(AccountsError):
+    """No secret is waiting to be revealed: already revealed, expired, or never created."""

@@ -149,6 +149,25 @@ class ApiKeyRotateForm(forms.Form):
     )
 
 
+class RotationPolicyForm(forms.Form):
+    every_days = forms.IntegerField(
+        min_value=1, max_value=3650, initial=90, help_text="Rotate keys this many days old."
+    )
+    grace_hours = forms.FloatField(
+        min_value=0,
+        max_value=24 * 30,
+        initial=24,
+        help_text="How long the old key keeps working after each rotation.",
+    )
+
+    def clean(self):
+        data = super().clean()
+        every, grace = data.get("every_days"), data.get("grace_hours")
+        if every is not None and grace is not None and grace > every * 24:
+            self.add_error("grace_hours", "Must be shorter than the rotation interval.")
+        return data
+
+
 class TeamCreateForm(forms.Form):
     name = forms.CharField(max_length=200)
     slug = forms.SlugField(max_length=100, required=False, help_text="Empty: from the name.")

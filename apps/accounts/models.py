@@ -200,6 +200,41 @@ class RotationPolicy(models.Model):
         return f"rotate {target} every {self.every_days} days"
 
 
+class PendingSecret(models.Model):
+    """A scheduled rotation's new secret, waiting to be shown once to the key's owner.
+
+    Only a Fernet token of the secret is kept (`apps.proxy.crypto`), never the plaintext.
+    Revealing it empties `ciphertext` and sets `revealed_at`, so a second reveal finds
+    nothing; rows past `expires_at` are deleted by the retire beat task.
+    """
+
+    key = models.OneToOneField(ApiKey, on_delete=models.CASCADE, related_name="pending_secret")
+    ciphertext = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    expires_at = models.DateTimeField(db_index=True)
+    revealed_at = models.DateTimeField(null=True, blank=True)
+    revealed_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+    )
+
+    class Meta:
+        constraints = [
+            # A revealed secret must not stay decryptable.
+            models.CheckConstraint(
+                condition=Q(revealed_at__isnull=True) | Q(ciphertext=""),
+                name="pendingsecret_revealed_has_no_ciphertext",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        state = "revealed" if self.revealed_at else "pending"
+        return f"{state} secret of key {self.key_id}"
+
+
 class AuditLog(models.Model):
     """An append-only record of a governance action: who, what, when, before and after.
 

@@ -6,12 +6,26 @@ and the management API fetch objects through these and get a 404 for anything el
 
 import datetime as dt
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from django.contrib.auth import get_user_model
 from django.db.models import Count, Prefetch, Q, QuerySet
+from django.utils import timezone
 
 from .constants import ORG_WIDE_ROLES, ROLE_RANK, Role
-from .models import ApiKey, AuditLog, Membership, TagDefinition, Team, VirtualAccount
+from .models import (
+    ApiKey,
+    AuditLog,
+    Membership,
+    PendingSecret,
+    RotationPolicy,
+    TagDefinition,
+    Team,
+    VirtualAccount,
+)
+
+if TYPE_CHECKING:
+    from apps.billing.models import Subscription
 
 User = get_user_model()
 
@@ -171,6 +185,130 @@ def gateway_model_names() -> list[str]:
 
     return list(
         GatewayModel.objects.filter(is_active=True).order_by("name").values_list("name", flat=True)
+    )
+
+
+def keys_revoked_on_member_removal(*, user, team: Team) -> QuerySet[ApiKey]:
+    """The user's own working keys billed to `team`: what removing them from it revokes.
+
+    Expired keys bill nobody and are left alone; virtual accounts' keys belong to the team.
+    """
+    return ApiKey.objects.filter(
+        Q(expires_at__isnull=True) | Q(expires_at__gt=timezone.now()),
+        user=user,
+        team=team,
+        revoked_at__isnull=True,
+    ).order_by("created_at")
+
+
+def may_reveal_pending_secret(*, identity: PortalIdentity, key: ApiKey) -> bool:
+    """Only whoever the rotation email went to: the owning user, or for a virtual account's
+    key a team admin of its team. Admins and other team admins may not read a secret."""
+    if key.user_id is not None:
+        return key.user_id == identity.user_id
+    return key.virtual_account.team_id in identity.admin_team_ids
+
+
+def pending_secret_for(*, identity: PortalIdentity, key: ApiKey) -> PendingSecret | None:
+    """The newest revealable secret in `key`'s lineage, if this identity may reveal it."""
+    pending = (
+        PendingSecret.objects.defer("ciphertext")
+        .select_related("key__virtual_account")
+        .filter(
+            key__lineage_id=key.lineage_id,
+            key__revoked_at__isnull=True,
+            revealed_at__isnull=True,
+            expires_at__gt=timezone.now(),
+        )
+        .exclude(ciphertext="")
+        .order_by("-created_at")
+        .first()
+    )
+    if pending is None or not may_reveal_pending_secret(identity=identity, key=pending.key):
+        return None
+    return pending
+
+
+# --- Rotation policies --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RotationSchedule:
+    """The policy that applies to a key or team and when it next rotates something.
+
+    `inherited` is true for a key that follows its team's policy. `next_due_at` is None
+    when nothing is due (no policy, or no live key under it); a time in the past means the
+    next beat run (every 15 minutes) rotates it.
+    """
+
+    policy: RotationPolicy | None
+    inherited: bool = False
+    next_due_at: dt.datetime | None = None
+    next_key: ApiKey | None = None
+
+
+def _live_key_filter(now: dt.datetime) -> Q:
+    return (Q(expires_at__isnull=True) | Q(expires_at__gt=now)) & Q(
+        revoked_at__isnull=True, successors__isnull=True
+    )
+
+
+def key_rotation_schedule(*, key: ApiKey) -> RotationSchedule:
+    """The key's own policy, else its team's; due `every_days` after the key was created."""
+    policy = RotationPolicy.objects.filter(key=key).first()
+    inherited = False
+    if policy is None:
+        policy = RotationPolicy.objects.filter(team_id=key.team_id).first()
+        inherited = policy is not None
+    if policy is None:
+        return RotationSchedule(policy=None)
+    now = timezone.now()
+    live = ApiKey.objects.filter(_live_key_filter(now), pk=key.pk).exists()
+    if not live:
+        return RotationSchedule(policy=policy, inherited=inherited)
+    due = key.created_at + dt.timedelta(days=policy.every_days)
+    return RotationSchedule(policy=policy, inherited=inherited, next_due_at=due, next_key=key)
+
+
+def team_rotation_schedule(*, team: Team) -> RotationSchedule:
+    """The team's policy and the first of its keys it will rotate (keys with their own
+    policy follow that one instead)."""
+    policy = RotationPolicy.objects.filter(team=team).first()
+    if policy is None:
+        return RotationSchedule(policy=None)
+    now = timezone.now()
+    oldest = (
+        ApiKey.objects.filter(_live_key_filter(now), team=team, rotation_policy__isnull=True)
+        .order_by("created_at")
+        .first()
+    )
+    if oldest is None:
+        return RotationSchedule(policy=policy)
+    return RotationSchedule(
+        policy=policy,
+        next_due_at=oldest.created_at + dt.timedelta(days=policy.every_days),
+        next_key=oldest,
+    )
+
+
+# --- Billing tier (read-only view of apps.billing) -----------------------------------------
+
+
+def team_current_subscription(*, team: Team) -> "Subscription | None":
+    """The team's subscription in force now, with its tier, or None when it has no tier.
+
+    Billing owns these rows; accounts only reads them for the team page.
+    """
+    from apps.billing.constants import SubjectType
+    from apps.billing.models import Subscription
+
+    now = timezone.now()
+    return (
+        Subscription.objects.select_related("tier")
+        .filter(subject_type=SubjectType.TEAM, team=team, starts_at__lte=now)
+        .filter(Q(ends_at__isnull=True) | Q(ends_at__gt=now))
+        .order_by("-starts_at")
+        .first()
     )
 
 

@@ -5,7 +5,12 @@ Each is idempotent: a key is rotated only when due, warned and recorded as expir
 
 from celery import shared_task
 
-from .services import api_keys_retire_expired, api_keys_rotate_due, api_keys_warn_expiring
+from .services import (
+    api_keys_retire_expired,
+    api_keys_rotate_due,
+    api_keys_warn_expiring,
+    pending_secrets_purge,
+)
 
 
 @shared_task(name="accounts.rotate_due_keys")
@@ -16,6 +21,9 @@ def rotate_due_keys() -> list[int]:
 
 @shared_task(name="accounts.retire_expired_keys")
 def retire_expired_keys() -> int:
+    """Records expired keys; also deletes expired pending secrets, which rides this
+    five-minute schedule rather than adding a beat entry of its own."""
+    pending_secrets_purge()
     return api_keys_retire_expired()
 
 

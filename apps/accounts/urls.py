@@ -15,12 +15,27 @@ urlpatterns = [
     path("keys/<int:pk>/expiry/", keys.key_expiry, name="key_expiry"),
     path("keys/<int:pk>/rotate/", keys.key_rotate, name="key_rotate"),
     path("keys/<int:pk>/revoke/", keys.key_revoke, name="key_revoke"),
+    path("keys/<int:pk>/reveal/", keys.key_reveal_secret, name="key_reveal_secret"),
+    path("keys/<int:pk>/rotation-policy/", keys.key_rotation_policy, name="key_rotation_policy"),
+    path(
+        "keys/<int:pk>/rotation-policy/remove/",
+        keys.key_rotation_policy_remove,
+        name="key_rotation_policy_remove",
+    ),
     # Teams, members and virtual accounts
     path("teams/", teams.team_list, name="teams"),
     path("teams/new/", teams.team_create_view, name="team_create"),
     path("teams/<int:pk>/", teams.team_detail, name="team_detail"),
     path("teams/<int:pk>/edit/", teams.team_edit, name="team_edit"),
     path("teams/<int:pk>/members/", teams.member_add, name="member_add"),
+    path(
+        "teams/<int:pk>/rotation-policy/", teams.team_rotation_policy, name="team_rotation_policy"
+    ),
+    path(
+        "teams/<int:pk>/rotation-policy/remove/",
+        teams.team_rotation_policy_remove,
+        name="team_rotation_policy_remove",
+    ),
     path("teams/<int:pk>/members/<int:user_id>/role/", teams.member_role, name="member_role"),
     path("teams/<int:pk>/members/<int:user_id>/remove/", teams.member_remove, name="member_remove"),
     path(

@@ -13,6 +13,11 @@ from .keys import (
     api_key_rotate,
     api_key_update,
 )
+from .pending_secrets import (
+    pending_secret_create,
+    pending_secret_reveal,
+    pending_secrets_purge,
+)
 from .rotation import (
     api_keys_retire_expired,
     api_keys_rotate_due,
@@ -43,6 +48,9 @@ __all__ = [
     "audit_record",
     "membership_remove",
     "membership_set",
+    "pending_secret_create",
+    "pending_secret_reveal",
+    "pending_secrets_purge",
     "rotation_policy_remove",
     "rotation_policy_set",
     "tag_definition_upsert",

@@ -21,6 +21,7 @@ from ._common import (
     validate_tag_keys,
     validate_tags,
 )
+from .pending_secrets import pending_secrets_discard
 
 DEFAULT_GRACE_HOURS = 24.0
 
@@ -62,13 +63,20 @@ def api_key_issue(
     if virtual_account is not None:
         team = virtual_account.team
     else:
+        # The membership row is locked so that a concurrent `membership_remove` (which
+        # revokes the user's keys of that team) either sees this key or makes this fail.
         memberships = Membership.objects.filter(user=user)
         if team is None:
-            first = memberships.select_related("team").order_by("created_at").first()
+            first = (
+                memberships.select_for_update(of=("self",))
+                .select_related("team")
+                .order_by("created_at")
+                .first()
+            )
             if first is None:
                 raise OwnerError(f"user {user} belongs to no team")
             team = first.team
-        elif not memberships.filter(team=team).exists():
+        elif memberships.select_for_update().filter(team=team).first() is None:
             raise OwnerError(f"user {user} is not a member of team {team}")
     secret: NewSecret = generate_secret(settings.API_KEY_PREFIX)
     expires_at = None
@@ -108,6 +116,8 @@ def api_key_revoke(*, key: ApiKey, actor) -> ApiKey:
     before = key_snapshot(key)
     key.revoked_at = timezone.now()
     key.save(update_fields=["revoked_at"])
+    # A scheduled rotation's unrevealed secret must not outlive the key it opens.
+    pending_secrets_discard(key=key)
     audit_record(
         actor=actor,
         action=AuditAction.KEY_REVOKED,
@@ -165,6 +175,8 @@ def api_key_rotate(
         key.save(update_fields=["expires_at"])
     # A per-key rotation policy follows the lineage to its newest key.
     RotationPolicy.objects.filter(key=key).update(key=new_key)
+    # Whoever rotates now gets the successor's secret; the old one's waiting copy is moot.
+    pending_secrets_discard(key=key)
     audit_record(
         actor=actor,
         action=AuditAction.KEY_ROTATED,

@@ -1,6 +1,8 @@
 """Scheduled rotation, expiry warnings and expiry records, run by Celery beat (tasks.py).
 
-A new secret leaves the system only in the email to the key's owner; it is not stored.
+A scheduled rotation's new secret reaches the owner twice: in the email, and once in the
+portal from an encrypted `PendingSecret` (see pending_secrets.py). It is never stored in
+plaintext.
 """
 
 import logging
@@ -19,6 +21,7 @@ from ..exceptions import KeyStateError, PolicyError
 from ..models import ApiKey, Membership, RotationPolicy, Team
 from ._common import iso
 from .keys import DEFAULT_GRACE_HOURS, api_key_rotate
+from .pending_secrets import pending_secret_create
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +53,14 @@ def rotation_policy_set(
         raise PolicyError("the grace period cannot be negative")
     if grace_hours > every_days * 24:
         raise PolicyError("the grace period must be shorter than the rotation interval")
+    if key is not None:
+        # Re-read under a lock: a concurrent rotation or revocation decides what is allowed.
+        key = ApiKey.objects.select_for_update().get(pk=key.pk)
+        if key.revoked_at is not None:
+            raise PolicyError(f"key {key.prefix} is revoked")
+        # A key's policy moves to its successor on rotation; set it where it will stay.
+        if ApiKey.objects.filter(rotated_from_id=key.pk).exists():
+            raise PolicyError(f"key {key.prefix} was rotated; set the policy on its newest key")
     target = {"key": key} if key is not None else {"team": team}
     existing = RotationPolicy.objects.select_for_update().filter(**target).first()
     before = _policy_snapshot(existing) if existing else None
@@ -130,7 +141,8 @@ def _send(*, template: str, subject: str, recipients: list[str], context: dict) 
 
 
 def api_keys_rotate_due(*, now: datetime | None = None) -> list[int]:
-    """Rotate every key whose policy is due and email each new secret to its owner.
+    """Rotate every key whose policy is due; email each new secret to its owner and keep
+    it, encrypted, for one reveal in the portal (`pending_secret_reveal`).
 
     Returns the new keys' ids. Each key is its own transaction, and the email is sent
     inside it: if the mail server refuses, the rotation rolls back (the old key stays
@@ -149,6 +161,7 @@ def api_keys_rotate_due(*, now: datetime | None = None) -> list[int]:
                     key=key, actor=None, grace_hours=policy.grace_hours
                 )
                 RotationPolicy.objects.filter(pk=policy.pk).update(last_run_at=now)
+                pending = pending_secret_create(key=new_key, plaintext=plaintext, now=now)
                 old_key = ApiKey.objects.get(pk=key.pk)
                 _send(
                     template="accounts/email/key_rotated.txt",
@@ -160,6 +173,7 @@ def api_keys_rotate_due(*, now: datetime | None = None) -> list[int]:
                         "secret": plaintext,
                         "grace_ends": old_key.expires_at,
                         "every_days": policy.every_days,
+                        "reveal_until": pending.expires_at,
                     },
                 )
         except KeyStateError as exc:  # rotated or revoked meanwhile

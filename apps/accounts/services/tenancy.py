@@ -7,6 +7,7 @@ from ..audit import AuditAction, audit_record, changes
 from ..constants import Role
 from ..exceptions import MembershipError
 from ..models import ApiKey, Membership, Team, VirtualAccount
+from ..selectors import keys_revoked_on_member_removal
 from ._common import (
     invalidate_after_commit,
     membership_snapshot,
@@ -15,6 +16,7 @@ from ._common import (
     validate_tags,
     virtual_account_snapshot,
 )
+from .keys import api_key_revoke
 
 
 @transaction.atomic
@@ -83,9 +85,22 @@ def membership_set(*, user, team: Team, role: str, actor=None) -> Membership:
 
 
 @transaction.atomic
-def membership_remove(*, user, team: Team, actor) -> None:
-    """Remove a user from a team. Their keys billed to the team keep working until revoked."""
-    membership = Membership.objects.filter(user=user, team=team).select_related("user").first()
+def membership_remove(*, user, team: Team, actor) -> list[ApiKey]:
+    """Remove a user from a team and revoke their own keys billed to it.
+
+    A former member must not keep spending the team's money, so every working key the user
+    owns with `team` as its billing team (including a rotated key still in its grace
+    period) is revoked in the same transaction, each with its own `key.revoked` audit entry
+    and cache invalidation. If any step fails nothing changes: the membership stays and so
+    do the keys. Their keys billed to other teams, and the team's virtual-account keys, are
+    unaffected. Returns the keys revoked.
+    """
+    membership = (
+        Membership.objects.select_for_update(of=("self",))
+        .filter(user=user, team=team)
+        .select_related("user", "team")
+        .first()
+    )
     if membership is None:
         raise MembershipError(f"user {user} is not a member of team {team}")
     before = membership_snapshot(membership)
@@ -97,6 +112,10 @@ def membership_remove(*, user, team: Team, actor) -> None:
         after=None,
     )
     membership.delete()
+    return [
+        api_key_revoke(key=key, actor=actor)
+        for key in keys_revoked_on_member_removal(user=user, team=team)
+    ]
 
 
 @transaction.atomic

@@ -1,19 +1,35 @@
-"""Key pages: list, create (secret shown once), edit, expiry, rotate and revoke.
+"""Key pages: list, create (secret shown once), edit, expiry, rotate, revoke, the rotation
+policy and the one-time reveal of a scheduled rotation's secret.
 
-A secret is rendered only in the response to the POST that created it, never stored in the
-session or a redirect target, and that response is marked `no-store`.
+A secret is rendered only in the response to the POST that created or revealed it, never
+stored in the session or a redirect target, and that response is marked `no-store`.
 """
 
 from django.contrib import messages
-from django.http import HttpRequest, HttpResponse
+from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
 from django.views.decorators.http import require_POST
 
 from .. import selectors
 from ..exceptions import AccountsError
-from ..forms import ApiKeyCreateForm, ApiKeyEditForm, ApiKeyExpiryForm, ApiKeyRotateForm
-from ..permissions import KEY_ROLES, can_edit_enforced_tags, portal_view
-from ..services import api_key_issue, api_key_revoke, api_key_rotate, api_key_update
+from ..forms import (
+    ApiKeyCreateForm,
+    ApiKeyEditForm,
+    ApiKeyExpiryForm,
+    ApiKeyRotateForm,
+    RotationPolicyForm,
+)
+from ..permissions import KEY_ROLES, administers_team, can_edit_enforced_tags, portal_view
+from ..services import (
+    api_key_issue,
+    api_key_revoke,
+    api_key_rotate,
+    api_key_update,
+    pending_secret_reveal,
+    rotation_policy_remove,
+    rotation_policy_set,
+)
 
 
 def _visible_key(request: HttpRequest, identity, pk: int):
@@ -95,10 +111,31 @@ def _detail_context(request, identity, key, **forms) -> dict:
     expiry_form = forms.get("expiry_form") or ApiKeyExpiryForm(
         initial={"expires_at": key.expires_at}
     )
-    lineage = selectors.api_keys_visible_to(user=request.user, identity=identity).filter(
-        lineage_id=key.lineage_id
+    lineage = list(
+        selectors.api_keys_visible_to(user=request.user, identity=identity).filter(
+            lineage_id=key.lineage_id
+        )
     )
-    return {"key": key, "edit_form": edit_form, "expiry_form": expiry_form, "lineage": lineage}
+    rotation = selectors.key_rotation_schedule(key=key)
+    own_policy = rotation.policy if rotation.policy and not rotation.inherited else None
+    is_current = key.revoked_at is None and not any(k.rotated_from_id == key.pk for k in lineage)
+    rotation_form = forms.get("rotation_form") or RotationPolicyForm(
+        initial={"every_days": own_policy.every_days, "grace_hours": own_policy.grace_hours}
+        if own_policy
+        else None
+    )
+    return {
+        "key": key,
+        "edit_form": edit_form,
+        "expiry_form": expiry_form,
+        "lineage": lineage,
+        "pending_secret": selectors.pending_secret_for(identity=identity, key=key),
+        "rotation": rotation,
+        "own_policy": own_policy,
+        # A superseded key's policy already moved to its successor; manage it there.
+        "may_manage_rotation": is_current and administers_team(identity, key.team_id),
+        "rotation_form": rotation_form,
+    }
 
 
 @portal_view(KEY_ROLES)
@@ -184,3 +221,75 @@ def key_revoke(request: HttpRequest, identity, pk: int) -> HttpResponse:
             messages.success(request, f"Key {key.prefix}… revoked. It stops working at once.")
             return redirect("key_detail", pk=key.pk)
     return render(request, "accounts/key_revoke.html", {"key": key, "error": error})
+
+
+@portal_view(KEY_ROLES)
+def key_reveal_secret(request: HttpRequest, identity, pk: int) -> HttpResponse:
+    """Confirm (GET), then show once (POST) the secret a scheduled rotation created.
+
+    Anyone but the owner (or, for a virtual account's key, a team admin of its team) gets
+    a 404, like for a key they cannot see.
+    """
+    key = _visible_key(request, identity, pk)
+    if not selectors.may_reveal_pending_secret(identity=identity, key=key):
+        raise Http404
+    if request.method == "POST":
+        try:
+            secret = pending_secret_reveal(key=key, actor=request.user)
+        except AccountsError as exc:
+            context = {"key": key, "pending": None, "error": str(exc)}
+            return render(request, "accounts/key_reveal.html", context, status=410)
+        return _secret_page(request, key=key, secret=secret, rotated_from=key.rotated_from)
+    pending = selectors.pending_secret_for(identity=identity, key=key)
+    if pending is None or pending.key_id != key.pk:
+        context = {"key": key, "pending": None, "error": "No secret is waiting for this key."}
+        return render(request, "accounts/key_reveal.html", context, status=410)
+    return render(request, "accounts/key_reveal.html", {"key": key, "pending": pending})
+
+
+def _rotation_managed_key(request: HttpRequest, identity, pk: int):
+    """The key, if the caller may manage its rotation policy; None means 403."""
+    key = _visible_key(request, identity, pk)
+    return key if administers_team(identity, key.team_id) else None
+
+
+@require_POST
+@portal_view(KEY_ROLES)
+def key_rotation_policy(request: HttpRequest, identity, pk: int) -> HttpResponse:
+    key = _rotation_managed_key(request, identity, pk)
+    if key is None:
+        return render(request, "accounts/forbidden.html", status=403)
+    form = RotationPolicyForm(request.POST)
+    if form.is_valid():
+        try:
+            rotation_policy_set(key=key, actor=request.user, **form.cleaned_data)
+        except AccountsError as exc:
+            form.add_error(None, str(exc))
+        else:
+            messages.success(request, "Rotation policy saved.")
+            return redirect("key_detail", pk=key.pk)
+    context = _detail_context(request, identity, key, rotation_form=form)
+    return render(request, "accounts/key_detail.html", context, status=400)
+
+
+@portal_view(KEY_ROLES)
+def key_rotation_policy_remove(request: HttpRequest, identity, pk: int) -> HttpResponse:
+    key = _rotation_managed_key(request, identity, pk)
+    if key is None:
+        return render(request, "accounts/forbidden.html", status=403)
+    schedule = selectors.key_rotation_schedule(key=key)
+    if schedule.policy is None or schedule.inherited:
+        raise Http404
+    if request.method == "POST":
+        rotation_policy_remove(policy=schedule.policy, actor=request.user)
+        messages.success(request, "Rotation policy removed.")
+        return redirect("key_detail", pk=key.pk)
+    return render(
+        request,
+        "accounts/rotation_policy_remove.html",
+        {
+            "policy": schedule.policy,
+            "target": f"key {key.name} ({key.prefix}…)",
+            "cancel_url": reverse("key_detail", args=[key.pk]),
+        },
+    )

@@ -1,11 +1,15 @@
-"""Team pages: list, create, detail (members, virtual accounts, keys, tags) and the
-virtual account pages. Admins manage every team, team admins the teams they administer."""
+"""Team pages: list, create, detail (members, virtual accounts, keys, tags, tier, rotation
+policy) and the virtual account pages. Admins manage every team, team admins the teams
+they administer."""
+
+from urllib.parse import urlencode
 
 from django.contrib import messages
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError
-from django.http import HttpRequest, HttpResponse
+from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
 from django.views.decorators.http import require_POST
 
 from .. import selectors
@@ -13,6 +17,7 @@ from ..exceptions import AccountsError
 from ..forms import (
     MembershipAddForm,
     MembershipRoleForm,
+    RotationPolicyForm,
     TeamCreateForm,
     TeamEditForm,
     VirtualAccountCreateForm,
@@ -28,6 +33,8 @@ from ..permissions import (
 from ..services import (
     membership_remove,
     membership_set,
+    rotation_policy_remove,
+    rotation_policy_set,
     team_create,
     team_update,
     virtual_account_create,
@@ -67,6 +74,8 @@ def _team_context(request, identity, team, **forms) -> dict:
     members = list(selectors.team_members(identity=identity, team=team))
     for membership in members:
         membership.changeable = can_change_membership(identity, membership)
+    rotation = selectors.team_rotation_schedule(team=team)
+    policy = rotation.policy
     return {
         "team": team,
         "members": members,
@@ -86,6 +95,18 @@ def _team_context(request, identity, team, **forms) -> dict:
         ),
         "member_form": forms.get("member_form") or MembershipAddForm(role_choices=roles),
         "va_form": forms.get("va_form") or VirtualAccountCreateForm(),
+        "subscription": selectors.team_current_subscription(team=team),
+        # Billing pages are admin-only; the subject key is billing's "team:<id>".
+        "billing_subject_query": urlencode({"subject": f"team:{team.pk}"})
+        if identity.is_admin
+        else "",
+        "rotation": rotation,
+        "rotation_form": forms.get("rotation_form")
+        or RotationPolicyForm(
+            initial={"every_days": policy.every_days, "grace_hours": policy.grace_hours}
+            if policy
+            else None
+        ),
     }
 
 
@@ -168,6 +189,43 @@ def member_role(request: HttpRequest, identity, pk: int, user_id: int) -> HttpRe
     return redirect("team_detail", pk=team.pk)
 
 
+@require_POST
+@portal_view(TEAM_ROLES)
+def team_rotation_policy(request: HttpRequest, identity, pk: int) -> HttpResponse:
+    team = _managed_team(identity, pk)
+    form = RotationPolicyForm(request.POST)
+    if form.is_valid():
+        try:
+            rotation_policy_set(team=team, actor=request.user, **form.cleaned_data)
+        except AccountsError as exc:
+            form.add_error(None, str(exc))
+        else:
+            messages.success(request, "Rotation policy saved.")
+            return redirect("team_detail", pk=team.pk)
+    return _team_page(request, identity, team, status=400, rotation_form=form)
+
+
+@portal_view(TEAM_ROLES)
+def team_rotation_policy_remove(request: HttpRequest, identity, pk: int) -> HttpResponse:
+    team = _managed_team(identity, pk)
+    policy = selectors.team_rotation_schedule(team=team).policy
+    if policy is None:
+        raise Http404
+    if request.method == "POST":
+        rotation_policy_remove(policy=policy, actor=request.user)
+        messages.success(request, "Rotation policy removed.")
+        return redirect("team_detail", pk=team.pk)
+    return render(
+        request,
+        "accounts/rotation_policy_remove.html",
+        {
+            "policy": policy,
+            "target": f"team {team.name}",
+            "cancel_url": reverse("team_detail", args=[team.pk]),
+        },
+    )
+
+
 @portal_view(TEAM_ROLES)
 def member_remove(request: HttpRequest, identity, pk: int, user_id: int) -> HttpResponse:
     team = _managed_team(identity, pk)
@@ -177,16 +235,20 @@ def member_remove(request: HttpRequest, identity, pk: int, user_id: int) -> Http
     error = ""
     if request.method == "POST":
         try:
-            membership_remove(user=membership.user, team=team, actor=request.user)
+            revoked = membership_remove(user=membership.user, team=team, actor=request.user)
         except AccountsError as exc:
             error = str(exc)
         else:
-            messages.success(request, f"{membership.user.get_username()} removed from {team}.")
+            note = f" {len(revoked)} of their keys revoked." if revoked else ""
+            messages.success(
+                request, f"{membership.user.get_username()} removed from {team}.{note}"
+            )
             return redirect("team_detail", pk=team.pk)
+    keys = selectors.keys_revoked_on_member_removal(user=membership.user, team=team)
     return render(
         request,
         "accounts/member_remove.html",
-        {"team": team, "membership": membership, "error": error},
+        {"team": team, "membership": membership, "error": error, "keys": keys},
     )
 
 
