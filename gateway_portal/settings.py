@@ -51,6 +51,7 @@ INSTALLED_APPS = [
     "apps.proxy",
     "apps.quotas",
     "apps.billing",
+    "apps.dashboards",
 ]
 
 MIDDLEWARE = [

@@ -13,5 +13,6 @@ urlpatterns = [
     path("quotas/", include("apps.quotas.urls")),
     path("deployments/", include("apps.proxy.urls")),
     path("billing/", include("apps.billing.urls")),
+    path("dashboards/", include("apps.dashboards.urls")),
     path("", include("apps.accounts.urls")),
 ]

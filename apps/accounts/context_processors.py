@@ -18,11 +18,17 @@ NAV_ITEMS = [
     ("Quotas", "quotas:rules", {Role.ADMIN, Role.FINANCE, Role.TEAM_ADMIN}),
     ("Billing", "billing:statements", {Role.ADMIN, Role.FINANCE}),
     ("Deployments", "proxy:deployments", {Role.ADMIN, Role.FINANCE}),
+    (
+        "Dashboards",
+        "dashboards:overview",
+        {Role.ADMIN, Role.FINANCE, Role.TEAM_ADMIN, Role.DEVELOPER},
+    ),
 ]
 # Which nav entry a page belongs to, by the start of its url name.
 NAV_SECTIONS = [
     ("quotas:", "quotas:rules"),
     ("proxy:", "proxy:deployments"),
+    ("dashboards:", "dashboards:overview"),
     ("key", "keys"),
     ("team", "teams"),
     ("member", "teams"),

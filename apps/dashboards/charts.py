@@ -1,0 +1,210 @@
+"""Plotly figures from selector output. Pure: no request, no ORM; tested without HTTP.
+
+Group names can be tag values, which are untrusted. Plotly renders a small HTML subset in
+trace names, ticks and hover text, so every such string goes through `_text`, which escapes
+it; plotly turns the entities back into literal characters on screen, never into markup.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import html
+import json
+from collections.abc import Sequence
+from decimal import Decimal
+
+import plotly.graph_objects as go
+
+from .selectors import OTHER, PercentilePoint, UsagePoint
+
+PALETTE = [
+    "#3b5bdb", "#f08c00", "#2f9e44", "#e03131", "#7048e8",
+    "#0c8599", "#d6336c", "#5c940d", "#1971c2", "#e8590c",
+    "#862e9c", "#495057",
+]  # fmt: skip
+OTHER_COLOR = "#adb5bd"
+HEIGHT = 330
+
+
+def _text(value: object) -> str:
+    return html.escape(str(value), quote=False)
+
+
+def _layout(fig: go.Figure, *, y_title: str = "", stacked: bool = False, **extra) -> go.Figure:
+    settings = {
+        "template": "plotly_white",
+        "height": HEIGHT,
+        "margin": {"l": 56, "r": 16, "t": 12, "b": 40},
+        "legend": {"orientation": "h", "y": -0.18, "x": 0},
+        "hovermode": "x unified",
+        "barmode": "stack" if stacked else None,
+        "yaxis": {"title": {"text": y_title}, "rangemode": "tozero"},
+        "font": {"family": "system-ui, -apple-system, Segoe UI, sans-serif", "size": 12},
+    }
+    fig.update_layout(**{**settings, **extra})
+    if not fig.data:
+        fig.add_annotation(
+            text="No usage in this range", showarrow=False, x=0.5, y=0.5, xref="paper", yref="paper"
+        )
+        fig.update_xaxes(visible=False)
+        fig.update_yaxes(visible=False)
+    return fig
+
+
+def to_json_data(fig: go.Figure) -> dict:
+    """The figure as plain JSON data, for `json_script` in a template."""
+    return json.loads(fig.to_json())
+
+
+def _groups(points: Sequence, weight: str) -> list[str]:
+    """Groups by descending total `weight`, "other" last."""
+    totals: dict[str, float] = {}
+    for p in points:
+        totals[p.group] = totals.get(p.group, 0.0) + float(getattr(p, weight) or 0)
+    ordered = sorted(totals, key=lambda g: (g == OTHER, -totals[g], g))
+    return ordered
+
+
+def _color(i: int, group: str) -> str:
+    return OTHER_COLOR if group == OTHER else PALETTE[i % len(PALETTE)]
+
+
+def _money(value: Decimal) -> float:
+    return float(round(value, 6))
+
+
+# --- Overview -------------------------------------------------------------------------
+
+
+def requests_trend(points: Sequence[UsagePoint]) -> go.Figure:
+    fig = go.Figure()
+    if points:
+        x = [p.bucket for p in points]
+        fig.add_scatter(x=x, y=[p.requests for p in points], name="Requests", mode="lines+markers",
+                        line={"color": PALETTE[0]}, marker={"size": 4})  # fmt: skip
+        fig.add_scatter(x=x, y=[p.errors for p in points], name="Errors", mode="lines+markers",
+                        line={"color": PALETTE[3]}, marker={"size": 4})  # fmt: skip
+    return _layout(fig, y_title="requests")
+
+
+def cost_trend(points: Sequence[UsagePoint]) -> go.Figure:
+    fig = go.Figure()
+    if points:
+        x = [p.bucket for p in points]
+        fig.add_bar(x=x, y=[_money(p.cost_usd) for p in points], name="Cost (USD)",
+                    marker={"color": PALETTE[0]})  # fmt: skip
+        fig.add_scatter(x=x, y=[p.tokens for p in points], name="Tokens", yaxis="y2",
+                        mode="lines+markers", line={"color": PALETTE[1]}, marker={"size": 4})  # fmt: skip
+    return _layout(
+        fig,
+        y_title="USD",
+        yaxis2={"title": {"text": "tokens"}, "overlaying": "y", "side": "right",
+                "rangemode": "tozero", "showgrid": False},
+    )  # fmt: skip
+
+
+def latency_trend(points: Sequence[PercentilePoint]) -> go.Figure:
+    fig = go.Figure()
+    if points:
+        x = [p.bucket for p in points]
+        for i, name in enumerate(("p50", "p90", "p99")):
+            fig.add_scatter(x=x, y=[getattr(p, f"{name}_ms") for p in points],
+                            name=f"Latency {name.upper()}", mode="lines",
+                            line={"color": PALETTE[i]})  # fmt: skip
+        if any(p.streams for p in points):
+            for i, name in enumerate(("p50", "p90", "p99")):
+                fig.add_scatter(x=x, y=[getattr(p, f"ttft_{name}_ms") for p in points],
+                                name=f"TTFT {name.upper()}", mode="lines",
+                                line={"color": PALETTE[i], "dash": "dot"})  # fmt: skip
+    return _layout(fig, y_title="ms")
+
+
+# --- Breakdowns -----------------------------------------------------------------------
+
+
+def _by_group(points: Sequence, weight: str) -> dict[str, list]:
+    series: dict[str, list] = {}
+    for p in points:
+        series.setdefault(p.group, []).append(p)
+    return {g: series[g] for g in _groups(points, weight)}
+
+
+def stacked_cost(points: Sequence[UsagePoint]) -> go.Figure:
+    fig = go.Figure()
+    for i, (group, rows) in enumerate(_by_group(points, "cost_usd").items()):
+        label = _text(group)
+        fig.add_bar(x=[p.bucket for p in rows], y=[_money(p.cost_usd) for p in rows], name=label,
+                    marker={"color": _color(i, group)})  # fmt: skip
+    return _layout(fig, y_title="USD", stacked=True, showlegend=True)
+
+
+def percentile_lines(
+    points: Sequence[PercentilePoint], *, pct: str, ttft: bool = False
+) -> go.Figure:
+    field = f"ttft_{pct}_ms" if ttft else f"{pct}_ms"
+    weight = "streams" if ttft else "requests"
+    fig = go.Figure()
+    for i, (group, rows) in enumerate(_by_group(points, weight).items()):
+        rows = [p for p in rows if getattr(p, field) is not None]
+        if not rows:
+            continue
+        fig.add_scatter(x=[p.bucket for p in rows], y=[round(getattr(p, field), 1) for p in rows],
+                        name=_text(group), mode="lines", line={"color": _color(i, group)})  # fmt: skip
+    return _layout(
+        fig, y_title=f"{'TTFT' if ttft else 'latency'} {pct.upper()} (ms)", showlegend=True
+    )
+
+
+def error_rate_lines(points: Sequence[UsagePoint]) -> go.Figure:
+    fig = go.Figure()
+    for i, (group, rows) in enumerate(_by_group(points, "requests").items()):
+        fig.add_scatter(x=[p.bucket for p in rows], y=[round(100 * p.error_rate, 3) for p in rows],
+                        name=_text(group), mode="lines", line={"color": _color(i, group)})  # fmt: skip
+    return _layout(fig, y_title="error rate (%)", showlegend=True)
+
+
+def error_types_stacked(points: Sequence[UsagePoint]) -> go.Figure:
+    fig = go.Figure()
+    for i, (group, rows) in enumerate(_by_group(points, "errors").items()):
+        fig.add_bar(x=[p.bucket for p in rows], y=[p.errors for p in rows], name=_text(group),
+                    marker={"color": _color(i, group)})  # fmt: skip
+    return _layout(fig, y_title="errors", stacked=True, showlegend=True)
+
+
+RANK_LABELS = {
+    "cost_usd": "cost (USD)",
+    "tokens": "tokens",
+    "requests": "requests",
+    "cost_per_request": "cost per request (USD)",
+}
+
+
+def ranking_bar(points: Sequence[UsagePoint], *, metric: str, limit: int = 20) -> go.Figure:
+    """Horizontal bars, largest at the top."""
+    rows = list(points)[:limit]
+    fig = go.Figure()
+    if rows:
+        values = [float(getattr(p, metric)) for p in rows]
+        labels = [_text(p.group) if p.group else "(none)" for p in rows]
+        fig.add_bar(x=values[::-1], y=labels[::-1], orientation="h", name=RANK_LABELS[metric],
+                    marker={"color": PALETTE[0]})  # fmt: skip
+    fig = _layout(fig, hovermode="y unified")
+    fig.update_layout(
+        height=max(HEIGHT, 26 * len(rows) + 80),
+        xaxis={"title": {"text": RANK_LABELS[metric]}},
+        yaxis={"automargin": True, "title": {"text": ""}},
+        showlegend=False,
+    )
+    return fig
+
+
+def cost_bar(points: Sequence[UsagePoint]) -> go.Figure:
+    fig = go.Figure()
+    if points:
+        fig.add_bar(x=[_text(p.group) for p in points], y=[_money(p.cost_usd) for p in points],
+                    name="Cost (USD)", marker={"color": PALETTE[0]})  # fmt: skip
+    return _layout(fig, y_title="USD", hovermode="closest")
+
+
+def bucket_label(bucket: dt.datetime | None) -> str:
+    return bucket.isoformat() if bucket else ""

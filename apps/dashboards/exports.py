@@ -1,0 +1,53 @@
+"""A chart's dataset as CSV: the rows of the same selector the chart was drawn from."""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import fields
+
+from django.http import StreamingHttpResponse
+
+from .selectors import PercentilePoint, UsagePoint
+
+USAGE_COLUMNS = (
+    "bucket", "group", "requests", "errors", "error_rate", "input_tokens", "output_tokens",
+    "tokens", "cost_usd", "cost_per_request",
+)  # fmt: skip
+PERCENTILE_COLUMNS = tuple(f.name for f in fields(PercentilePoint))
+# Spreadsheets execute cells that start with these; tag values are untrusted.
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+class _Echo:
+    def write(self, value: str) -> str:
+        return value
+
+
+def _cell(value: object) -> object:
+    if value is None:
+        return ""
+    if hasattr(value, "isoformat"):
+        return value.isoformat()
+    if isinstance(value, str) and value.startswith(_FORMULA_START):
+        return "'" + value
+    if isinstance(value, float):
+        return round(value, 6)
+    return value
+
+
+def _lines(rows: Sequence[object]) -> Iterator[str]:
+    writer = csv.writer(_Echo())
+    is_percentile = bool(rows) and isinstance(rows[0], PercentilePoint)
+    columns = PERCENTILE_COLUMNS if is_percentile else USAGE_COLUMNS
+    yield writer.writerow(columns)
+    for row in rows:
+        yield writer.writerow([_cell(getattr(row, name)) for name in columns])
+
+
+def dataset_csv(
+    *, rows: Iterable[UsagePoint | PercentilePoint], filename: str
+) -> StreamingHttpResponse:
+    response = StreamingHttpResponse(_lines(list(rows)), content_type="text/csv; charset=utf-8")
+    response["Content-Disposition"] = f'attachment; filename="{filename}"'
+    return response

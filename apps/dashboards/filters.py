@@ -1,0 +1,97 @@
+"""The dashboard filters and the caller's scope: plain values that every selector takes.
+
+Both are parsed once per request (filters by `forms.FilterForm`, scope from the portal
+identity) so selectors, charts and CSV exports all see the same rows.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from dataclasses import dataclass
+
+from apps.accounts.constants import Role
+from apps.accounts.selectors import PortalIdentity
+
+TAG_KEY_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:-]{0,63}$")
+# Ranges up to this many days are bucketed by hour, longer ones by day.
+HOURLY_MAX_DAYS = 2
+DEFAULT_DAYS = 30
+MAX_DAYS = 400
+# Breakdown dimensions that are columns; `tag:<key>` adds any tag key.
+COLUMN_DIMENSIONS = ("team", "virtual_account", "user", "model", "provider", "error_type")
+
+
+@dataclass(frozen=True)
+class DashboardScope:
+    """Whose usage the caller may read.
+
+    `everything` for admin and finance; otherwise rows of `team_ids` plus rows of `user_id`
+    (a team admin's own usage in other teams stays visible to them).
+    """
+
+    everything: bool = False
+    team_ids: frozenset[int] = frozenset()
+    user_id: int | None = None
+
+
+def dashboard_scope(*, identity: PortalIdentity) -> DashboardScope:
+    if identity.is_org_wide:
+        return DashboardScope(everything=True)
+    if identity.role == Role.TEAM_ADMIN:
+        return DashboardScope(team_ids=identity.admin_team_ids, user_id=identity.user_id)
+    if identity.role == Role.DEVELOPER:
+        return DashboardScope(user_id=identity.user_id)
+    return DashboardScope()
+
+
+@dataclass(frozen=True)
+class DashboardFilters:
+    """Whole UTC days `start`..`end` (inclusive) plus optional team, model and tag filters."""
+
+    start: dt.date
+    end: dt.date
+    team_id: int | None = None
+    model: str = ""
+    tags: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def bounds(self) -> tuple[dt.datetime, dt.datetime]:
+        """[start 00:00 UTC, day after end 00:00 UTC)."""
+        return (
+            dt.datetime.combine(self.start, dt.time.min, tzinfo=dt.UTC),
+            dt.datetime.combine(self.end + dt.timedelta(days=1), dt.time.min, tzinfo=dt.UTC),
+        )
+
+    @property
+    def days(self) -> int:
+        return (self.end - self.start).days + 1
+
+    @property
+    def granularity(self) -> str:
+        return "hour" if self.days <= HOURLY_MAX_DAYS else "day"
+
+    def with_tag(self, key: str, value: str) -> DashboardFilters:
+        return DashboardFilters(
+            start=self.start,
+            end=self.end,
+            team_id=self.team_id,
+            model=self.model,
+            tags=(*self.tags, (key, value)),
+        )
+
+
+def default_filters(*, today: dt.date) -> DashboardFilters:
+    return DashboardFilters(start=today - dt.timedelta(days=DEFAULT_DAYS - 1), end=today)
+
+
+def dimension_tag_key(dimension: str) -> str | None:
+    """The tag key of a `tag:<key>` dimension, None for a column dimension."""
+    return dimension[4:] if dimension.startswith("tag:") else None
+
+
+def is_valid_dimension(dimension: str) -> bool:
+    key = dimension_tag_key(dimension)
+    if key is not None:
+        return bool(TAG_KEY_RE.match(key))
+    return dimension in COLUMN_DIMENSIONS

@@ -1,0 +1,137 @@
+"""Dashboard benchmark: server time of each dashboard page over 1,000,000 usage rows.
+
+    .venv/bin/python bench/dashboards_bench.py [--rows 1000000] [--days 90] [--runs 5]
+                                               [--rollups] [--keep-db DIR]
+
+Starts a throwaway PostgreSQL (the test set-up's helper), migrates, seeds a demo tenancy
+(4 teams, 12 users with keys, 3 virtual accounts, the price catalog), writes the rows with
+`generate_usage` (COPY) over `--days` days, ANALYZEs, then times every page through the
+Django test client as a finance user (everything in scope) and as a team admin: one warm-up,
+then `--runs` timed runs each; prints median and p95 (nearest rank). With `--rollups` the
+billing daily rollups are computed first, as the beat task would. Not a test: numbers only.
+"""
+
+import argparse
+import datetime as dt
+import math
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from scripts.run_tests import postgres  # noqa: E402
+
+PAGES = [
+    "/dashboards/",
+    "/dashboards/cost/",
+    "/dashboards/cost/?group=tag:feature",
+    "/dashboards/cost/?group=user",
+    "/dashboards/latency/",
+    "/dashboards/errors/",
+    "/dashboards/tags/?key=customer_id",
+    "/dashboards/tags/?key=customer_id&value=cust-0001",
+    "/dashboards/?tag=feature%3Dsearch",
+]
+
+
+def p95(samples: list[float]) -> float:
+    ordered = sorted(samples)
+    return ordered[max(0, math.ceil(0.95 * len(ordered)) - 1)]
+
+
+def seed_tenancy() -> dict:
+    from apps.accounts.constants import Role
+    from apps.billing.services import model_prices_import
+    from tests import factories
+
+    model_prices_import()
+    teams = [factories.make_team(f"Team {i}", slug=f"team-{i}") for i in range(4)]
+    users = {}
+    for i in range(12):
+        user = factories.make_user(f"user{i}", team=teams[i % 4])
+        factories.make_key(user=user)
+        users[user.username] = user
+    for i in range(3):
+        factories.make_virtual_account(teams[i], name=f"bot-{i}")
+    users["finance"] = factories.make_user("fin", team=teams[0], role=Role.FINANCE)
+    users["team_admin"] = factories.make_user("ta", team=teams[1], role=Role.TEAM_ADMIN)
+    return users
+
+
+def time_pages(client, label: str, runs: int, ranges: list[str]) -> None:
+    print(f"\n{label}: server time per page, {runs} runs after a warm-up (ms)")
+    print(f"{'page':<58} {'median':>8} {'p95':>8} {'queries':>8}")
+    from django.db import connection, reset_queries
+
+    for suffix in ranges:
+        for page in PAGES:
+            url = page + (("&" if "?" in page else "?") + suffix if suffix else "")
+            client.get(url)
+            samples = []
+            for _ in range(runs):
+                reset_queries()
+                started = time.perf_counter()
+                response = client.get(url)
+                samples.append((time.perf_counter() - started) * 1000)
+                assert response.status_code == 200, (url, response.status_code)
+            queries = len(connection.queries)
+            print(f"{url:<58} {statistics.median(samples):8.0f} {p95(samples):8.0f} {queries:8d}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--days", type=int, default=90)
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--rollups", action="store_true", help="compute daily rollups first")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="tollgate-bench-") as tmp:
+        os.chmod(tmp, 0o755)
+        with postgres(Path(tmp)) as database_url:
+            os.environ.update(DATABASE_URL=database_url, DEBUG="true")
+            os.environ.setdefault("DJANGO_SETTINGS_MODULE", "gateway_portal.settings")
+            import django
+
+            django.setup()
+            from django.conf import settings
+            from django.core.management import call_command
+            from django.db import connection
+            from django.test import Client
+
+            settings.ALLOWED_HOSTS = ["*"]
+            call_command("migrate", verbosity=0)
+            users = seed_tenancy()
+            started = time.perf_counter()
+            call_command("generate_usage", rows=args.rows, days=args.days, seed=1)
+            with connection.cursor() as cursor:
+                cursor.execute("ANALYZE proxy_usagerecord")
+            print(f"loaded {args.rows:,} rows over {args.days} days in "
+                  f"{time.perf_counter() - started:.1f} s")  # fmt: skip
+            if args.rollups:
+                from apps.billing.services.rollups import usage_rollup_day
+
+                started = time.perf_counter()
+                today = dt.datetime.now(dt.UTC).date()
+                for back in range(1, args.days + 2):
+                    usage_rollup_day(day=today - dt.timedelta(days=back))
+                with connection.cursor() as cursor:
+                    cursor.execute("ANALYZE billing_usagerollupdaily")
+                print(f"daily rollups computed in {time.perf_counter() - started:.1f} s")
+
+            today = dt.datetime.now(dt.UTC).date()
+            ranges = ["", f"start={today - dt.timedelta(days=args.days - 1)}&end={today}"]
+            for role in ("finance", "team_admin"):
+                client = Client()
+                client.force_login(users[role])
+                time_pages(client, f"{role} (default 30 days, then {args.days} days)",
+                           args.runs, ranges)  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
