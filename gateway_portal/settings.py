@@ -183,6 +183,10 @@ LAST_USED_FLUSH_SECONDS = env.float("LAST_USED_FLUSH_SECONDS", default=30.0)
 # Owners are emailed this many days before a key expires (once per key).
 KEY_EXPIRY_WARNING_DAYS = env.int("KEY_EXPIRY_WARNING_DAYS", default=7)
 
+# --- Demo -----------------------------------------------------------------------------
+# `seed_demo` writes this much synthetic usage history when the database has little usage.
+DEMO_USAGE_ROWS = env.int("DEMO_USAGE_ROWS", default=20_000)
+
 # --- Logging ----------------------------------------------------------------------
 LOGGING = {
     "version": 1,

@@ -156,6 +156,8 @@ def main(argv: list[str]) -> int:
         if k not in {"DATABASE_URL", "REDIS_URL", "CELERY_BROKER_URL"}
     }
     base_env["DEBUG"] = "true"
+    # seed_demo runs in many tests; a small synthetic history keeps them quick.
+    base_env.setdefault("DEMO_USAGE_ROWS", "500")
     with tempfile.TemporaryDirectory(prefix="tollgate-test-") as tmp:
         workdir = Path(tmp)
         os.chmod(workdir, 0o755)

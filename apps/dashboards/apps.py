@@ -1,7 +1,5 @@
 from django.apps import AppConfig
 
-# `make run` seeds this much synthetic history when the database has less usage than that.
-DEMO_ROWS = 20_000
 DEMO_DAYS = 30
 
 
@@ -11,12 +9,15 @@ class DashboardsConfig(AppConfig):
 
     def seed_demo(self, stdout) -> None:
         """Called by `manage.py seed_demo`: a month of synthetic usage so charts are not empty."""
+        from django.conf import settings
+
         from apps.dashboards.services import usage_generate
         from apps.proxy.models import UsageRecord
 
+        demo_rows = settings.DEMO_USAGE_ROWS
         existing = UsageRecord.objects.count()
-        if existing >= DEMO_ROWS // 10:
+        if existing >= demo_rows // 10:
             stdout.write(f"Dashboards: {existing} usage rows already there, no history added")
             return
-        written = usage_generate(rows=DEMO_ROWS, days=DEMO_DAYS)
+        written = usage_generate(rows=demo_rows, days=DEMO_DAYS)
         stdout.write(f"Dashboards: {written} synthetic usage rows over {DEMO_DAYS} days")
