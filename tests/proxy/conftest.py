@@ -49,6 +49,7 @@ class GatewayServer:
     process: subprocess.Popen
     env: dict
     log_path: Path
+    workers: int = 1
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -67,6 +68,9 @@ class GatewayServer:
             if response.status_code == 200 and any(
                 m["id"] == model for m in response.json()["data"]
             ):
+                if self.workers > 1:
+                    # One worker has it; give the others a few catalog refreshes too.
+                    time.sleep(1.0)
                 return
             time.sleep(0.1)
         raise AssertionError(f"gateway never served model {model!r}")
@@ -120,7 +124,7 @@ def start_gateway(extra_env: dict | None = None, workers: int = 1) -> GatewaySer
             process.kill()
             raise RuntimeError(f"gateway did not start: {log_path.read_text()[-3000:]}")
         time.sleep(0.1)
-    return GatewayServer(url=url, process=process, env=env, log_path=log_path)
+    return GatewayServer(url=url, process=process, env=env, log_path=log_path, workers=workers)
 
 
 def stop_gateway(server: GatewayServer) -> None:
