@@ -72,6 +72,8 @@ class Call:
     response_body: dict | None = None
     admission: Admission | None = None
     response_headers: dict[str, str] = field(default_factory=dict)
+    # Priced once in `_record`; the quota settle reuses it.
+    cost_usd: Decimal | None = None
     # The attempt whose outcome health has not heard yet (released in `run` if never told).
     health_pending: DeploymentInfo | None = None
 
@@ -224,10 +226,13 @@ async def _admit(call: Call) -> None:
     else:
         max_output = 0
     input_estimate = estimate_input_tokens(call.kind, body)
-    cost_estimate = None
-    if call.model.deployments:
+
+    def cost_estimate() -> Decimal:
+        # Priced only if a budget rule matches: most requests never need it.
+        if not call.model.deployments:
+            return Decimal(0)
         first = call.model.deployments[0]
-        cost_estimate = catalog.prices.cost_for(
+        return catalog.prices.cost_for(
             first.price_model_name,
             input_estimate,
             max_output if max_output is not None else engine.default_max_output_tokens,
@@ -239,6 +244,7 @@ async def _admit(call: Call) -> None:
                 first.cached_input_cost_per_token,
             ),
         )
+
     admission = await engine.check(
         subject_ids=subject_ids_for(call.key),
         model=call.model.name,
@@ -285,7 +291,7 @@ async def run(call: Call, receive, send) -> None:
                 call.admission,
                 input_tokens=usage.input_tokens,
                 output_tokens=usage.output_tokens,
-                cost_usd=_cost(call),
+                cost_usd=call.cost_usd if call.cost_usd is not None else _cost(call),
             )
 
 
@@ -560,6 +566,7 @@ async def _record(call: Call) -> None:
     latency_ms = (now - call.started) * 1000
     usage = call.usage or Usage()
     deployment = call.deployment
+    call.cost_usd = _cost(call)
     event = UsageEvent(
         request_id=call.request_id,
         created_at=call.created_at,
@@ -580,7 +587,7 @@ async def _record(call: Call) -> None:
         output_tokens=usage.output_tokens,
         cached_tokens=usage.cached_tokens,
         tokens_estimated=usage.estimated,
-        cost_usd=_cost(call),
+        cost_usd=call.cost_usd,
         latency_ms=round(latency_ms, 3),
         ttft_ms=round(call.ttft_ms, 3) if call.ttft_ms is not None else None,
         upstream_latency_ms=round(call.upstream_ms, 3) if call.upstream_ms is not None else None,

@@ -15,6 +15,7 @@ import logging
 import math
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -311,7 +312,7 @@ class QuotaEngine:
         tags: dict,
         request_tokens_estimate: int,
         max_output_tokens: int | None = None,
-        cost_estimate_usd: Decimal | float | None = None,
+        cost_estimate_usd: Decimal | float | Callable[[], Decimal] | None = None,
     ) -> Admission:
         matched = self._match(subject_ids, model, tags)
         if not matched:
@@ -337,6 +338,8 @@ class QuotaEngine:
             start, reset = self._window(entry.period, now)
             amount = amounts.get(entry.metric)
             if amount is None:  # cost: priced only when a budget rule matches
+                if callable(cost_estimate_usd):
+                    cost_estimate_usd = cost_estimate_usd()
                 amount = amounts["cost_usd"] = max(1, usd_to_micros(cost_estimate_usd or 0))
             key = f"{entry.key_prefix}{escaped}|{start}"
             per_value = None
