@@ -8,10 +8,12 @@ Starts a throwaway PostgreSQL (the test set-up's helper), migrates, seeds a demo
 `generate_usage` (COPY) over `--days` days, ANALYZEs, then times every page through the
 Django test client as a finance user (everything in scope) and as a team admin: one warm-up,
 then `--runs` timed runs each; prints median and p95 (nearest rank). With `--rollups` the
-billing daily rollups are computed first, as the beat task would. Not a test: numbers only.
+billing daily rollups and the dashboard rollups are computed first, as the beat tasks
+would. Not a test: numbers only.
 """
 
 import argparse
+import contextlib
 import datetime as dt
 import math
 import os
@@ -63,6 +65,13 @@ def seed_tenancy() -> dict:
     return users
 
 
+def existing_users() -> dict:
+    from django.contrib.auth import get_user_model
+
+    by_name = {u.username: u for u in get_user_model().objects.filter(username__in=["fin", "ta"])}
+    return {"finance": by_name["fin"], "team_admin": by_name["ta"]}
+
+
 def time_pages(client, label: str, runs: int, ranges: list[str]) -> None:
     print(f"\n{label}: server time per page, {runs} runs after a warm-up (ms)")
     print(f"{'page':<58} {'median':>8} {'p95':>8} {'queries':>8}")
@@ -89,9 +98,17 @@ def main() -> None:
     parser.add_argument("--days", type=int, default=90)
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--rollups", action="store_true", help="compute daily rollups first")
+    parser.add_argument(
+        "--keep-db", metavar="DIR", help="keep the database in DIR and reuse it when loaded"
+    )
     args = parser.parse_args()
 
-    with tempfile.TemporaryDirectory(prefix="tollgate-bench-") as tmp:
+    with contextlib.ExitStack() as stack:
+        if args.keep_db:
+            tmp = args.keep_db
+            os.makedirs(tmp, exist_ok=True)
+        else:
+            tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="tollgate-bench-"))
         os.chmod(tmp, 0o755)
         with postgres(Path(tmp)) as database_url:
             os.environ.update(DATABASE_URL=database_url, DEBUG="true")
@@ -106,23 +123,38 @@ def main() -> None:
 
             settings.ALLOWED_HOSTS = ["*"]
             call_command("migrate", verbosity=0)
-            users = seed_tenancy()
-            started = time.perf_counter()
-            call_command("generate_usage", rows=args.rows, days=args.days, seed=1)
-            with connection.cursor() as cursor:
-                cursor.execute("ANALYZE proxy_usagerecord")
-            print(f"loaded {args.rows:,} rows over {args.days} days in "
-                  f"{time.perf_counter() - started:.1f} s")  # fmt: skip
+            from apps.proxy.models import UsageRecord
+
+            if UsageRecord.objects.exists():
+                users = existing_users()
+                print(f"reusing {UsageRecord.objects.count():,} rows in {tmp}")
+            else:
+                users = seed_tenancy()
+                started = time.perf_counter()
+                call_command("generate_usage", rows=args.rows, days=args.days, seed=1)
+                with connection.cursor() as cursor:
+                    cursor.execute("ANALYZE proxy_usagerecord")
+                print(f"loaded {args.rows:,} rows over {args.days} days in "
+                      f"{time.perf_counter() - started:.1f} s")  # fmt: skip
             if args.rollups:
                 from apps.billing.services.rollups import usage_rollup_day
+                from apps.dashboards.services import dashboard_rollup_days
 
                 started = time.perf_counter()
                 today = dt.datetime.now(dt.UTC).date()
                 for back in range(1, args.days + 2):
                     usage_rollup_day(day=today - dt.timedelta(days=back))
+                print(f"billing daily rollups computed in {time.perf_counter() - started:.1f} s")
+                started = time.perf_counter()
+                dashboard_rollup_days(start=today - dt.timedelta(days=args.days + 1), end=today)
+                print(f"dashboard rollups computed in {time.perf_counter() - started:.1f} s")
                 with connection.cursor() as cursor:
-                    cursor.execute("ANALYZE billing_usagerollupdaily")
-                print(f"daily rollups computed in {time.perf_counter() - started:.1f} s")
+                    for table in (
+                        "billing_usagerollupdaily",
+                        "dashboards_usagecubedaily",
+                        "dashboards_latencyhistogramdaily",
+                    ):
+                        cursor.execute(f"ANALYZE {table}")
 
             today = dt.datetime.now(dt.UTC).date()
             ranges = ["", f"start={today - dt.timedelta(days=args.days - 1)}&end={today}"]

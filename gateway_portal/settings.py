@@ -280,6 +280,14 @@ CELERY_BEAT_SCHEDULE.update(
     }
 )
 
+# --- Dashboards -----------------------------------------------------------------------
+# Complete days the beat task re-rolls every run (late usage rows land within them).
+DASHBOARDS_ROLLUP_RECENT_DAYS = env.int("DASHBOARDS_ROLLUP_RECENT_DAYS", default=2)
+CELERY_BEAT_SCHEDULE["dashboards.rollup_recent_days"] = {
+    "task": "dashboards.rollup_recent_days",
+    "schedule": 30 * 60.0,
+}
+
 # --- Routing and health --------------------------------------------------------------
 # Smoothing of the latency EWMAs the `latency` strategy routes by (weight of a new sample).
 ROUTING_EWMA_ALPHA = env.float("ROUTING_EWMA_ALPHA", default=0.3)

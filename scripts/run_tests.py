@@ -55,31 +55,16 @@ def as_postgres_user(cmd: list[str]) -> list[str]:
 
 @contextlib.contextmanager
 def postgres(workdir: Path):
+    """A PostgreSQL server on a free port; a data directory already in `workdir` is reused."""
     data = workdir / "pgdata"
     sock = workdir / "pgsock"
-    sock.mkdir()
+    sock.mkdir(exist_ok=True)
     if os.geteuid() == 0:
         shutil.chown(workdir, "postgres")
         shutil.chown(sock, "postgres")
     port = free_port()
-    subprocess.run(
-        as_postgres_user(
-            [
-                pg_bin("initdb"),
-                "-D",
-                str(data),
-                "-U",
-                "tollgate",
-                "-A",
-                "trust",
-                "-E",
-                "UTF8",
-                "--no-locale",
-            ]
-        ),
-        check=True,
-        stdout=subprocess.DEVNULL,
-    )
+    if not data.exists():
+        _initdb(data)
     opts = (
         f"-p {port} -k {sock} -c listen_addresses=127.0.0.1 -c fsync=off "
         "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200"
@@ -105,10 +90,31 @@ def postgres(workdir: Path):
         yield f"postgres://tollgate@127.0.0.1:{port}/postgres"
     finally:
         subprocess.run(
-            as_postgres_user([pg_bin("pg_ctl"), "-D", str(data), "-m", "immediate", "stop"]),
+            as_postgres_user([pg_bin("pg_ctl"), "-D", str(data), "-m", "fast", "stop"]),
             check=False,
             stdout=subprocess.DEVNULL,
         )
+
+
+def _initdb(data: Path) -> None:
+    subprocess.run(
+        as_postgres_user(
+            [
+                pg_bin("initdb"),
+                "-D",
+                str(data),
+                "-U",
+                "tollgate",
+                "-A",
+                "trust",
+                "-E",
+                "UTF8",
+                "--no-locale",
+            ]
+        ),
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
 
 
 @contextlib.contextmanager

@@ -1,11 +1,17 @@
 """Shared fixtures: tenancy rows and the mode (services or embedded) the suite runs in."""
 
 import os
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from tests import factories
 
+ROOT = Path(__file__).resolve().parents[1]
 EMBEDDED = bool(os.environ.get("TOLLGATE_EMBEDDED_TESTS"))
 
 
@@ -45,3 +51,35 @@ def virtual_account(team):
 def api_key(user):
     """(ApiKey row, plaintext secret)."""
     return factories.make_key(user=user, default_tags={"environment": "test"})
+
+
+@pytest.fixture
+def celery_worker_process() -> Iterator[Path]:
+    """A real worker on the test database and the test Redis; yields its log file."""
+    from tests.proxy.conftest import test_database_url
+
+    redis_url = os.environ["REDIS_URL"]
+    log_path = Path(tempfile.mkstemp(prefix="celery-worker-", suffix=".log")[1])
+    env = {
+        **os.environ,
+        "DEBUG": "true",
+        "DATABASE_URL": test_database_url(),
+        "CELERY_BROKER_URL": redis_url,
+        "CELERY_RESULT_BACKEND": redis_url,
+        "EMAIL_BACKEND": "django.core.mail.backends.console.EmailBackend",
+    }
+    command = [
+        sys.executable, "-m", "celery", "-A", "gateway_portal", "worker",
+        "--pool", "solo", "-Q", "celery", "--loglevel", "INFO", "--without-mingle",
+        "--without-gossip", "--without-heartbeat",
+    ]  # fmt: skip
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=log)
+    try:
+        yield log_path
+    finally:
+        process.terminate()
+        try:
+            process.wait(20)
+        except subprocess.TimeoutExpired:
+            process.kill()

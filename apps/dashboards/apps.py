@@ -8,16 +8,23 @@ class DashboardsConfig(AppConfig):
     label = "dashboards"
 
     def seed_demo(self, stdout) -> None:
-        """Called by `manage.py seed_demo`: a month of synthetic usage so charts are not empty."""
-        from django.conf import settings
+        """Called by `manage.py seed_demo`: a month of synthetic usage so charts are not empty,
+        rolled up as the beat task would (which `make run` does not start)."""
+        import datetime as dt
 
-        from apps.dashboards.services import usage_generate
+        from django.conf import settings
+        from django.utils import timezone
+
+        from apps.dashboards.services import dashboard_rollup_days, usage_generate
         from apps.proxy.models import UsageRecord
 
         demo_rows = settings.DEMO_USAGE_ROWS
         existing = UsageRecord.objects.count()
         if existing >= demo_rows // 10:
             stdout.write(f"Dashboards: {existing} usage rows already there, no history added")
-            return
-        written = usage_generate(rows=demo_rows, days=DEMO_DAYS)
-        stdout.write(f"Dashboards: {written} synthetic usage rows over {DEMO_DAYS} days")
+        else:
+            written = usage_generate(rows=demo_rows, days=DEMO_DAYS)
+            stdout.write(f"Dashboards: {written} synthetic usage rows over {DEMO_DAYS} days")
+        today = timezone.now().astimezone(dt.UTC).date()
+        result = dashboard_rollup_days(start=today - dt.timedelta(days=DEMO_DAYS + 1), end=today)
+        stdout.write(f"Dashboards: {result.cube_rows} rollup rows for the past days")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Callable
 from dataclasses import dataclass
+from decimal import Decimal
 
 from . import selectors
 from .filters import DashboardFilters, DashboardScope
@@ -165,7 +166,7 @@ class Kpis:
 
 def _total(points: list[UsagePoint]) -> UsagePoint:
     totals = selectors.totals_by_group(points)
-    return totals[0] if totals else selectors.UsagePoint(None, "", 0, 0, 0, 0, selectors.Decimal(0))
+    return totals[0] if totals else UsagePoint(None, "", 0, 0, 0, 0, Decimal(0))
 
 
 def overview_kpis(

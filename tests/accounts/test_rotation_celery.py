@@ -8,11 +8,7 @@ process to the hot path's own `authenticate`, just before and just after the gra
 import asyncio
 import os
 import re
-import subprocess
-import sys
-import tempfile
 import time
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -34,43 +30,12 @@ from apps.proxy.errors import Unauthorized
 from gateway_portal.celery import app as celery_app
 from tests import factories
 from tests.proxy.conftest import start_gateway, stop_gateway
-from tests.proxy.conftest import test_database_url as database_url_for_workers
 from tests.proxy.helpers import declare_model
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.services]
 
 ROOT = Path(__file__).resolve().parents[2]
 SECRET_RE = re.compile(r"\b(tg_live_[0-9A-Za-z]{43})\b")
-
-
-@pytest.fixture
-def celery_worker_process() -> Iterator[Path]:
-    """A real worker on the test database and the test Redis; yields its log file."""
-    redis_url = os.environ["REDIS_URL"]
-    log_path = Path(tempfile.mkstemp(prefix="celery-worker-", suffix=".log")[1])
-    env = {
-        **os.environ,
-        "DEBUG": "true",
-        "DATABASE_URL": database_url_for_workers(),
-        "CELERY_BROKER_URL": redis_url,
-        "CELERY_RESULT_BACKEND": redis_url,
-        "EMAIL_BACKEND": "django.core.mail.backends.console.EmailBackend",
-    }
-    command = [
-        sys.executable, "-m", "celery", "-A", "gateway_portal", "worker",
-        "--pool", "solo", "-Q", "celery", "--loglevel", "INFO", "--without-mingle",
-        "--without-gossip", "--without-heartbeat",
-    ]  # fmt: skip
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=log)
-    try:
-        yield log_path
-    finally:
-        process.terminate()
-        try:
-            process.wait(20)
-        except subprocess.TimeoutExpired:
-            process.kill()
 
 
 def hot_path_verdict_at(moment, headers) -> str | None:

@@ -9,6 +9,8 @@ from apps.accounts.selectors import portal_identity
 from apps.billing.services.rollups import usage_rollup_day
 from apps.dashboards import selectors
 from apps.dashboards.filters import DashboardFilters, DashboardScope, dashboard_scope
+from apps.dashboards.selectors.rows import day_runs
+from apps.dashboards.services import dashboard_rollup_day
 from apps.proxy.models import UsageRecord
 
 from .conftest import DAY1, DAY2, EVIL, at
@@ -125,29 +127,39 @@ def test_scope_by_role(world, username, requests, successes, cost):
 
 def test_daily_rollups_serve_whole_past_days(world):
     usage_rollup_day(day=DAY1)
-    # Drop DAY1's raw rows: whatever still counts for DAY1 must come from the rollup.
+    dashboard_rollup_day(day=DAY1)
+    # Drop DAY1's raw rows: whatever still counts for DAY1 must come from the rollups.
     UsageRecord.objects.filter(created_at__lt=at(DAY2, 0)).delete()
+    # Column breakdowns: the dashboards' cube.
     days = selectors.usage_points(scope=EVERYTHING, filters=RANGE, bucket="day", dimension="model")
     assert [(p.bucket.date(), p.group, p.requests, p.cost_usd) for p in days] == [
         (DAY1, "gpt-a", 5, Decimal("0.01")),
         (DAY2, "claude-b", 2, Decimal("0.01")),
         (DAY2, "gpt-a", 1, Decimal("0.5")),
     ]
+    by_error = {
+        p.group: p.errors
+        for p in selectors.usage_points(scope=EVERYTHING, filters=RANGE, dimension="error_type")
+    }
+    assert by_error == {"": 0, "rate_limit_error": 1, "upstream_error": 1}
+    by_provider = selectors.usage_points(scope=EVERYTHING, filters=RANGE, dimension="provider")
+    assert {p.group: p.requests for p in by_provider} == {"openai": 6, "anthropic": 2}
+    # Tag breakdowns: billing's rollup, which keeps the rollup tag keys.
     alice = dashboard_scope(identity=portal_identity(user=world["alice"]))
     by_customer = {
         p.group: p.requests
         for p in selectors.usage_points(scope=alice, filters=RANGE, dimension="tag:customer_id")
     }
     assert by_customer == {"c1": 2, "c2": 1, "": 2}
-    # Provider is not a rollup dimension: only the raw rows (DAY2) remain.
-    by_provider = selectors.usage_points(scope=EVERYTHING, filters=RANGE, dimension="provider")
-    assert sum(p.requests for p in by_provider) == 3
+    # A tag key billing does not roll up: only the raw rows (DAY2) remain.
+    unrolled = DashboardFilters(start=DAY1, end=DAY2, tags=(("team_note", "x"),))
+    assert selectors.usage_points(scope=EVERYTHING, filters=unrolled) == [
+        selectors.UsagePoint(None, "", 0, 0, 0, 0, Decimal(0))
+    ]
 
 
 def test_raw_rows_only_for_days_the_rollup_lacks(world):
-    assert selectors._day_runs(
-        [DAY1, DAY1 + dt.timedelta(days=1), DAY1 + dt.timedelta(days=3)]
-    ) == [
+    assert day_runs([DAY1, DAY1 + dt.timedelta(days=1), DAY1 + dt.timedelta(days=3)]) == [
         (at(DAY1, 0), at(DAY1 + dt.timedelta(days=2), 0)),
         (at(DAY1 + dt.timedelta(days=3), 0), at(DAY1 + dt.timedelta(days=4), 0)),
     ]

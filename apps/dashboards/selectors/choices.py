@@ -1,0 +1,52 @@
+"""Choices for the filter bar: tag keys, models and teams the caller may pick."""
+
+from __future__ import annotations
+
+from apps.accounts.models import TagDefinition, Team
+from apps.billing.services.rollups import rollup_tag_keys
+from apps.proxy.models import UsageRecord
+
+from ..filters import DashboardFilters, DashboardScope
+from ..models import UsageCubeDaily
+from .rows import filtered, last_rollup_day, raw_usage, rolled_up_days, scope_q, uncovered_ranges
+
+# How many recent rows are scanned for tag keys in use (the picker's choices).
+TAG_SCAN_ROWS = 2000
+
+
+def tag_keys_in_use(*, scope: DashboardScope) -> list[str]:
+    """Keys for the tag pickers: rollup keys, glossary keys and keys in recent usage."""
+    keys = set(rollup_tag_keys()) | set(TagDefinition.objects.values_list("key", flat=True))
+    q = scope_q(scope)
+    if q is not None:
+        recent = (
+            UsageRecord.objects.filter(q).order_by("-created_at").values_list("tags", flat=True)
+        )
+        for tags in recent[:TAG_SCAN_ROWS]:
+            if isinstance(tags, dict):
+                keys.update(str(k) for k in tags)
+    return sorted(keys)
+
+
+def model_names(*, scope: DashboardScope, filters: DashboardFilters) -> list[str]:
+    """Models with usage in range and scope, for the model filter."""
+    unfiltered = DashboardFilters(start=filters.start, end=filters.end)
+    last = last_rollup_day(unfiltered)
+    covered = rolled_up_days(UsageCubeDaily, unfiltered.start, last)
+    names: set[str] = set()
+    if covered:
+        cube = UsageCubeDaily.objects.order_by().filter(day__gte=unfiltered.start, day__lt=last)
+        cube = filtered(cube, scope=scope, filters=unfiltered, tags_field=None)
+        names.update(cube.values_list("model", flat=True).distinct())
+    ranges = uncovered_ranges(unfiltered, covered)
+    if ranges:
+        raw = raw_usage(scope=scope, filters=unfiltered, ranges=ranges)
+        names.update(raw.values_list("model", flat=True).distinct())
+    return sorted(names)
+
+
+def teams_for_filter(*, scope: DashboardScope) -> list[tuple[int, str]]:
+    teams = Team.objects.order_by("name")
+    if not scope.everything:
+        teams = teams.filter(pk__in=scope.team_ids) if scope.team_ids else teams.none()
+    return list(teams.values_list("pk", "name"))

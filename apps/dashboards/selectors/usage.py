@@ -1,0 +1,225 @@
+"""Requests, errors, tokens and cost per time bucket and dimension.
+
+Whole past days come from a rollup when one can answer the read:
+- the dashboards' `UsageCubeDaily` for any column breakdown (team, user, virtual account,
+  model, provider, error type) with no tag filter;
+- billing's `UsageRollupDaily` for tag breakdowns and tag filters on its rollup tag keys;
+- otherwise, and for today and days not rolled up yet, the raw rows. Both parts are summed.
+Hourly buckets always need the raw rows.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable
+from dataclasses import dataclass
+from decimal import Decimal
+
+from django.db.models import Count, F, Model, Q, QuerySet, Sum
+from django.db.models.fields.json import KeyTextTransform
+from django.db.models.functions import TruncDay, TruncHour
+
+from apps.billing.models import UsageRollupDaily
+from apps.billing.services.rollups import rollup_tag_keys
+
+from ..filters import DashboardFilters, DashboardScope, dimension_tag_key
+from ..models import UsageCubeDaily
+from .rows import filtered, last_rollup_day, raw_usage, rolled_up_days, uncovered_ranges
+
+TRUNC = {"hour": TruncHour, "day": TruncDay}
+RAW_COLUMNS = {
+    "team": "team_id",
+    "user": "user_id",
+    "virtual_account": "virtual_account_id",
+    "model": "model",
+    "provider": "provider",
+    "error_type": "error_type",
+}
+_BILLING_COLUMNS = {
+    k: v for k, v in RAW_COLUMNS.items() if k in {"team", "user", "virtual_account", "model"}
+}
+
+
+@dataclass(frozen=True)
+class UsagePoint:
+    """Usage of one group (a dimension value, or "" for no grouping) in one time bucket."""
+
+    bucket: dt.datetime | None
+    group: str
+    requests: int
+    errors: int
+    input_tokens: int
+    output_tokens: int
+    cost_usd: Decimal
+
+    @property
+    def tokens(self) -> int:
+        return self.input_tokens + self.output_tokens
+
+    @property
+    def error_rate(self) -> float:
+        return self.errors / self.requests if self.requests else 0.0
+
+    @property
+    def cost_per_request(self) -> Decimal:
+        return self.cost_usd / self.requests if self.requests else Decimal(0)
+
+
+@dataclass(frozen=True)
+class _Rollup:
+    """A daily rollup table and how a read maps onto it."""
+
+    model: type[Model]
+    columns: dict[str, str]
+    tags_field: str | None
+
+
+CUBE = _Rollup(UsageCubeDaily, RAW_COLUMNS, None)
+BILLING = _Rollup(UsageRollupDaily, _BILLING_COLUMNS, "dims")
+
+
+def dimension_expr(dimension: str, *, columns: dict[str, str], tags_field: str | None):
+    key = dimension_tag_key(dimension)
+    if key is not None:
+        return KeyTextTransform(key, tags_field)
+    return F(columns[dimension])
+
+
+def _rollup_for(dimension: str | None, filters: DashboardFilters, bucket: str | None):
+    if bucket not in (None, "day"):
+        return None
+    tag_dimension = dimension is not None and dimension_tag_key(dimension) is not None
+    if not filters.tags and not tag_dimension:
+        return CUBE
+    keys = set(rollup_tag_keys())
+    if any(key not in keys for key, _ in filters.tags):
+        return None
+    if dimension is None or dimension in _BILLING_COLUMNS:
+        return BILLING
+    return BILLING if dimension_tag_key(dimension) in keys else None
+
+
+_SUMS = {
+    "s_in": Sum("input_tokens"),
+    "s_out": Sum("output_tokens"),
+    "s_cost": Sum("cost_usd"),
+}
+
+
+def _grouped(qs: QuerySet, names: list[str], aggregates: dict) -> list[dict]:
+    """GROUP BY `names`; with no names one total row (`.values()` alone would select all)."""
+    if names:
+        return list(qs.values(*names).annotate(**aggregates))
+    return [qs.aggregate(**aggregates)]
+
+
+def _raw_groups(*, scope, filters, dimension, bucket, ranges) -> Iterable[tuple]:
+    qs = raw_usage(scope=scope, filters=filters, ranges=ranges)
+    names = []
+    if bucket:
+        qs = qs.annotate(_bucket=TRUNC[bucket]("created_at", tzinfo=dt.UTC))
+        names.append("_bucket")
+    if dimension:
+        qs = qs.annotate(_group=dimension_expr(dimension, columns=RAW_COLUMNS, tags_field="tags"))
+        names.append("_group")
+    aggregates = {"n": Count("pk"), "n_err": Count("pk", filter=Q(status_code__gte=400)), **_SUMS}
+    for row in _grouped(qs, names, aggregates):
+        yield (
+            row.get("_bucket"),
+            row.get("_group"),
+            row["n"],
+            row["n_err"],
+            row["s_in"],
+            row["s_out"],
+            row["s_cost"],
+        )
+
+
+def _rollup_groups(
+    rollup: _Rollup, *, scope, filters, dimension, bucket, days: tuple[dt.date, dt.date]
+) -> Iterable[tuple]:
+    qs = rollup.model.objects.order_by().filter(day__gte=days[0], day__lt=days[1])
+    qs = filtered(qs, scope=scope, filters=filters, tags_field=rollup.tags_field)
+    names = []
+    if bucket:
+        names.append("day")
+    if dimension:
+        qs = qs.annotate(
+            _group=dimension_expr(dimension, columns=rollup.columns, tags_field=rollup.tags_field)
+        )
+        names.append("_group")
+    aggregates = {"n": Sum("requests"), "n_err": Sum("errors"), **_SUMS}
+    for row in _grouped(qs, names, aggregates):
+        day = row.get("day")
+        moment = dt.datetime.combine(day, dt.time.min, tzinfo=dt.UTC) if day else None
+        yield (
+            moment,
+            row.get("_group"),
+            row["n"],
+            row["n_err"],
+            row["s_in"],
+            row["s_out"],
+            row["s_cost"],
+        )
+
+
+def usage_points(
+    *,
+    scope: DashboardScope,
+    filters: DashboardFilters,
+    dimension: str | None = None,
+    bucket: str | None = None,
+    use_rollups: bool = True,
+) -> list[UsagePoint]:
+    """Requests, errors, tokens and cost per (bucket, group), ordered by bucket then group.
+
+    `bucket` is "hour", "day" or None (one total); `dimension` a column name or `tag:<key>`.
+    Group values are raw ids for team/user/virtual account (see `group_labels`).
+    """
+    raw_ranges = [filters.bounds]
+    parts: list[Iterable[tuple]] = []
+    rollup = _rollup_for(dimension, filters, bucket) if use_rollups else None
+    if rollup is not None:
+        last = last_rollup_day(filters)
+        covered = rolled_up_days(rollup.model, filters.start, last)
+        if covered:
+            raw_ranges = uncovered_ranges(filters, covered)
+            parts.append(
+                _rollup_groups(
+                    rollup,
+                    scope=scope,
+                    filters=filters,
+                    dimension=dimension,
+                    bucket=bucket,
+                    days=(filters.start, last),
+                )
+            )
+    if raw_ranges:
+        parts.append(
+            _raw_groups(
+                scope=scope, filters=filters, dimension=dimension, bucket=bucket, ranges=raw_ranges
+            )
+        )
+    return _merge(parts)
+
+
+def _merge(parts: Iterable[Iterable[tuple]]) -> list[UsagePoint]:
+    sums: dict[tuple, list] = {}
+    for part in parts:
+        for moment, group, n, n_err, s_in, s_out, s_cost in part:
+            # A missing tag is NULL in raw rows and "" in rollups: the same "no value".
+            key = (moment, "" if group is None else str(group))
+            acc = sums.setdefault(key, [0, 0, 0, 0, Decimal(0)])
+            acc[0] += n or 0
+            acc[1] += n_err or 0
+            acc[2] += s_in or 0
+            acc[3] += s_out or 0
+            # SQLite sums decimals as floats; round back to the column's precision.
+            acc[4] += Decimal(str(s_cost)).quantize(Decimal("1e-10")) if s_cost else Decimal(0)
+    epoch = dt.datetime.min.replace(tzinfo=dt.UTC)
+    return [
+        UsagePoint(moment, group, *acc)
+        for (moment, group), acc in sorted(
+            sums.items(), key=lambda kv: (kv[0][0] or epoch, kv[0][1])
+        )
+    ]
