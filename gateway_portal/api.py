@@ -14,8 +14,13 @@ from apps.quotas.api import router as quotas_router
 api = NinjaAPI(title="Tollgate API", version="1.0", docs_url="/docs", urls_namespace="api")
 
 
-def error_response(request: HttpRequest, status: int, message: str, code: str,
-                   error_type: str = "invalid_request_error") -> HttpResponse:
+def error_response(
+    request: HttpRequest,
+    status: int,
+    message: str,
+    code: str,
+    error_type: str = "invalid_request_error",
+) -> HttpResponse:
     return api.create_response(
         request,
         {"error": {"message": message, "type": error_type, "code": code}},
@@ -34,9 +39,13 @@ def on_validation_error(request: HttpRequest, exc: ValidationError) -> HttpRespo
 
 @api.exception_handler(AuthenticationError)
 def on_auth_error(request: HttpRequest, exc: AuthenticationError) -> HttpResponse:
-    return error_response(request, 401, "Authentication required: a portal session or an API "
-                          "key as 'Authorization: Bearer <key>'.", "unauthorized",
-                          "authentication_error")
+    return error_response(
+        request,
+        401,
+        "Authentication required: a portal session or an API key as 'Authorization: Bearer <key>'.",
+        "unauthorized",
+        "authentication_error",
+    )
 
 
 @api.exception_handler(HttpError)
