@@ -1,10 +1,11 @@
 """Dashboard rollups: one UTC day of usage summed per the dimensions the dashboards chart.
 
-Billing's daily rollup groups by subject, model and tag values, which is what chargebacks
-need; the dashboards also break usage down by provider and error type and need latency
-percentiles, which cannot be summed. These two tables hold exactly that, small enough to read
-90 days of a busy gateway in milliseconds. Both are replaced wholesale per day by
-`dashboard_rollup_day`, in one transaction, so a re-run picks up late rows.
+Billing's daily rollup groups by subject, model and the cross product of tag values, which
+is what chargebacks need; the dashboards also break usage down by provider and error type,
+by one tag key at a time, and need latency percentiles, which cannot be summed. These tables
+hold exactly that, small enough to read 90 days of a busy gateway quickly. All are replaced
+wholesale per day by `dashboard_rollup_days`, in one transaction, so a re-run picks up late
+rows and the tables always cover the same days.
 """
 
 from django.db import models
@@ -66,3 +67,60 @@ class LatencyHistogramDaily(models.Model):
 
     def __str__(self) -> str:
         return f"{self.day} team {self.team_id} {self.model}/{self.provider}"
+
+
+class TagUsageDaily(models.Model):
+    """Usage of one day per team, user, virtual account and the value of one rollup tag key
+    (`BILLING_ROLLUP_TAG_KEYS` and the customer key; "" when the tag is absent).
+
+    One row set per key rather than billing's cross product of all keys' values, and no
+    model: small enough to rank a key's values or follow one value over 90 days quickly.
+    """
+
+    day = models.DateField()
+    team_id = models.BigIntegerField(null=True)
+    user_id = models.BigIntegerField(null=True)
+    virtual_account_id = models.BigIntegerField(null=True)
+    tag_key = models.CharField(max_length=64)
+    tag_value = models.CharField(max_length=256, blank=True)
+    requests = models.BigIntegerField(default=0)
+    errors = models.BigIntegerField(default=0)
+    input_tokens = models.BigIntegerField(default=0)
+    output_tokens = models.BigIntegerField(default=0)
+    cost_usd = models.DecimalField(max_digits=24, decimal_places=10, default=0)
+    computed_at = models.DateTimeField()
+
+    class Meta:
+        ordering = ["day", "tag_key", "tag_value"]
+        indexes = [
+            models.Index(fields=["tag_key", "day"], name="tagusage_key_day"),
+            models.Index(fields=["tag_key", "tag_value", "day"], name="tagusage_value_day"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.day} {self.tag_key}={self.tag_value} team {self.team_id}"
+
+
+class TagLatencyHistogramDaily(models.Model):
+    """Latency and TTFT histograms of one day's successful requests per team (and summed over
+    teams, `all_teams`) and value of one rollup tag key; see `LatencyHistogramDaily`."""
+
+    day = models.DateField()
+    all_teams = models.BooleanField(default=False)
+    team_id = models.BigIntegerField(null=True)
+    tag_key = models.CharField(max_length=64)
+    tag_value = models.CharField(max_length=256, blank=True)
+    requests = models.BigIntegerField(default=0)
+    streams = models.BigIntegerField(default=0)
+    latency = models.JSONField(default=dict)
+    ttft = models.JSONField(default=dict)
+    computed_at = models.DateTimeField()
+
+    class Meta:
+        ordering = ["day", "tag_key", "tag_value"]
+        indexes = [
+            models.Index(fields=["tag_key", "tag_value", "day"], name="taglatency_value_day"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.day} {self.tag_key}={self.tag_value} team {self.team_id}"

@@ -5,6 +5,7 @@ rows, so whatever still answers for those days can only come from the rollups.
 """
 
 import datetime as dt
+from dataclasses import replace
 from decimal import Decimal
 
 import pytest
@@ -14,7 +15,7 @@ from django.utils import timezone
 from apps.accounts.selectors import portal_identity
 from apps.dashboards import histograms, selectors
 from apps.dashboards.filters import DashboardFilters, DashboardScope, dashboard_scope
-from apps.dashboards.models import LatencyHistogramDaily, UsageCubeDaily
+from apps.dashboards.models import LatencyHistogramDaily, TagUsageDaily, UsageCubeDaily
 from apps.dashboards.services import dashboard_rollup_day, dashboard_rollup_days, usage_generate
 from apps.proxy.models import UsageRecord
 from tests import factories
@@ -76,17 +77,51 @@ def test_the_cube_answers_every_column_breakdown_like_raw_rows(history):
     )
 
 
+def test_the_tag_rollup_answers_tag_breakdowns_and_one_tag_filter(history):
+    search = replace(history, tags=(("feature", "search"),))
+    reads = [
+        {"filters": history, "dimension": "tag:feature", "bucket": "day"},
+        {"filters": history, "dimension": "tag:customer_id"},
+        {"filters": search, "bucket": "day"},
+        {"filters": search, "dimension": "user"},
+        {"filters": replace(search, team_id=history_team_id()), "dimension": "virtual_account"},
+    ]
+    expected = [selectors.usage_points(scope=EVERYTHING, use_rollups=False, **r) for r in reads]
+    dashboard_rollup_days(start=history.start, end=_today())
+    assert TagUsageDaily.objects.filter(tag_key="feature").exists()
+    _drop_rolled_up_raw_rows()
+    for read, want in zip(reads, expected, strict=True):
+        got = selectors.usage_points(scope=EVERYTHING, **read)
+        assert _usage_rows(got) == _usage_rows(want), read
+        for a, b in zip(got, want, strict=True):
+            assert abs(a.cost_usd - b.cost_usd) <= Decimal("1e-8")
+
+
+def history_team_id() -> int:
+    return UsageRecord.objects.values_list("team_id", flat=True).first()
+
+
 @pytest.mark.parametrize(
-    ("dimension", "bucket"), [(None, None), ("model", "day"), ("provider", None)]
+    ("dimension", "bucket", "tag"),
+    [
+        (None, None, None),
+        ("model", "day", None),
+        ("provider", None, None),
+        ("team", "day", None),
+        (None, "day", ("feature", "search")),
+        ("team", None, ("environment", "prod")),
+    ],
 )
-def test_histogram_percentiles_are_within_the_relative_error(history, dimension, bucket):
+def test_histogram_percentiles_are_within_the_relative_error(history, dimension, bucket, tag):
+    filters = replace(history, tags=(tag,)) if tag else history
     exact = selectors.percentile_points(
-        scope=EVERYTHING, filters=history, dimension=dimension, bucket=bucket
+        scope=EVERYTHING, filters=filters, dimension=dimension, bucket=bucket
     )
+    assert exact
     dashboard_rollup_days(start=history.start, end=_today())
     _drop_rolled_up_raw_rows()
     estimated = selectors.percentile_points(
-        scope=EVERYTHING, filters=history, dimension=dimension, bucket=bucket
+        scope=EVERYTHING, filters=filters, dimension=dimension, bucket=bucket
     )
     assert [(p.bucket, p.group, p.requests, p.streams) for p in estimated] == [
         (p.bucket, p.group, p.requests, p.streams) for p in exact

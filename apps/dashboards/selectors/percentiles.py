@@ -1,10 +1,12 @@
 """Latency percentiles (P50/P90/P99) of successful requests, and TTFT of successful streams.
 
-Exact where the rows are few: hourly charts (ranges of up to two days), tag-filtered reads
-and ranges with no rolled-up day use `percentile_cont` over the raw rows in PostgreSQL (the
-same interpolation in Python on SQLite). Longer ranges read the daily latency histograms for
-rolled-up days and bucket the remaining raw rows (today, a user's own usage outside their
-teams) into the same histogram in SQL; percentiles then come within
+Exact where the rows are few: hourly charts (ranges of up to two days), ranges with no
+rolled-up day, and filter mixes no histogram holds (several tag filters, a tag filter with a
+model) use `percentile_cont` over the raw rows in PostgreSQL (the same interpolation in
+Python on SQLite). Otherwise rolled-up days come from the daily latency histograms (per
+model and provider, or per value of one rollup tag key) and the remaining raw rows (today, a
+user's own usage outside their teams) are bucketed into the same histogram in SQL;
+percentiles then come within
 `histograms.RELATIVE_ERROR` of the exact value, which keeps a 90-day page in milliseconds
 where sorting a million latencies takes seconds.
 """
@@ -21,9 +23,11 @@ from django.db import connection
 from django.db.models import Aggregate, Count, FloatField, Q, QuerySet
 from django.db.models.functions import TruncDay
 
+from apps.billing.services.rollups import rollup_tag_keys
+
 from .. import histograms
 from ..filters import DashboardFilters, DashboardScope
-from ..models import LatencyHistogramDaily, UsageCubeDaily
+from ..models import LatencyHistogramDaily, TagLatencyHistogramDaily, UsageCubeDaily
 from .rows import day_runs, last_rollup_day, raw_usage, rolled_up_days, uncovered_ranges
 from .usage import RAW_COLUMNS, TRUNC, dimension_expr
 
@@ -74,13 +78,32 @@ def percentile_points(
 ) -> list[PercentilePoint]:
     """P50/P90/P99 per (bucket, group), ordered by bucket then group; groups with no
     successful request are left out. `bucket` is "hour", "day" or None."""
-    if bucket in (None, "day") and not filters.tags and dimension in (None, *HISTOGRAM_DIMENSIONS):
+    source = _histogram_source(filters, dimension, bucket)
+    if source is not None:
         last = last_rollup_day(filters)
         covered = rolled_up_days(LatencyHistogramDaily, filters.start, last)
         if covered:
-            found = _from_histograms(scope, filters, dimension, bucket, covered, last)
+            found = _from_histograms(source, scope, filters, dimension, bucket, covered, last)
             return _points(found)
     return _points(_exact(scope, filters, dimension, bucket))
+
+
+def _histogram_source(filters: DashboardFilters, dimension: str | None, bucket: str | None):
+    """The histogram rows that answer this read, or None when only raw rows can."""
+    if bucket not in (None, "day"):
+        return None
+    if not filters.tags:
+        if dimension not in (None, *HISTOGRAM_DIMENSIONS):
+            return None
+        qs = LatencyHistogramDaily.objects.order_by()
+        return qs.filter(model=filters.model) if filters.model else qs
+    # One filter on a rollup tag key, no model filter, no breakdown but team.
+    if len(filters.tags) != 1 or filters.model or dimension not in (None, "team"):
+        return None
+    tag_key, tag_value = filters.tags[0]
+    if tag_key not in rollup_tag_keys():
+        return None
+    return TagLatencyHistogramDaily.objects.order_by().filter(tag_key=tag_key, tag_value=tag_value)
 
 
 def _points(found: Iterable[tuple]) -> list[PercentilePoint]:
@@ -174,6 +197,7 @@ _Merged = dict[tuple, tuple[histograms.Histogram, histograms.Histogram]]
 
 
 def _from_histograms(
+    source: QuerySet,
     scope: DashboardScope,
     filters: DashboardFilters,
     dimension: str | None,
@@ -183,7 +207,7 @@ def _from_histograms(
 ) -> list[tuple]:
     merged: _Merged = defaultdict(lambda: ({}, {}))
     column = RAW_COLUMNS[dimension] if dimension else None
-    _add_rollup(merged, scope, filters, column, bucket, (filters.start, last))
+    _add_rollup(merged, source, scope, filters, column, bucket, (filters.start, last))
     # Days without a histogram (today, days not rolled up): every row of the scope.
     ranges = uncovered_ranges(filters, covered)
     if ranges:
@@ -242,21 +266,21 @@ def _in_ranges(ranges: list[tuple[dt.datetime, dt.datetime]]) -> Q:
     return q
 
 
-def _add_rollup(merged: _Merged, scope, filters, column, bucket, days) -> None:
-    if scope.everything and filters.team_id is None:
+def _add_rollup(merged: _Merged, source: QuerySet, scope, filters, column, bucket, days) -> None:
+    if scope.everything and filters.team_id is None and column != "team_id":
         # Org-wide reads use the rows summed over teams: a fraction of the per-team rows.
         team_q = Q(all_teams=True)
     elif scope.everything:
-        team_q = Q(all_teams=False, team_id=filters.team_id)
+        team_q = Q(all_teams=False)
+        if filters.team_id is not None:
+            team_q &= Q(team_id=filters.team_id)
     elif scope.team_ids:
         team_q = Q(all_teams=False, team_id__in=sorted(scope.team_ids))
         if filters.team_id is not None:
             team_q &= Q(team_id=filters.team_id)
     else:
         return
-    qs = LatencyHistogramDaily.objects.order_by().filter(team_q, day__gte=days[0], day__lt=days[1])
-    if filters.model:
-        qs = qs.filter(model=filters.model)
+    qs = source.filter(team_q, day__gte=days[0], day__lt=days[1])
     fields = ["day", "latency", "ttft"] + ([column] if column else [])
     for row in qs.values(*fields).iterator(chunk_size=2000):
         day = row["day"]

@@ -3,7 +3,9 @@
 Whole past days come from a rollup when one can answer the read:
 - the dashboards' `UsageCubeDaily` for any column breakdown (team, user, virtual account,
   model, provider, error type) with no tag filter;
-- billing's `UsageRollupDaily` for tag breakdowns and tag filters on its rollup tag keys;
+- the dashboards' `TagUsageDaily` for a breakdown by one rollup tag key, or one filter on a
+  rollup tag key with a team, user or virtual account breakdown (no model filter);
+- billing's `UsageRollupDaily` for other mixes of rollup tag keys and models;
 - otherwise, and for today and days not rolled up yet, the raw rows. Both parts are summed.
 Hourly buckets always need the raw rows.
 """
@@ -12,7 +14,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from decimal import Decimal
 
 from django.db.models import Count, F, Model, Q, QuerySet, Sum
@@ -23,7 +25,7 @@ from apps.billing.models import UsageRollupDaily
 from apps.billing.services.rollups import rollup_tag_keys
 
 from ..filters import DashboardFilters, DashboardScope, dimension_tag_key
-from ..models import UsageCubeDaily
+from ..models import TagUsageDaily, UsageCubeDaily
 from .rows import filtered, last_rollup_day, raw_usage, rolled_up_days, uncovered_ranges
 
 TRUNC = {"hour": TruncHour, "day": TruncDay}
@@ -72,10 +74,13 @@ class _Rollup:
     model: type[Model]
     columns: dict[str, str]
     tags_field: str | None
+    # TagUsageDaily: rows of this one (key, value or None for all values).
+    tag: tuple[str, str | None] | None = None
 
 
 CUBE = _Rollup(UsageCubeDaily, RAW_COLUMNS, None)
 BILLING = _Rollup(UsageRollupDaily, _BILLING_COLUMNS, "dims")
+_TAG_COLUMNS = {k: v for k, v in RAW_COLUMNS.items() if k in {"team", "user", "virtual_account"}}
 
 
 def dimension_expr(dimension: str, *, columns: dict[str, str], tags_field: str | None):
@@ -85,6 +90,21 @@ def dimension_expr(dimension: str, *, columns: dict[str, str], tags_field: str |
     return F(columns[dimension])
 
 
+def _tag_rollup(dimension: str | None, filters: DashboardFilters, keys: set[str]):
+    """The `TagUsageDaily` read that answers this, if one does."""
+    if filters.model:
+        return None
+    tag_key = dimension_tag_key(dimension) if dimension else None
+    if tag_key is not None:
+        if tag_key in keys and not filters.tags:
+            return _Rollup(TagUsageDaily, {}, None, tag=(tag_key, None))
+        return None
+    if len(filters.tags) == 1 and filters.tags[0][0] in keys:
+        if dimension is None or dimension in _TAG_COLUMNS:
+            return _Rollup(TagUsageDaily, _TAG_COLUMNS, None, tag=filters.tags[0])
+    return None
+
+
 def _rollup_for(dimension: str | None, filters: DashboardFilters, bucket: str | None):
     if bucket not in (None, "day"):
         return None
@@ -92,6 +112,9 @@ def _rollup_for(dimension: str | None, filters: DashboardFilters, bucket: str | 
     if not filters.tags and not tag_dimension:
         return CUBE
     keys = set(rollup_tag_keys())
+    tag_rollup = _tag_rollup(dimension, filters, keys)
+    if tag_rollup is not None:
+        return tag_rollup
     if any(key not in keys for key, _ in filters.tags):
         return None
     if dimension is None or dimension in _BILLING_COLUMNS:
@@ -139,11 +162,21 @@ def _rollup_groups(
     rollup: _Rollup, *, scope, filters, dimension, bucket, days: tuple[dt.date, dt.date]
 ) -> Iterable[tuple]:
     qs = rollup.model.objects.order_by().filter(day__gte=days[0], day__lt=days[1])
+    if rollup.tag is not None:
+        tag_key, tag_value = rollup.tag
+        qs = qs.filter(tag_key=tag_key)
+        if tag_value is not None:
+            qs = qs.filter(tag_value=tag_value)
+        # The tag filter is the row selection itself; the table has no other tags.
+        filters = replace(filters, tags=())
     qs = filtered(qs, scope=scope, filters=filters, tags_field=rollup.tags_field)
     names = []
     if bucket:
         names.append("day")
-    if dimension:
+    if rollup.tag is not None and rollup.tag[1] is None:
+        qs = qs.annotate(_group=F("tag_value"))
+        names.append("_group")
+    elif dimension:
         qs = qs.annotate(
             _group=dimension_expr(dimension, columns=rollup.columns, tags_field=rollup.tags_field)
         )

@@ -1,4 +1,5 @@
-"""Dashboard rollups (`UsageCubeDaily`, `LatencyHistogramDaily`): idempotent per day.
+"""Dashboard rollups (`UsageCubeDaily`, `LatencyHistogramDaily` and their per-tag-key
+counterparts `TagUsageDaily`, `TagLatencyHistogramDaily`): idempotent per day.
 
 A run replaces every row of its days in one transaction, computed from the raw usage rows
 with GROUP BY queries, so late rows (spooled usage replayed after an outage) are picked up
@@ -9,17 +10,24 @@ dashboards_rollup --days 90` backfills.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Iterator
 from dataclasses import dataclass
 from decimal import Decimal
 
 from django.db import transaction
 from django.db.models import Count, Q, QuerySet, Sum
+from django.db.models.fields.json import KeyTextTransform
 from django.db.models.functions import TruncDay
 from django.utils import timezone
 
-from apps.billing.services.rollups import day_bounds
+from apps.billing.services.rollups import day_bounds, rollup_tag_keys
 from apps.dashboards.histograms import Histogram, merge_into, sql_bucket
-from apps.dashboards.models import LatencyHistogramDaily, UsageCubeDaily
+from apps.dashboards.models import (
+    LatencyHistogramDaily,
+    TagLatencyHistogramDaily,
+    TagUsageDaily,
+    UsageCubeDaily,
+)
 from apps.proxy.models import UsageRecord
 
 INSERT_BATCH = 2000
@@ -32,7 +40,6 @@ CUBE_FIELDS = (
     "error_type",
     "is_stream",
 )
-HISTOGRAM_FIELDS = ("team_id", "model", "provider")
 SUCCESS = Q(status_code__lt=400)
 # Stands for "every team" in histogram keys (None is a real, if rare, team_id).
 ALL_TEAMS = object()
@@ -88,53 +95,129 @@ def _cube(low: dt.datetime, high: dt.datetime, now: dt.datetime) -> list[UsageCu
     ]
 
 
-def _bucket_counts(qs: QuerySet, field: str) -> dict[tuple, Histogram]:
-    """{(day, team_id, model, provider): {bucket: count}} of `field` over `qs`."""
+def _bucket_counts(qs: QuerySet, field: str, fields: tuple[str, ...]) -> dict[tuple, Histogram]:
+    """{(day, *fields): {bucket: count}} of `field` over `qs`."""
     counts = (
         qs.annotate(_bucket=sql_bucket(field))
-        .values("_day", *HISTOGRAM_FIELDS, "_bucket")
+        .values("_day", *fields, "_bucket")
         .annotate(n=Count("pk"))
     )
     found: dict[tuple, Histogram] = {}
     for row in counts.iterator(chunk_size=5000):
-        key = (row["_day"].date(), *(row[name] for name in HISTOGRAM_FIELDS))
-        found.setdefault(key, {})[int(row["_bucket"])] = row["n"]
+        key = (
+            row["_day"].date(),
+            *(_text(row[name]) if name == "_tag" else row[name] for name in fields),
+        )
+        histogram = found.setdefault(key, {})
+        bucket = int(row["_bucket"])
+        histogram[bucket] = histogram.get(bucket, 0) + row["n"]
     return found
 
 
 def _with_all_teams(found: dict[tuple, Histogram]) -> dict[tuple, Histogram]:
-    """`found` plus, per (day, model, provider), the sum over teams under team `ALL_TEAMS`."""
+    """`found` (keys: day, team, ...) plus the sums over teams under team `ALL_TEAMS`."""
     summed: dict[tuple, Histogram] = {}
-    for (day, _team, model, provider), histogram in found.items():
-        merge_into(summed.setdefault((day, ALL_TEAMS, model, provider), {}), histogram)
+    for (day, _team, *rest), histogram in found.items():
+        merge_into(summed.setdefault((day, ALL_TEAMS, *rest), {}), histogram)
     return {**found, **summed}
+
+
+def _latency_and_ttft(qs: QuerySet, fields: tuple[str, ...]) -> Iterator[tuple]:
+    """(key, latency histogram, TTFT histogram) per (day, team or ALL_TEAMS, *fields)."""
+    succeeded = qs.filter(SUCCESS)
+    streams = succeeded.filter(is_stream=True, ttft_ms__isnull=False)
+    latency = _with_all_teams(_bucket_counts(succeeded, "latency_ms", ("team_id", *fields)))
+    ttft = _with_all_teams(_bucket_counts(streams, "ttft_ms", ("team_id", *fields)))
+    for key in latency.keys() | ttft.keys():
+        yield key, latency.get(key, {}), ttft.get(key, {})
+
+
+def _histogram_fields(key: tuple, latency: Histogram, ttft: Histogram, now) -> dict:
+    return {
+        "day": key[0],
+        "all_teams": key[1] is ALL_TEAMS,
+        "team_id": None if key[1] is ALL_TEAMS else key[1],
+        "requests": sum(latency.values()),
+        "streams": sum(ttft.values()),
+        "latency": {str(b): n for b, n in sorted(latency.items())},
+        "ttft": {str(b): n for b, n in sorted(ttft.items())},
+        "computed_at": now,
+    }
 
 
 def _histograms(
     low: dt.datetime, high: dt.datetime, now: dt.datetime
 ) -> list[LatencyHistogramDaily]:
-    succeeded = _rows(low, high).filter(SUCCESS)
-    latency = _with_all_teams(_bucket_counts(succeeded, "latency_ms"))
-    ttft = _with_all_teams(
-        _bucket_counts(succeeded.filter(is_stream=True, ttft_ms__isnull=False), "ttft_ms")
-    )
+    return [
+        LatencyHistogramDaily(
+            model=key[2], provider=key[3], **_histogram_fields(key, latency, ttft, now)
+        )
+        for key, latency, ttft in _latency_and_ttft(_rows(low, high), ("model", "provider"))
+    ]
+
+
+def _text(value) -> str:
+    return "" if value is None else str(value)
+
+
+def _tag_usage(
+    low: dt.datetime, high: dt.datetime, now: dt.datetime, keys: list[str]
+) -> list[TagUsageDaily]:
     rows = []
-    for key in sorted(latency.keys() | ttft.keys(), key=repr):
-        lat = latency.get(key, {})
-        first = ttft.get(key, {})
-        rows.append(
-            LatencyHistogramDaily(
-                day=key[0],
-                all_teams=key[1] is ALL_TEAMS,
-                team_id=None if key[1] is ALL_TEAMS else key[1],
-                model=key[2],
-                provider=key[3],
-                requests=sum(lat.values()),
-                streams=sum(first.values()),
-                latency={str(b): n for b, n in sorted(lat.items())},
-                ttft={str(b): n for b, n in sorted(first.items())},
+    for key in keys:
+        groups = (
+            _rows(low, high)
+            .annotate(_tag=KeyTextTransform(key, "tags"))
+            .values("_day", "team_id", "user_id", "virtual_account_id", "_tag")
+            .annotate(
+                n=Count("pk"),
+                n_err=Count("pk", filter=Q(status_code__gte=400)),
+                s_in=Sum("input_tokens"),
+                s_out=Sum("output_tokens"),
+                s_cost=Sum("cost_usd"),
+            )
+        )
+        sums: dict[tuple, list] = {}
+        for row in groups.iterator(chunk_size=5000):
+            # Values differing only in JSON type ("1" and 1) fold into one text value.
+            group = (row["_day"].date(), row["team_id"], row["user_id"], row["virtual_account_id"])
+            acc = sums.setdefault((*group, _text(row["_tag"])), [0, 0, 0, 0, Decimal(0)])
+            acc[0] += row["n"]
+            acc[1] += row["n_err"]
+            acc[2] += row["s_in"] or 0
+            acc[3] += row["s_out"] or 0
+            acc[4] += _decimal(row["s_cost"])
+        rows.extend(
+            TagUsageDaily(
+                day=day,
+                team_id=team,
+                user_id=user,
+                virtual_account_id=va,
+                tag_key=key,
+                tag_value=value[:256],
+                requests=n,
+                errors=n_err,
+                input_tokens=s_in,
+                output_tokens=s_out,
+                cost_usd=cost,
                 computed_at=now,
             )
+            for (day, team, user, va, value), (n, n_err, s_in, s_out, cost) in sums.items()
+        )
+    return rows
+
+
+def _tag_histograms(
+    low: dt.datetime, high: dt.datetime, now: dt.datetime, keys: list[str]
+) -> list[TagLatencyHistogramDaily]:
+    rows = []
+    for key in keys:
+        tagged = _rows(low, high).annotate(_tag=KeyTextTransform(key, "tags"))
+        rows.extend(
+            TagLatencyHistogramDaily(
+                tag_key=key, tag_value=hkey[2][:256], **_histogram_fields(hkey, latency, ttft, now)
+            )
+            for hkey, latency, ttft in _latency_and_ttft(tagged, ("_tag",))
         )
     return rows
 
@@ -144,14 +227,23 @@ def dashboard_rollup_days(*, start: dt.date, end: dt.date) -> DashboardRollupRes
     """Recompute the dashboard rollups of the UTC days [start, end)."""
     now = timezone.now()
     low, high = day_bounds(start, end)
-    cube = _cube(low, high, now)
-    histograms = _histograms(low, high, now)
-    UsageCubeDaily.objects.filter(day__gte=start, day__lt=end).delete()
-    LatencyHistogramDaily.objects.filter(day__gte=start, day__lt=end).delete()
-    UsageCubeDaily.objects.bulk_create(cube, batch_size=INSERT_BATCH)
-    LatencyHistogramDaily.objects.bulk_create(histograms, batch_size=INSERT_BATCH)
+    keys = rollup_tag_keys()
+    tables = {
+        UsageCubeDaily: _cube(low, high, now),
+        LatencyHistogramDaily: _histograms(low, high, now),
+        TagUsageDaily: _tag_usage(low, high, now, keys),
+        TagLatencyHistogramDaily: _tag_histograms(low, high, now, keys),
+    }
+    for model, rows in tables.items():
+        model.objects.filter(day__gte=start, day__lt=end).delete()
+        model.objects.bulk_create(rows, batch_size=INSERT_BATCH)
+    cube = tables[UsageCubeDaily]
     return DashboardRollupResult(
-        start, end, len(cube), len(histograms), sum(row.requests for row in cube)
+        start,
+        end,
+        len(cube),
+        len(tables[LatencyHistogramDaily]),
+        sum(row.requests for row in cube),
     )
 
 
