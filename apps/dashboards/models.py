@@ -11,7 +11,41 @@ rows and the tables always cover the same days.
 from django.db import models
 
 
-class UsageCubeDaily(models.Model):
+class UsageSums(models.Model):
+    """Requests, errors, tokens and cost summed over a day's rows (abstract)."""
+
+    requests = models.BigIntegerField(default=0)
+    errors = models.BigIntegerField(default=0)
+    input_tokens = models.BigIntegerField(default=0)
+    output_tokens = models.BigIntegerField(default=0)
+    cost_usd = models.DecimalField(max_digits=24, decimal_places=10, default=0)
+    computed_at = models.DateTimeField()
+
+    class Meta:
+        abstract = True
+
+
+class LatencyHistograms(models.Model):
+    """A day's latency histogram of successful requests and TTFT histogram of successful
+    streams, per team or summed over teams (`all_teams`, `team_id` then null) (abstract).
+
+    Histograms are `{bucket: count}` (`histograms.py`); JSON object keys are text.
+    """
+
+    day = models.DateField()
+    all_teams = models.BooleanField(default=False)
+    team_id = models.BigIntegerField(null=True)
+    requests = models.BigIntegerField(default=0)
+    streams = models.BigIntegerField(default=0)
+    latency = models.JSONField(default=dict)
+    ttft = models.JSONField(default=dict)
+    computed_at = models.DateTimeField()
+
+    class Meta:
+        abstract = True
+
+
+class UsageCubeDaily(UsageSums):
     """Requests, errors, tokens and cost of one day per team, user, virtual account, model,
     provider, error type and stream flag. Ids are plain, like `UsageRecord`'s."""
 
@@ -23,12 +57,6 @@ class UsageCubeDaily(models.Model):
     provider = models.CharField(max_length=20, blank=True)
     error_type = models.CharField(max_length=64, blank=True)
     is_stream = models.BooleanField(default=False)
-    requests = models.BigIntegerField(default=0)
-    errors = models.BigIntegerField(default=0)
-    input_tokens = models.BigIntegerField(default=0)
-    output_tokens = models.BigIntegerField(default=0)
-    cost_usd = models.DecimalField(max_digits=24, decimal_places=10, default=0)
-    computed_at = models.DateTimeField()
 
     class Meta:
         ordering = ["day", "team_id", "model"]
@@ -38,26 +66,16 @@ class UsageCubeDaily(models.Model):
         return f"{self.day} team {self.team_id} {self.model}/{self.provider}"
 
 
-class LatencyHistogramDaily(models.Model):
-    """Latency of one day's successful requests, and time to first token of its successful
-    streams, per team, model and provider, as log-scale histograms (`histograms.py`).
+class LatencyHistogramDaily(LatencyHistograms):
+    """Latency histograms (see `LatencyHistograms`) per team, model and provider.
 
     Not per user: that would multiply rows by users for little gain; reads scoped to a user
-    bucket that user's raw rows instead. Rows with `all_teams` sum every team (`team_id` is
-    then null) so org-wide reads merge a fraction of the rows.
+    bucket that user's raw rows instead. The `all_teams` rows let org-wide reads merge a
+    fraction of the rows.
     """
 
-    day = models.DateField()
-    all_teams = models.BooleanField(default=False)
-    team_id = models.BigIntegerField(null=True)
     model = models.CharField(max_length=200)
     provider = models.CharField(max_length=20, blank=True)
-    requests = models.BigIntegerField(default=0)
-    streams = models.BigIntegerField(default=0)
-    # {bucket: count}; JSON object keys are text.
-    latency = models.JSONField(default=dict)
-    ttft = models.JSONField(default=dict)
-    computed_at = models.DateTimeField()
 
     class Meta:
         ordering = ["day", "team_id", "model"]
@@ -69,7 +87,7 @@ class LatencyHistogramDaily(models.Model):
         return f"{self.day} team {self.team_id} {self.model}/{self.provider}"
 
 
-class TagUsageDaily(models.Model):
+class TagUsageDaily(UsageSums):
     """Usage of one day per team, user, virtual account and the value of one rollup tag key
     (`BILLING_ROLLUP_TAG_KEYS` and the customer key; "" when the tag is absent).
 
@@ -83,12 +101,6 @@ class TagUsageDaily(models.Model):
     virtual_account_id = models.BigIntegerField(null=True)
     tag_key = models.CharField(max_length=64)
     tag_value = models.CharField(max_length=256, blank=True)
-    requests = models.BigIntegerField(default=0)
-    errors = models.BigIntegerField(default=0)
-    input_tokens = models.BigIntegerField(default=0)
-    output_tokens = models.BigIntegerField(default=0)
-    cost_usd = models.DecimalField(max_digits=24, decimal_places=10, default=0)
-    computed_at = models.DateTimeField()
 
     class Meta:
         ordering = ["day", "tag_key", "tag_value"]
@@ -101,20 +113,12 @@ class TagUsageDaily(models.Model):
         return f"{self.day} {self.tag_key}={self.tag_value} team {self.team_id}"
 
 
-class TagLatencyHistogramDaily(models.Model):
-    """Latency and TTFT histograms of one day's successful requests per team (and summed over
-    teams, `all_teams`) and value of one rollup tag key; see `LatencyHistogramDaily`."""
+class TagLatencyHistogramDaily(LatencyHistograms):
+    """Latency histograms (see `LatencyHistograms`) per team and value of one rollup tag
+    key, for percentiles under one tag filter."""
 
-    day = models.DateField()
-    all_teams = models.BooleanField(default=False)
-    team_id = models.BigIntegerField(null=True)
     tag_key = models.CharField(max_length=64)
     tag_value = models.CharField(max_length=256, blank=True)
-    requests = models.BigIntegerField(default=0)
-    streams = models.BigIntegerField(default=0)
-    latency = models.JSONField(default=dict)
-    ttft = models.JSONField(default=dict)
-    computed_at = models.DateTimeField()
 
     class Meta:
         ordering = ["day", "tag_key", "tag_value"]

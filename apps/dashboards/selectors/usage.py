@@ -17,13 +17,14 @@ from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from decimal import Decimal
 
-from django.db.models import Count, F, Model, Q, QuerySet, Sum
+from django.db.models import F, Model, QuerySet
 from django.db.models.fields.json import KeyTextTransform
 from django.db.models.functions import TruncDay, TruncHour
 
 from apps.billing.models import UsageRollupDaily
 from apps.billing.services.rollups import rollup_tag_keys
 
+from ..aggregates import RAW_SUMS, ROLLUP_SUMS
 from ..filters import DashboardFilters, DashboardScope, dimension_tag_key
 from ..models import TagUsageDaily, UsageCubeDaily
 from .rows import filtered, last_rollup_day, raw_usage, rolled_up_days, uncovered_ranges
@@ -122,13 +123,6 @@ def _rollup_for(dimension: str | None, filters: DashboardFilters, bucket: str | 
     return BILLING if dimension_tag_key(dimension) in keys else None
 
 
-_SUMS = {
-    "s_in": Sum("input_tokens"),
-    "s_out": Sum("output_tokens"),
-    "s_cost": Sum("cost_usd"),
-}
-
-
 def _grouped(qs: QuerySet, names: list[str], aggregates: dict) -> list[dict]:
     """GROUP BY `names`; with no names one total row (`.values()` alone would select all)."""
     if names:
@@ -145,17 +139,20 @@ def _raw_groups(*, scope, filters, dimension, bucket, ranges) -> Iterable[tuple]
     if dimension:
         qs = qs.annotate(_group=dimension_expr(dimension, columns=RAW_COLUMNS, tags_field="tags"))
         names.append("_group")
-    aggregates = {"n": Count("pk"), "n_err": Count("pk", filter=Q(status_code__gte=400)), **_SUMS}
-    for row in _grouped(qs, names, aggregates):
-        yield (
-            row.get("_bucket"),
-            row.get("_group"),
-            row["n"],
-            row["n_err"],
-            row["s_in"],
-            row["s_out"],
-            row["s_cost"],
-        )
+    for row in _grouped(qs, names, RAW_SUMS):
+        yield _sums_tuple(row.get("_bucket"), row)
+
+
+def _sums_tuple(moment: dt.datetime | None, row: dict) -> tuple:
+    return (
+        moment,
+        row.get("_group"),
+        row["n"],
+        row["n_err"],
+        row["s_in"],
+        row["s_out"],
+        row["s_cost"],
+    )
 
 
 def _rollup_groups(
@@ -181,18 +178,10 @@ def _rollup_groups(
             _group=dimension_expr(dimension, columns=rollup.columns, tags_field=rollup.tags_field)
         )
         names.append("_group")
-    aggregates = {"n": Sum("requests"), "n_err": Sum("errors"), **_SUMS}
-    for row in _grouped(qs, names, aggregates):
+    for row in _grouped(qs, names, ROLLUP_SUMS):
         day = row.get("day")
-        moment = dt.datetime.combine(day, dt.time.min, tzinfo=dt.UTC) if day else None
-        yield (
-            moment,
-            row.get("_group"),
-            row["n"],
-            row["n_err"],
-            row["s_in"],
-            row["s_out"],
-            row["s_cost"],
+        yield _sums_tuple(
+            dt.datetime.combine(day, dt.time.min, tzinfo=dt.UTC) if day else None, row
         )
 
 

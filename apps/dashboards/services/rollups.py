@@ -15,12 +15,13 @@ from dataclasses import dataclass
 from decimal import Decimal
 
 from django.db import transaction
-from django.db.models import Count, Q, QuerySet, Sum
+from django.db.models import Count, Q, QuerySet
 from django.db.models.fields.json import KeyTextTransform
 from django.db.models.functions import TruncDay
 from django.utils import timezone
 
 from apps.billing.services.rollups import day_bounds, rollup_tag_keys
+from apps.dashboards.aggregates import RAW_SUMS
 from apps.dashboards.histograms import Histogram, merge_into, sql_bucket
 from apps.dashboards.models import (
     LatencyHistogramDaily,
@@ -69,17 +70,7 @@ def _decimal(value) -> Decimal:
 
 
 def _cube(low: dt.datetime, high: dt.datetime, now: dt.datetime) -> list[UsageCubeDaily]:
-    groups = (
-        _rows(low, high)
-        .values("_day", *CUBE_FIELDS)
-        .annotate(
-            n=Count("pk"),
-            n_err=Count("pk", filter=Q(status_code__gte=400)),
-            s_in=Sum("input_tokens"),
-            s_out=Sum("output_tokens"),
-            s_cost=Sum("cost_usd"),
-        )
-    )
+    groups = _rows(low, high).values("_day", *CUBE_FIELDS).annotate(**RAW_SUMS)
     return [
         UsageCubeDaily(
             day=row["_day"].date(),
@@ -169,13 +160,7 @@ def _tag_usage(
             _rows(low, high)
             .annotate(_tag=KeyTextTransform(key, "tags"))
             .values("_day", "team_id", "user_id", "virtual_account_id", "_tag")
-            .annotate(
-                n=Count("pk"),
-                n_err=Count("pk", filter=Q(status_code__gte=400)),
-                s_in=Sum("input_tokens"),
-                s_out=Sum("output_tokens"),
-                s_cost=Sum("cost_usd"),
-            )
+            .annotate(**RAW_SUMS)
         )
         sums: dict[tuple, list] = {}
         for row in groups.iterator(chunk_size=5000):
