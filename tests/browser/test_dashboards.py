@@ -5,10 +5,11 @@ runs. Screenshots land in tests/screenshots/ (gitignored)."""
 import datetime as dt
 
 import pytest
+from django.utils import timezone
 
 from apps.accounts.constants import Role
 from apps.billing.services import model_prices_import
-from apps.dashboards.services import usage_generate
+from apps.dashboards.services import dashboard_rollup_days, usage_generate
 from apps.proxy.models import UsageRecord
 from tests import factories
 
@@ -40,6 +41,9 @@ def usage_history(team, other_team, virtual_account):
     factories.make_key(user=factories.make_user("dev2", team=other_team))
     model_prices_import()  # the catalog's models join the mix: several models and providers
     usage_generate(rows=6000, days=21, seed=11)
+    # Past days rolled up as the beat task would; today stays raw rows.
+    today = timezone.now().astimezone(dt.UTC).date()
+    dashboard_rollup_days(start=today - dt.timedelta(days=22), end=today)
     row = UsageRecord.objects.order_by("-created_at").first()
     row.tags = {**row.tags, "feature": EVIL}
     row.save(update_fields=["tags"])
