@@ -29,7 +29,7 @@ from .. import histograms
 from ..filters import DashboardFilters, DashboardScope
 from ..models import LatencyHistogramDaily, TagLatencyHistogramDaily, UsageCubeDaily
 from .rows import day_runs, last_rollup_day, raw_usage, rolled_up_days, uncovered_ranges
-from .usage import RAW_COLUMNS, TRUNC, dimension_expr
+from .usage import RAW_COLUMNS, raw_grouping
 
 PERCENTILES = (0.5, 0.9, 0.99)
 # Breakdowns the histograms hold (their columns); others read raw rows.
@@ -122,20 +122,9 @@ def _points(found: Iterable[tuple]) -> list[PercentilePoint]:
 # --- Exact, over raw rows -------------------------------------------------------------
 
 
-def _annotated(qs: QuerySet, dimension: str | None, bucket: str | None) -> tuple[QuerySet, list]:
-    names = []
-    if bucket:
-        qs = qs.annotate(_bucket=TRUNC[bucket]("created_at", tzinfo=dt.UTC))
-        names.append("_bucket")
-    if dimension:
-        qs = qs.annotate(_group=dimension_expr(dimension, columns=RAW_COLUMNS, tags_field="tags"))
-        names.append("_group")
-    return qs, names
-
-
 def _exact(scope, filters, dimension, bucket) -> list[tuple]:
     qs = raw_usage(scope=scope, filters=filters).filter(status_code__lt=400)
-    qs, names = _annotated(qs, dimension, bucket)
+    qs, names = raw_grouping(qs, dimension, bucket)
     if connection.vendor != "postgresql":
         return _python_percentiles(qs, names)
     stream_q = Q(is_stream=True, ttft_ms__isnull=False)

@@ -130,8 +130,11 @@ def _grouped(qs: QuerySet, names: list[str], aggregates: dict) -> list[dict]:
     return [qs.aggregate(**aggregates)]
 
 
-def _raw_groups(*, scope, filters, dimension, bucket, ranges) -> Iterable[tuple]:
-    qs = raw_usage(scope=scope, filters=filters, ranges=ranges)
+def raw_grouping(
+    qs: QuerySet, dimension: str | None, bucket: str | None
+) -> tuple[QuerySet, list[str]]:
+    """Raw rows annotated with `_bucket` (time bucket) and `_group` (dimension value) as
+    asked, and the names to GROUP BY."""
     names = []
     if bucket:
         qs = qs.annotate(_bucket=TRUNC[bucket]("created_at", tzinfo=dt.UTC))
@@ -139,6 +142,13 @@ def _raw_groups(*, scope, filters, dimension, bucket, ranges) -> Iterable[tuple]
     if dimension:
         qs = qs.annotate(_group=dimension_expr(dimension, columns=RAW_COLUMNS, tags_field="tags"))
         names.append("_group")
+    return qs, names
+
+
+def _raw_groups(*, scope, filters, dimension, bucket, ranges) -> Iterable[tuple]:
+    qs, names = raw_grouping(
+        raw_usage(scope=scope, filters=filters, ranges=ranges), dimension, bucket
+    )
     for row in _grouped(qs, names, RAW_SUMS):
         yield _sums_tuple(row.get("_bucket"), row)
 
