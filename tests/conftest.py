@@ -83,3 +83,19 @@ def celery_worker_process() -> Iterator[Path]:
             process.wait(20)
         except subprocess.TimeoutExpired:
             process.kill()
+
+
+def task_result(result, worker_log: Path, timeout: float = 90):
+    """The return value of a task sent to `celery_worker_process`, read from the Redis result
+    backend; on failure the worker's log tail is printed for the report."""
+    from celery.backends.redis import RedisBackend
+    from celery.result import AsyncResult
+
+    from gateway_portal.celery import app as celery_app
+
+    backend = RedisBackend(app=celery_app, url=os.environ["REDIS_URL"])
+    try:
+        return AsyncResult(result.id, backend=backend, app=celery_app).get(timeout=timeout)
+    except Exception:
+        print(worker_log.read_text(errors="replace")[-4000:])
+        raise

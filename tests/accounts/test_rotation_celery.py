@@ -6,7 +6,6 @@ process to the hot path's own `authenticate`, just before and just after the gra
 """
 
 import asyncio
-import os
 import re
 import time
 from datetime import timedelta
@@ -16,8 +15,6 @@ import httpx
 import pytest
 import time_machine
 from asgiref.sync import sync_to_async
-from celery.backends.redis import RedisBackend
-from celery.result import AsyncResult
 from django.db import connections
 from django.utils import timezone
 
@@ -27,8 +24,8 @@ from apps.accounts.services import api_keys_retire_expired, rotation_policy_set
 from apps.accounts.tasks import rotate_due_keys
 from apps.proxy.auth import authenticate, key_cache
 from apps.proxy.errors import Unauthorized
-from gateway_portal.celery import app as celery_app
 from tests import factories
+from tests.conftest import task_result
 from tests.proxy.conftest import start_gateway, stop_gateway
 from tests.proxy.helpers import declare_model
 
@@ -63,12 +60,7 @@ def test_scheduled_rotation_through_a_worker_and_the_grace_window(
     ApiKey.objects.filter(pk=old_key.pk).update(created_at=timezone.now() - timedelta(days=31))
 
     result = rotate_due_keys.delay()
-    backend = RedisBackend(app=celery_app, url=os.environ["REDIS_URL"])
-    try:
-        new_ids = AsyncResult(result.id, backend=backend, app=celery_app).get(timeout=90)
-    except Exception:
-        print(celery_worker_process.read_text(errors="replace")[-4000:])
-        raise
+    new_ids = task_result(result, celery_worker_process)
     [new_id] = new_ids
     new_key = ApiKey.objects.get(pk=new_id)
     old_key.refresh_from_db()

@@ -2,17 +2,14 @@
 complete days and leaves today to the raw rows."""
 
 import datetime as dt
-import os
 from decimal import Decimal
 
 import pytest
-from celery.backends.redis import RedisBackend
-from celery.result import AsyncResult
 from django.utils import timezone
 
 from apps.dashboards.models import LatencyHistogramDaily, UsageCubeDaily
 from apps.dashboards.tasks import rollup_recent_days
-from gateway_portal.celery import app as celery_app
+from tests.conftest import task_result
 
 from .conftest import usage
 
@@ -32,12 +29,7 @@ def test_worker_rolls_up_the_last_complete_days(celery_worker_process, team, use
         )
 
     result = rollup_recent_days.delay(3)
-    backend = RedisBackend(app=celery_app, url=os.environ["REDIS_URL"])
-    try:
-        span = AsyncResult(result.id, backend=backend, app=celery_app).get(timeout=90)
-    except Exception:
-        print(celery_worker_process.read_text(errors="replace")[-4000:])
-        raise
+    span = task_result(result, celery_worker_process)
 
     assert span == [(today - dt.timedelta(days=3)).isoformat(), today.isoformat()]
     by_day = {row.day: row.requests for row in UsageCubeDaily.objects.all()}

@@ -26,6 +26,7 @@ from django.db.models.functions import TruncDay
 from apps.billing.services.rollups import rollup_tag_keys
 
 from .. import histograms
+from ..aggregates import group_text
 from ..filters import DashboardFilters, DashboardScope
 from ..models import LatencyHistogramDaily, TagLatencyHistogramDaily, UsageCubeDaily
 from .rows import day_runs, last_rollup_day, raw_usage, rolled_up_days, uncovered_ranges
@@ -111,9 +112,7 @@ def _points(found: Iterable[tuple]) -> list[PercentilePoint]:
     for moment, group, n, lat, n_ttft, ttft in found:
         lat = lat or (None, None, None)
         ttft = ttft or (None, None, None)
-        points.append(
-            PercentilePoint(moment, "" if group is None else str(group), n, *lat, n_ttft, *ttft)
-        )
+        points.append(PercentilePoint(moment, group_text(group), n, *lat, n_ttft, *ttft))
     epoch = dt.datetime.min.replace(tzinfo=dt.UTC)
     points.sort(key=lambda p: (p.bucket or epoch, p.group))
     return points
@@ -274,7 +273,7 @@ def _add_rollup(merged: _Merged, source: QuerySet, scope, filters, column, bucke
     for row in qs.values(*fields).iterator(chunk_size=2000):
         day = row["day"]
         moment = dt.datetime.combine(day, dt.time.min, tzinfo=dt.UTC) if bucket else None
-        group = _group_text(row[column]) if column else ""
+        group = group_text(row[column]) if column else ""
         latency, ttft = merged[(moment, group)]
         histograms.merge_into(latency, row["latency"])
         histograms.merge_into(ttft, row["ttft"])
@@ -294,11 +293,7 @@ def _add_raw(merged: _Merged, rows: QuerySet, column, bucket) -> None:
             .annotate(n=Count("pk"))
         )
         for row in counts:
-            group = _group_text(row[column]) if column else ""
+            group = group_text(row[column]) if column else ""
             target = merged[(row.get("_moment"), group)][index]
             bucket_index = int(row["_hb"])
             target[bucket_index] = target.get(bucket_index, 0) + row["n"]
-
-
-def _group_text(value) -> str:
-    return "" if value is None else str(value)

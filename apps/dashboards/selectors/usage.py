@@ -24,7 +24,7 @@ from django.db.models.functions import TruncDay, TruncHour
 from apps.billing.models import UsageRollupDaily
 from apps.billing.services.rollups import rollup_tag_keys
 
-from ..aggregates import RAW_SUMS, ROLLUP_SUMS
+from ..aggregates import RAW_SUMS, ROLLUP_SUMS, group_text, summed_cost
 from ..filters import DashboardFilters, DashboardScope, dimension_tag_key
 from ..models import TagUsageDaily, UsageCubeDaily
 from .rows import filtered, last_rollup_day, raw_usage, rolled_up_days, uncovered_ranges
@@ -240,14 +240,13 @@ def _merge(parts: Iterable[Iterable[tuple]]) -> list[UsagePoint]:
     for part in parts:
         for moment, group, n, n_err, s_in, s_out, s_cost in part:
             # A missing tag is NULL in raw rows and "" in rollups: the same "no value".
-            key = (moment, "" if group is None else str(group))
+            key = (moment, group_text(group))
             acc = sums.setdefault(key, [0, 0, 0, 0, Decimal(0)])
             acc[0] += n or 0
             acc[1] += n_err or 0
             acc[2] += s_in or 0
             acc[3] += s_out or 0
-            # SQLite sums decimals as floats; round back to the column's precision.
-            acc[4] += Decimal(str(s_cost)).quantize(Decimal("1e-10")) if s_cost else Decimal(0)
+            acc[4] += summed_cost(s_cost)
     epoch = dt.datetime.min.replace(tzinfo=dt.UTC)
     return [
         UsagePoint(moment, group, *acc)

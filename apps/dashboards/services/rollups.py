@@ -21,7 +21,7 @@ from django.db.models.functions import TruncDay
 from django.utils import timezone
 
 from apps.billing.services.rollups import day_bounds, rollup_tag_keys
-from apps.dashboards.aggregates import RAW_SUMS
+from apps.dashboards.aggregates import RAW_SUMS, group_text, summed_cost
 from apps.dashboards.histograms import Histogram, merge_into, sql_bucket
 from apps.dashboards.models import (
     LatencyHistogramDaily,
@@ -44,7 +44,6 @@ CUBE_FIELDS = (
 SUCCESS = Q(status_code__lt=400)
 # Stands for "every team" in histogram keys (None is a real, if rare, team_id).
 ALL_TEAMS = object()
-CENT_FRACTION = Decimal("1e-10")
 
 
 @dataclass(frozen=True)
@@ -64,11 +63,6 @@ def _rows(low: dt.datetime, high: dt.datetime) -> QuerySet[UsageRecord]:
     )
 
 
-def _decimal(value) -> Decimal:
-    # SQLite sums decimals as floats: back to the column's precision.
-    return Decimal(str(value or 0)).quantize(CENT_FRACTION)
-
-
 def _cube(low: dt.datetime, high: dt.datetime, now: dt.datetime) -> list[UsageCubeDaily]:
     groups = _rows(low, high).values("_day", *CUBE_FIELDS).annotate(**RAW_SUMS)
     return [
@@ -79,7 +73,7 @@ def _cube(low: dt.datetime, high: dt.datetime, now: dt.datetime) -> list[UsageCu
             errors=row["n_err"],
             input_tokens=row["s_in"] or 0,
             output_tokens=row["s_out"] or 0,
-            cost_usd=_decimal(row["s_cost"]),
+            cost_usd=summed_cost(row["s_cost"]),
             computed_at=now,
         )
         for row in groups.iterator(chunk_size=5000)
@@ -97,7 +91,7 @@ def _bucket_counts(qs: QuerySet, field: str, fields: tuple[str, ...]) -> dict[tu
     for row in counts.iterator(chunk_size=5000):
         key = (
             row["_day"].date(),
-            *(_text(row[name]) if name == "_tag" else row[name] for name in fields),
+            *(group_text(row[name]) if name == "_tag" else row[name] for name in fields),
         )
         histogram = found.setdefault(key, {})
         bucket = int(row["_bucket"])
@@ -147,10 +141,6 @@ def _histograms(
     ]
 
 
-def _text(value) -> str:
-    return "" if value is None else str(value)
-
-
 def _tag_usage(
     low: dt.datetime, high: dt.datetime, now: dt.datetime, keys: list[str]
 ) -> list[TagUsageDaily]:
@@ -166,12 +156,12 @@ def _tag_usage(
         for row in groups.iterator(chunk_size=5000):
             # Values differing only in JSON type ("1" and 1) fold into one text value.
             group = (row["_day"].date(), row["team_id"], row["user_id"], row["virtual_account_id"])
-            acc = sums.setdefault((*group, _text(row["_tag"])), [0, 0, 0, 0, Decimal(0)])
+            acc = sums.setdefault((*group, group_text(row["_tag"])), [0, 0, 0, 0, Decimal(0)])
             acc[0] += row["n"]
             acc[1] += row["n_err"]
             acc[2] += row["s_in"] or 0
             acc[3] += row["s_out"] or 0
-            acc[4] += _decimal(row["s_cost"])
+            acc[4] += summed_cost(row["s_cost"])
         rows.extend(
             TagUsageDaily(
                 day=day,
