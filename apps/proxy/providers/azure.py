@@ -33,7 +33,7 @@ class AzureOpenAIProvider(OpenAIProvider):
         )
 
     def headers(self, deployment: DeploymentInfo) -> dict[str, str]:
-        headers = {"Content-Type": "application/json"}
+        headers = {"content-type": "application/json"}
         if deployment.api_key:
             headers["api-key"] = deployment.api_key
         return headers

@@ -58,6 +58,16 @@ class Usage:
     cached_tokens: int = 0
     estimated: bool = False
 
+    @classmethod
+    def from_openai(cls, raw: dict) -> "Usage":
+        """Counts from an OpenAI `usage` object (`input_tokens`/`output_tokens` as fallbacks)."""
+        details = raw.get("prompt_tokens_details") or {}
+        return cls(
+            input_tokens=int(raw.get("prompt_tokens") or raw.get("input_tokens") or 0),
+            output_tokens=int(raw.get("completion_tokens") or raw.get("output_tokens") or 0),
+            cached_tokens=int(details.get("cached_tokens") or 0),
+        )
+
     def to_openai(self) -> dict:
         """The OpenAI `usage` object for these counts."""
         return {
@@ -117,15 +127,8 @@ class Provider:
 
     def usage(self, kind: str, openai_data: dict) -> Usage | None:
         """Usage from an OpenAI-shaped answer; None when it carries none."""
-        raw = openai_data.get("usage") or None
-        if raw is None:
-            return None
-        details = raw.get("prompt_tokens_details") or {}
-        return Usage(
-            input_tokens=int(raw.get("prompt_tokens") or raw.get("input_tokens") or 0),
-            output_tokens=int(raw.get("completion_tokens") or raw.get("output_tokens") or 0),
-            cached_tokens=int(details.get("cached_tokens") or 0),
-        )
+        raw = openai_data.get("usage")
+        return Usage.from_openai(raw) if raw else None
 
     def stream_translator(self, deployment: DeploymentInfo) -> StreamTranslator:
         raise NotImplementedError

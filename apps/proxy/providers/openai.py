@@ -97,12 +97,7 @@ class OpenAIStreamTranslator(StreamTranslator):
         raw = data.get("usage")
         if raw:
             # Some servers repeat cumulative usage on every chunk; the last one wins.
-            details = raw.get("prompt_tokens_details") or {}
-            self.usage = Usage(
-                input_tokens=int(raw.get("prompt_tokens") or 0),
-                output_tokens=int(raw.get("completion_tokens") or 0),
-                cached_tokens=int(details.get("cached_tokens") or 0),
-            )
+            self.usage = Usage.from_openai(raw)
         chunk = dict(data)
         if "model" in chunk:
             chunk["model"] = self.model
@@ -120,7 +115,9 @@ class OpenAIProvider(Provider):
         return deployment.base_url.rstrip("/") + _PATHS[kind]
 
     def headers(self, deployment: DeploymentInfo) -> dict[str, str]:
-        headers = {"Content-Type": "application/json"}
+        # Lowercase like the upstream client's default, so the merged headers hold one
+        # content-type (aiohttp sends both spellings of a name as two headers).
+        headers = {"content-type": "application/json"}
         if deployment.api_key:
             headers["Authorization"] = f"Bearer {deployment.api_key}"
         return headers

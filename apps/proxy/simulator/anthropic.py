@@ -13,8 +13,17 @@ from .content import (
     tool_arguments,
 )
 from .knobs import Knobs
-from .params import non_stream_delay, optional_int, require_str, stop_list, text_answer
-from .wire import ApiError, ChunkTemplate, EventStream, Request, Send, dumps, send_json, sse_event
+from .params import (
+    asks_for_tool,
+    event_stream,
+    non_stream_delay,
+    optional_int,
+    preferred_tool,
+    require_str,
+    stop_list,
+    text_answer,
+)
+from .wire import ApiError, ChunkTemplate, Request, Send, dumps, send_json, sse_event
 
 _PING = sse_event("ping", {"type": "ping"})
 _MESSAGE_STOP = sse_event("message_stop", {"type": "message_stop"})
@@ -52,14 +61,9 @@ def _pick_tool(body: Mapping[str, Any], messages: list[Any]) -> Mapping[str, Any
         has_result = isinstance(content, list) and any(
             isinstance(b, Mapping) and b.get("type") == "tool_result" for b in content
         )
-        if last.get("role") != "user" or has_result:
+        if last.get("role") != "user" or has_result or not asks_for_tool(content):
             return None
-        if "weather" not in content_text(content).lower():
-            return None
-    for tool in named:
-        if "weather" in tool["name"].lower():
-            return tool
-    return named[0]
+    return preferred_tool(named)
 
 
 async def messages_create(req: Request, body: Mapping[str, Any], knobs: Knobs, send: Send) -> None:
@@ -144,11 +148,7 @@ async def messages_create(req: Request, body: Mapping[str, Any], knobs: Knobs, s
         },
         prefix=b"event: content_block_delta\ndata: ",
     )
-    stream = EventStream(
-        send,
-        disconnect_after=knobs.disconnect_after_chunks,
-        tokens_per_second=knobs.tokens_per_second,
-    )
+    stream = event_stream(send, knobs)
     try:
         if not await stream.start(req.receive, knobs.first_token_delay):
             return

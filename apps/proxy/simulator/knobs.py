@@ -49,7 +49,7 @@ class Knobs:
 
 
 NO_KNOBS = Knobs()
-_TYPES = {f.name: f.type for f in fields(Knobs)}
+_NAMES = frozenset(f.name for f in fields(Knobs))
 
 
 def _coerce(name: str, value: Any) -> Any:
@@ -71,7 +71,7 @@ def _coerce(name: str, value: Any) -> Any:
 
 def knobs_from_mapping(values: Mapping[str, Any]) -> Knobs:
     """Knobs from a mapping of field names (`{"latency_ms": 200}`); unknown names raise."""
-    unknown = set(values) - set(_TYPES)
+    unknown = set(values) - _NAMES
     if unknown:
         raise KnobError(f"unknown simulator knobs: {', '.join(sorted(unknown))}")
     return Knobs(**{name: _coerce(name, value) for name, value in values.items()})

@@ -14,7 +14,16 @@ from .content import (
     tool_arguments,
 )
 from .knobs import Knobs
-from .params import non_stream_delay, optional_int, require_str, stop_list, text_answer
+from .params import (
+    asks_for_tool,
+    event_stream,
+    non_stream_delay,
+    optional_int,
+    preferred_tool,
+    require_str,
+    stop_list,
+    text_answer,
+)
 from .wire import ApiError, ChunkTemplate, EventStream, Request, Send, dumps, send_json, sse_data
 
 SYSTEM_FINGERPRINT = "fp_tollgate_sim"
@@ -36,10 +45,28 @@ def _usage(prompt_tokens: int, completion_tokens: int) -> dict[str, Any]:
     }
 
 
+def _finish_reason(reason: str) -> str:
+    """OpenAI's finish_reason for `text_answer`'s reason (a stop sequence is a plain stop)."""
+    return "length" if reason == "length" else "stop"
+
+
+def _include_usage(body: Mapping[str, Any]) -> bool:
+    options = body.get("stream_options")
+    return isinstance(options, Mapping) and options.get("include_usage") is True
+
+
+async def _end_stream(stream: EventStream, usage_chunk: dict[str, Any] | None) -> None:
+    """The usage chunk (when the client asked for one), then [DONE] and the end of the body."""
+    if usage_chunk is not None and not await stream.event(sse_data(usage_chunk)):
+        return
+    if await stream.event(_DONE):
+        await stream.finish()
+
+
 # Tools ---------------------------------------------------------------------------------------
 
 
-def _pick_function(body: Mapping[str, Any], messages: list[Any]) -> dict[str, Any] | None:
+def _pick_function(body: Mapping[str, Any], messages: list[Any]) -> Mapping[str, Any] | None:
     """The function the answer calls, or None for a text answer.
 
     A call happens when tool_choice forces one, or when the conversation ends with a user
@@ -68,15 +95,11 @@ def _pick_function(body: Mapping[str, Any], messages: list[Any]) -> dict[str, An
             400, f"tool_choice names an unknown function: {wanted!r}.", param="tool_choice"
         )
     last = messages[-1] if isinstance(messages[-1], Mapping) else {}
-    if choice != "required":
-        if last.get("role") != "user":
-            return None
-        if "weather" not in content_text(last.get("content")).lower():
-            return None
-    for function in functions:
-        if "weather" in function["name"].lower():
-            return function
-    return functions[0]
+    if choice != "required" and (
+        last.get("role") != "user" or not asks_for_tool(last.get("content"))
+    ):
+        return None
+    return preferred_tool(functions)
 
 
 # Chat completions ----------------------------------------------------------------------------
@@ -104,7 +127,7 @@ async def chat_completions(req: Request, body: Mapping[str, Any], knobs: Knobs, 
         pieces: tuple[str, ...] = ()
     else:
         pieces, reason = text_answer(seed_of(messages), knobs, max_tokens, stops)
-        finish_reason = "length" if reason == "length" else "stop"
+        finish_reason = _finish_reason(reason)
         completion_tokens = count_tokens("".join(pieces))
 
     completion_id = "chatcmpl-" + secrets.token_hex(12)
@@ -149,8 +172,7 @@ async def chat_completions(req: Request, body: Mapping[str, Any], knobs: Knobs, 
         await send_json(send, 200, answer)
         return
 
-    options = body.get("stream_options")
-    include_usage = isinstance(options, Mapping) and options.get("include_usage") is True
+    include_usage = _include_usage(body)
 
     def chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
         value: dict[str, Any] = {
@@ -166,11 +188,7 @@ async def chat_completions(req: Request, body: Mapping[str, Any], knobs: Knobs, 
             value["usage"] = None
         return value
 
-    stream = EventStream(
-        send,
-        disconnect_after=knobs.disconnect_after_chunks,
-        tokens_per_second=knobs.tokens_per_second,
-    )
+    stream = event_stream(send, knobs)
     try:
         if not await stream.start(req.receive, knobs.first_token_delay):
             return
@@ -207,15 +225,8 @@ async def chat_completions(req: Request, body: Mapping[str, Any], knobs: Knobs, 
                 return
         if not await stream.event(sse_data(chunk({}, finish_reason))):
             return
-        if include_usage:
-            tail = chunk({})
-            tail["choices"] = []
-            tail["usage"] = usage
-            if not await stream.event(sse_data(tail)):
-                return
-        if not await stream.event(_DONE):
-            return
-        await stream.finish()
+        tail = {**chunk({}), "choices": [], "usage": usage} if include_usage else None
+        await _end_stream(stream, tail)
     finally:
         stream.close()
 
@@ -246,13 +257,15 @@ async def completions(req: Request, body: Mapping[str, Any], knobs: Knobs, send:
     completion_id = "cmpl-" + secrets.token_hex(12)
     created = int(time.time())
 
-    def finish(reason: str) -> str:
-        return "length" if reason == "length" else "stop"
-
     if body.get("stream") is not True:
         await non_stream_delay(knobs)
         choices = [
-            {"text": "".join(pieces), "index": i, "logprobs": None, "finish_reason": finish(reason)}
+            {
+                "text": "".join(pieces),
+                "index": i,
+                "logprobs": None,
+                "finish_reason": _finish_reason(reason),
+            }
             for i, (pieces, reason) in enumerate(answers)
         ]
         answer = {
@@ -267,8 +280,7 @@ async def completions(req: Request, body: Mapping[str, Any], knobs: Knobs, send:
         await send_json(send, 200, answer)
         return
 
-    options = body.get("stream_options")
-    include_usage = isinstance(options, Mapping) and options.get("include_usage") is True
+    include_usage = _include_usage(body)
 
     def chunk(index: int, text: str, finish_reason: str | None) -> dict[str, Any]:
         value: dict[str, Any] = {
@@ -285,11 +297,7 @@ async def completions(req: Request, body: Mapping[str, Any], knobs: Knobs, send:
             value["usage"] = None
         return value
 
-    stream = EventStream(
-        send,
-        disconnect_after=knobs.disconnect_after_chunks,
-        tokens_per_second=knobs.tokens_per_second,
-    )
+    stream = event_stream(send, knobs)
     try:
         if not await stream.start(req.receive, knobs.first_token_delay):
             return
@@ -298,16 +306,9 @@ async def completions(req: Request, body: Mapping[str, Any], knobs: Knobs, send:
             for piece in pieces:
                 if not await stream.event(template.render(piece), paced=True):
                     return
-            if not await stream.event(sse_data(chunk(index, "", finish(reason)))):
+            if not await stream.event(sse_data(chunk(index, "", _finish_reason(reason)))):
                 return
-        if include_usage:
-            tail = chunk(0, "", None)
-            tail["choices"] = []
-            tail["usage"] = usage
-            if not await stream.event(sse_data(tail)):
-                return
-        if not await stream.event(_DONE):
-            return
-        await stream.finish()
+        tail = {**chunk(0, "", None), "choices": [], "usage": usage} if include_usage else None
+        await _end_stream(stream, tail)
     finally:
         stream.close()

@@ -1,12 +1,16 @@
-"""Request checks and the answer text shared by the OpenAI and Anthropic endpoints."""
+"""Shared by the OpenAI and Anthropic endpoints: checks, answer text, tool pick, streams."""
 
 import asyncio
 from collections.abc import Mapping
 from typing import Any
 
-from .content import answer_pieces, apply_stop, default_length
+from .content import answer_pieces, apply_stop, content_text, default_length
 from .knobs import Knobs
-from .wire import ApiError
+from .wire import ApiError, EventStream, Send
+
+# Under tool_choice auto, a last user message mentioning this word gets a tool call, and a
+# tool whose name has it is the one called.
+_TOOL_TRIGGER = "weather"
 
 
 def require_str(body: Mapping[str, Any], name: str) -> str:
@@ -58,3 +62,22 @@ def text_answer(
 async def non_stream_delay(knobs: Knobs) -> None:
     if knobs.latency_ms > 0:
         await asyncio.sleep(knobs.latency_ms / 1000.0)
+
+
+def event_stream(send: Send, knobs: Knobs) -> EventStream:
+    """An SSE writer paced and cut off as the request's knobs say."""
+    return EventStream(
+        send,
+        disconnect_after=knobs.disconnect_after_chunks,
+        tokens_per_second=knobs.tokens_per_second,
+    )
+
+
+def asks_for_tool(content: Any) -> bool:
+    """Whether a user message's content prompts a tool call when the model may choose."""
+    return _TOOL_TRIGGER in content_text(content).lower()
+
+
+def preferred_tool(tools: list[Mapping[str, Any]]) -> Mapping[str, Any]:
+    """The tool a call uses when none is named: the first weather tool, else the first tool."""
+    return next((tool for tool in tools if _TOOL_TRIGGER in tool["name"].lower()), tools[0])
