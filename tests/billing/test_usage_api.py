@@ -158,6 +158,22 @@ def test_raw_rows_cursor_pagination_is_exactly_once(client, finance_user, billin
     assert len(lines) == 2 and lines[0].startswith("id,request_id,created_at")
 
 
+@pytest.mark.parametrize(
+    ("url", "params"),
+    [
+        (URL, {"format": "csv"}),
+        (URL, {"format": "ndjson"}),
+        ("/api/usage/chargeback.csv", {}),
+    ],
+)
+def test_streamed_exports_refuse_another_team_before_streaming(
+    client, billing_usage, team_admin, url, params
+):
+    # A streamed body starts after the status line: the scope must be checked before it.
+    client.force_login(team_admin)
+    assert get(client, url, team="backend", **params).status_code == 403
+
+
 def test_developer_role_matrix(client, team):
     developer = factories.make_user("dev", team=team, role=Role.DEVELOPER)
     client.force_login(developer)

@@ -254,8 +254,16 @@ class UsageGroup:
 
 
 def usage_grouped(*, scope: UsageScope, query: UsageQuery) -> Iterator[UsageGroup]:
-    """Grouped metrics, ordered by period then dimensions; a lazy iterator (stream it)."""
-    rows = _filtered(scope=scope, query=query)
+    """Grouped metrics, ordered by period then dimensions; a lazy iterator (stream it).
+
+    The scope is checked now, not on the first row: a streamed CSV or NDJSON body starts
+    after the response status is sent, too late for the caller to turn a PermissionError
+    into a 403.
+    """
+    return _usage_groups(_filtered(scope=scope, query=query), query)
+
+
+def _usage_groups(rows: QuerySet[UsageRecord], query: UsageQuery) -> Iterator[UsageGroup]:
     grouped = _grouped_sql if connection.vendor == "postgresql" else _grouped_python
     labels = _label_maps(query.group_by)
     for key, values in grouped(rows, query):
