@@ -34,22 +34,27 @@ class ModelPriceAdmin(admin.ModelAdmin):
     date_hierarchy = "effective_from"
 
 
-class ReadOnlyAdmin(admin.ModelAdmin):
-    """Rows written only by rollup runs: viewable, never edited or deleted by hand."""
+class ReadMostlyAdmin(admin.ModelAdmin):
+    """Rows written through services (which audit): viewable, never added or deleted by hand."""
 
     def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj=None) -> bool:
         return False
 
     def has_delete_permission(self, request: HttpRequest, obj=None) -> bool:
         return False
 
 
+class ReadOnlyAdmin(ReadMostlyAdmin):
+    """Rows written only by rollup runs: viewable, never edited or deleted by hand."""
+
+    def has_change_permission(self, request: HttpRequest, obj=None) -> bool:
+        return False
+
+
 @admin.register(Tier)
-class TierAdmin(admin.ModelAdmin):
-    """Read-mostly: edits go through the portal's tier page (`tier_save`, which audits)."""
+class TierAdmin(ReadMostlyAdmin):
+    """Read-mostly: edits go through the portal's tier page (`tier_save`, which audits).
+    Statements and subscriptions PROTECT their tier, so it is deactivated, never deleted."""
 
     list_display = [
         "name",
@@ -65,13 +70,6 @@ class TierAdmin(admin.ModelAdmin):
     readonly_fields = [*TIER_FIELDS, "created_at", "updated_at"]
     actions = ["deactivate"]
 
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj=None) -> bool:
-        # Statements and subscriptions PROTECT their tier; deactivate instead.
-        return False
-
     @admin.action(description="Deactivate selected tiers (through tier_save)")
     def deactivate(self, request: HttpRequest, queryset) -> None:
         for tier in queryset:
@@ -80,9 +78,10 @@ class TierAdmin(admin.ModelAdmin):
 
 
 @admin.register(Subscription)
-class SubscriptionAdmin(admin.ModelAdmin):
+class SubscriptionAdmin(ReadMostlyAdmin):
     """Read-mostly: a tier change closes and opens rows (`subscription_change`), so the
-    only action ends a subscription through that service."""
+    only action ends a subscription through that service. Deleting a row would rewrite
+    history and the statements computed from it."""
 
     list_display = ["subject_key", "subject_type", "tier", "starts_at", "ends_at", "created_by"]
     list_filter = ["subject_type", "tier", ("ends_at", admin.EmptyFieldListFilter)]
@@ -103,13 +102,6 @@ class SubscriptionAdmin(admin.ModelAdmin):
         "updated_at",
     ]
     actions = ["end_now"]
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj=None) -> bool:
-        # Deleting a row would rewrite history and the statements computed from it.
-        return False
 
     @admin.action(description="End selected open subscriptions now")
     def end_now(self, request: HttpRequest, queryset) -> None:

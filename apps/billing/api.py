@@ -7,7 +7,8 @@ or an API key with the `usage:read` scope (the key's team). Developers get 403.
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import replace
+from collections.abc import Iterator
+from contextlib import contextmanager
 from decimal import Decimal
 from typing import Any, Literal
 
@@ -24,6 +25,7 @@ from .exceptions import UsageQueryError
 from .exports import (
     chargeback_csv,
     group_record,
+    iso_utc,
     row_record,
     rows_response,
     usage_groups_csv,
@@ -39,7 +41,7 @@ from .selectors.usage import (
     usage_grouped,
     usage_rows_page,
 )
-from .usage_query import UsageQuery, parse_time, parse_usage_query
+from .usage_query import UsageQuery, parse_chargeback_query, parse_time, parse_usage_query
 
 router = Router(tags=["usage"])
 
@@ -135,15 +137,15 @@ def usage_scope_for(request: HttpRequest) -> UsageScope:
     raise HttpError(403, "Usage export needs the admin, finance or team admin role.")
 
 
-def _query(request: HttpRequest, **kwargs) -> UsageQuery:
+@contextmanager
+def _http_errors() -> Iterator[None]:
+    """A query the caller may not read is a 403; a malformed one a 400."""
     try:
-        return parse_usage_query(request.GET, **kwargs)
+        yield
+    except PermissionError as error:
+        raise HttpError(403, str(error)) from error
     except UsageQueryError as error:
         raise HttpError(400, str(error)) from error
-
-
-def _iso(moment) -> str | None:
-    return moment.isoformat().replace("+00:00", "Z") if moment else None
 
 
 @router.get(
@@ -152,8 +154,8 @@ def _iso(moment) -> str | None:
 def usage(request: HttpRequest, params: Query[UsageParams]):
     scope = usage_scope_for(request)
     rows_mode = params.mode == "rows"
-    query = _query(request, require_start=not rows_mode)
-    try:
+    with _http_errors():
+        query = parse_usage_query(request.GET, require_start=not rows_mode)
         if rows_mode:
             return _rows(scope, query, params)
         groups = usage_grouped(scope=scope, query=query)
@@ -164,16 +166,12 @@ def usage(request: HttpRequest, params: Query[UsageParams]):
         return {
             "schema_version": EXPORT_SCHEMA_VERSION,
             "mode": "aggregate",
-            "start": _iso(query.start),
-            "end": _iso(query.end),
+            "start": iso_utc(query.start),
+            "end": iso_utc(query.end),
             "group_by": [dim.output for dim in query.group_by],
             "granularity": query.granularity,
             "data": [group_record(group, query) for group in groups],
         }
-    except PermissionError as error:
-        raise HttpError(403, str(error)) from error
-    except UsageQueryError as error:
-        raise HttpError(400, str(error)) from error
 
 
 def _rows(scope: UsageScope, query: UsageQuery, params: UsageParams):
@@ -188,12 +186,12 @@ def _rows(scope: UsageScope, query: UsageQuery, params: UsageParams):
         return {
             "schema_version": EXPORT_SCHEMA_VERSION,
             "mode": "rows",
-            "start": _iso(query.start),
-            "end": _iso(query.end),
+            "start": iso_utc(query.start),
+            "end": iso_utc(query.end),
             "data": [row_record(row) for row in page.rows],
             "next_cursor": next_cursor,
             "has_more": page.has_more,
-            "watermark": _iso(page.horizon),
+            "watermark": iso_utc(page.horizon),
         }
     rows = page.rows.iterator(chunk_size=2000)
     body = usage_rows_csv(rows) if params.format == "csv" else usage_rows_ndjson(rows)
@@ -216,26 +214,10 @@ def _rows(scope: UsageScope, query: UsageQuery, params: UsageParams):
 )
 def chargeback(request: HttpRequest, params: Query[ChargebackParams]):
     scope = usage_scope_for(request)
-    data = request.GET.copy()
-    if params.month:
-        if params.start or params.end:
-            raise HttpError(400, "month: give either month or start/end")
-        try:
-            start = parse_time(f"{params.month}-01", name="month")
-        except UsageQueryError as error:
-            raise HttpError(400, "month: use YYYY-MM") from error
-        data["start"] = start.date().isoformat()
-        data["end"] = (start.replace(day=28) + dt.timedelta(days=4)).replace(day=1).isoformat()
-    try:
-        query = parse_usage_query(data, default_group_by="team")
-        # No latency percentiles: they are the expensive part of the GROUP BY.
-        query = replace(query, metrics=frozenset({"requests", "tokens", "cost"}))
+    with _http_errors():
+        query = parse_chargeback_query(request.GET)
         filename = f"chargeback_{query.start:%Y%m%d}_{query.end:%Y%m%d}.csv"
         return chargeback_csv(usage_grouped(scope=scope, query=query), query, filename=filename)
-    except PermissionError as error:
-        raise HttpError(403, str(error)) from error
-    except UsageQueryError as error:
-        raise HttpError(400, str(error)) from error
 
 
 class SubjectSpendOut(Schema):

@@ -1,3 +1,5 @@
+from decimal import Decimal
+
 from django.db import models
 
 
@@ -8,8 +10,11 @@ class SubjectType(models.TextChoices):
 
 
 CURRENCY = "USD"
+# Statement and tier-fit amounts are whole cents.
+CENT = Decimal("0.01")
 # Chargeback and export cost cells: USD with 6 decimals, half-up (documented in exports.py).
 COST_DECIMALS = 6
+COST_QUANTUM = Decimal(1).scaleb(-COST_DECIMALS)
 EXPORT_SCHEMA_VERSION = "1"
 # An API key needs this scope to read its team's usage through /api/usage.
 USAGE_READ_SCOPE = "usage:read"

@@ -1,4 +1,4 @@
-"""Streamed CSV and NDJSON for the usage API and chargebacks; never a whole file in memory.
+"""Streamed CSV and NDJSON (usage API, chargebacks, statements); never a whole file in memory.
 
 Chargeback CSV: one row per group, then a `TOTAL` row. Money is USD (`currency` column),
 `cost_usd` with 6 decimals rounded half-up per cell; the total is the exact sum rounded once,
@@ -16,14 +16,15 @@ from collections.abc import Iterable, Iterator
 from decimal import ROUND_HALF_UP, Decimal
 
 from django.core.serializers.json import DjangoJSONEncoder
+from django.db.models import QuerySet
 from django.http import StreamingHttpResponse
 
-from apps.billing.constants import COST_DECIMALS, CURRENCY, EXPORT_SCHEMA_VERSION
+from apps.billing.constants import COST_QUANTUM, CURRENCY, EXPORT_SCHEMA_VERSION
+from apps.billing.models import Statement
 from apps.billing.selectors.usage import PERCENTILES, ROW_FIELDS, UsageGroup, dim_columns
 from apps.billing.usage_query import UsageQuery
 
 FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
-COST_QUANTUM = Decimal(1).scaleb(-COST_DECIMALS)
 NDJSON = "application/x-ndjson"
 
 
@@ -44,7 +45,8 @@ class Echo:
         return value
 
 
-def _iso(moment: dt.datetime | None) -> str | None:
+def iso_utc(moment: dt.datetime | None) -> str | None:
+    """ISO 8601 in UTC with a `Z` suffix (the export schema's times)."""
     return moment.astimezone(dt.UTC).isoformat().replace("+00:00", "Z") if moment else None
 
 
@@ -86,7 +88,7 @@ def group_record(group: UsageGroup, query: UsageQuery) -> dict[str, object]:
             for name, value in group.latency.items()
         },
         **group.dims,
-        "period": _iso(group.period),
+        "period": iso_utc(group.period),
     }
     return {column: values.get(column) for column in group_columns(query)}
 
@@ -152,8 +154,8 @@ def chargeback_csv(
 def row_record(row: dict) -> dict[str, object]:
     """Schema v1 of a raw usage row; `cost_usd` is an exact decimal string (10 places)."""
     record = dict(row)
-    record["created_at"] = _iso(row["created_at"])
-    record["inserted_at"] = _iso(row["inserted_at"])
+    record["created_at"] = iso_utc(row["created_at"])
+    record["inserted_at"] = iso_utc(row["inserted_at"])
     record["cost_usd"] = str(row["cost_usd"])
     record["tags"] = row["tags"] if isinstance(row["tags"], dict) else {}
     return record
@@ -178,3 +180,47 @@ def rows_response(body: Iterator[str], fmt: str) -> StreamingHttpResponse:
     if fmt == "csv":
         return _response(body, "text/csv; charset=utf-8", "usage_rows.csv")
     return _response(body, NDJSON)
+
+
+# --- Statements ---------------------------------------------------------------------------
+
+STATEMENT_COLUMNS = [
+    "month",
+    "subject_type",
+    "subject",
+    "tier",
+    "allowance_tokens",
+    "used_tokens",
+    "overage_tokens",
+    "base_amount",
+    "overage_amount",
+    "amount",
+    "currency",
+]
+
+
+def statements_month_csv(
+    statements: QuerySet[Statement], *, month: dt.date
+) -> StreamingHttpResponse:
+    """One row per statement of `month` (amounts in cents, as stored)."""
+    rows = (
+        [
+            f"{s.month:%Y-%m}",
+            s.subject_type,
+            s.subject_label,
+            s.tier.name,
+            s.allowance_tokens,
+            s.used_tokens,
+            s.overage_tokens,
+            s.base_amount,
+            s.overage_amount,
+            s.amount,
+            CURRENCY,
+        ]
+        for s in statements.iterator()
+    )
+    response = StreamingHttpResponse(
+        _csv_stream(STATEMENT_COLUMNS, rows), content_type="text/csv; charset=utf-8"
+    )
+    response["Content-Disposition"] = f'attachment; filename="statements_{month:%Y-%m}.csv"'
+    return response

@@ -3,7 +3,9 @@ from django import forms
 from apps.accounts.models import Team, VirtualAccount
 
 from .constants import SubjectType
+from .exceptions import SubscriptionError
 from .models import Tier
+from .services.subscriptions import TIER_FIELDS
 from .subjects import BillingSubject
 
 
@@ -14,15 +16,7 @@ class TierForm(forms.ModelForm):
 
     class Meta:
         model = Tier
-        fields = [
-            "name",
-            "monthly_token_allowance",
-            "monthly_price",
-            "overage_price_per_1k_tokens",
-            "hard_cap",
-            "included_models",
-            "is_active",
-        ]
+        fields = list(TIER_FIELDS)
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -66,6 +60,6 @@ class SubscriptionForm(forms.Form):
                 ),
                 customer_id=(data.get("customer_id") or "") if kind == SubjectType.CUSTOMER else "",
             )
-        except (ValueError, Exception) as error:  # SubscriptionError or a bad choice
+        except (ValueError, SubscriptionError) as error:  # a missing choice or subject
             raise forms.ValidationError(str(error)) from error
         return data

@@ -46,14 +46,13 @@ class BillingSubject:
             return f"virtual account {self.virtual_account.name}"
         return f"customer {self.customer_id.strip()}"
 
-    def usage_filter(self, prefix: str = "") -> Q:
-        """Rows of this subject in a rollup (prefix "") or usage queryset (prefix "tags")."""
+    def usage_filter(self) -> Q:
+        """Rows of this subject in a rollup queryset."""
         if self.type == SubjectType.TEAM:
             return Q(team_id=self.team.pk)
         if self.type == SubjectType.VIRTUAL_ACCOUNT:
             return Q(virtual_account_id=self.virtual_account.pk)
-        field = prefix or "dims"
-        return Q(**{f"{field}__{settings.BILLING_CUSTOMER_TAG_KEY}": self.customer_id.strip()})
+        return Q(**{f"dims__{settings.BILLING_CUSTOMER_TAG_KEY}": self.customer_id.strip()})
 
 
 def subject_of(subscription) -> BillingSubject:

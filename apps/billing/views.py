@@ -1,19 +1,18 @@
 """Portal pages: statements, chargebacks and insights (finance, admin); tiers and subscriptions
 (admin)."""
 
-import csv
 import datetime as dt
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
+from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.utils import timezone
 
 from apps.accounts.selectors import portal_identity
 
 from .exceptions import SubscriptionError
-from .exports import Echo, csv_safe
+from .exports import statements_month_csv
 from .forms import SubscriptionForm, TierForm
 from .models import Tier
 from .selectors.insights import billing_insights
@@ -63,46 +62,7 @@ def statements_csv(request: HttpRequest) -> HttpResponse:
     if not portal_identity(user=request.user).is_org_wide:
         return _forbidden(request)
     month = _month(request)
-    header = [
-        "month",
-        "subject_type",
-        "subject",
-        "tier",
-        "allowance_tokens",
-        "used_tokens",
-        "overage_tokens",
-        "base_amount",
-        "overage_amount",
-        "amount",
-        "currency",
-    ]
-
-    def rows():
-        writer = csv.writer(Echo())
-        yield writer.writerow(header)
-        for s in statements_for_month(month=month).iterator():
-            yield writer.writerow(
-                [
-                    csv_safe(cell)
-                    for cell in [
-                        f"{s.month:%Y-%m}",
-                        s.subject_type,
-                        s.subject_label,
-                        s.tier.name,
-                        s.allowance_tokens,
-                        s.used_tokens,
-                        s.overage_tokens,
-                        s.base_amount,
-                        s.overage_amount,
-                        s.amount,
-                        "USD",
-                    ]
-                ]
-            )
-
-    response = StreamingHttpResponse(rows(), content_type="text/csv; charset=utf-8")
-    response["Content-Disposition"] = f'attachment; filename="statements_{month:%Y-%m}.csv"'
-    return response
+    return statements_month_csv(statements_for_month(month=month), month=month)
 
 
 @login_required
@@ -136,6 +96,8 @@ def tier_edit(request: HttpRequest, tier_id: int) -> HttpResponse:
     tier = get_object_or_404(Tier, pk=tier_id)
     form = TierForm(request.POST or None, instance=tier)
     if request.method == "POST" and form.is_valid():
+        # Validation copied the form's values onto `tier`: reload it so the audit's "before"
+        # snapshot is what was stored.
         tier_save(tier=Tier.objects.get(pk=tier_id), actor=request.user, **form.cleaned_data)
         messages.success(request, f"Tier {tier.name} saved.")
         return redirect("billing:tiers")

@@ -14,9 +14,8 @@ from apps.billing.services.statements import subject_month_usage
 from apps.billing.subjects import BillingSubject
 
 
-def tier_list(*, active_only: bool = False) -> QuerySet[Tier]:
-    tiers = Tier.objects.all()
-    return tiers.filter(is_active=True) if active_only else tiers
+def tier_list() -> QuerySet[Tier]:
+    return Tier.objects.all()
 
 
 def subscriptions_current() -> QuerySet[Subscription]:

@@ -21,11 +21,10 @@ from django.db import transaction
 from django.db.models import F, Q, Sum
 from django.utils import timezone
 
+from apps.billing.constants import CENT
 from apps.billing.models import Statement, Subscription, Tier, UsageRollupMonthly
 from apps.billing.services.rollups import day_bounds, month_start, next_month
 from apps.billing.subjects import BillingSubject, subject_of
-
-CENT = Decimal("0.01")
 
 
 @dataclass(frozen=True)
