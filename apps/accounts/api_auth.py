@@ -1,8 +1,11 @@
 """Authentication for /api: a portal session, or a gateway API key as a bearer token."""
 
+import time
+
 from django.http import HttpRequest
-from django.utils import timezone
 from ninja.security import HttpBearer, django_auth
+
+from apps.proxy.auth import key_info_from_row
 
 from .models import ApiKey
 from .secrets import hash_secret
@@ -14,10 +17,11 @@ class ApiKeyBearer(HttpBearer):
     def authenticate(self, request: HttpRequest, token: str) -> ApiKey | None:
         key = (
             ApiKey.objects.select_related("team", "user", "virtual_account")
-            .filter(key_hash=hash_secret(token), revoked_at__isnull=True)
+            .filter(key_hash=hash_secret(token))
             .first()
         )
-        if key is None or (key.expires_at is not None and key.expires_at <= timezone.now()):
+        # The gateway's own rule (revoked, expired, owner disabled), so /api and /v1 agree.
+        if key is None or key_info_from_row(key).refusal(time.time()) is not None:
             return None
         return key
 

@@ -140,19 +140,10 @@ class TeamViewSet(
     def perform_create(self, serializer):
         if not self.identity.is_admin:
             raise PermissionDenied("Only admins create teams.")
-        data = serializer.validated_data
+        # One service call: a bad setting must not leave a half-created team behind.
         serializer.instance = call_service(
-            team_create,
-            name=data["name"],
-            slug=data.get("slug", ""),
-            default_tags=data.get("default_tags"),
-            actor=self.request.user,
+            team_create, actor=self.request.user, **serializer.validated_data
         )
-        extra = {k: data[k] for k in ("required_tag_keys", "allow_request_logging") if k in data}
-        if extra:
-            serializer.instance = call_service(
-                team_update, team=serializer.instance, actor=self.request.user, **extra
-            )
 
     def perform_update(self, serializer):
         data = dict(serializer.validated_data)

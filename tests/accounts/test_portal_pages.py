@@ -148,6 +148,15 @@ def test_rotate_asks_then_shows_the_new_secret_once(client, people, api_key):
     assert b"grace period" in response.content
 
 
+def test_rotate_page_says_when_the_old_keys_grace_ends(client, people, api_key):
+    old, _ = api_key
+    client.force_login(people["admin"])
+    response = client.post(reverse("key_rotate", args=[old.pk]), {"grace_hours": "24"})
+    old.refresh_from_db()
+    html = response.content.decode()
+    assert f"keeps working until {old.expires_at:%Y-%m-%d %H:%M} UTC" in html
+
+
 def test_rotate_with_a_bad_grace_shows_an_error(client, people, api_key):
     key, _ = api_key
     client.force_login(people["admin"])

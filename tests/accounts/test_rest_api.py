@@ -7,7 +7,7 @@ from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
 from apps.accounts.constants import Role
-from apps.accounts.models import ApiKey, AuditLog, Membership, VirtualAccount
+from apps.accounts.models import ApiKey, AuditLog, Membership, Team, VirtualAccount
 from apps.accounts.secrets import hash_secret
 from tests import factories
 
@@ -247,3 +247,12 @@ def test_virtual_account_name_conflict(people, team, virtual_account):
     )
     assert dup.status_code == 400
     assert VirtualAccount.objects.count() == 1
+
+
+def test_a_refused_team_setting_creates_no_team(people):
+    api = api_as(people["admin"])
+    response = api.post(
+        "/api/admin/teams/", {"name": "Half", "required_tag_keys": ["x" * 65]}, format="json"
+    )
+    assert response.status_code == 400
+    assert not Team.objects.filter(name="Half").exists()

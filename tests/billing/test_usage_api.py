@@ -158,6 +158,15 @@ def test_raw_rows_cursor_pagination_is_exactly_once(client, finance_user, billin
     assert len(lines) == 2 and lines[0].startswith("id,request_id,created_at")
 
 
+def test_a_key_of_a_deactivated_user_is_refused_like_on_the_gateway(client, billing_usage, user):
+    _, secret = factories.make_key(user=user, scopes=["usage:read"])
+    auth = {"HTTP_AUTHORIZATION": f"Bearer {secret}"}
+    assert client.get(URL, RANGE, **auth).status_code == 200
+    user.is_active = False
+    user.save(update_fields=["is_active"])
+    assert client.get(URL, RANGE, **auth).status_code == 401
+
+
 @pytest.mark.parametrize(
     ("url", "params"),
     [

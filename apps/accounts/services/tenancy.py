@@ -20,9 +20,21 @@ from .keys import api_key_revoke
 
 
 @transaction.atomic
-def team_create(*, name: str, slug: str = "", default_tags: dict | None = None, actor=None) -> Team:
+def team_create(
+    *,
+    name: str,
+    slug: str = "",
+    default_tags: dict | None = None,
+    required_tag_keys: list[str] | None = None,
+    allow_request_logging: bool = True,
+    actor=None,
+) -> Team:
     team = Team.objects.create(
-        name=name, slug=slug or slugify(name), default_tags=validate_tags(default_tags)
+        name=name,
+        slug=slug or slugify(name),
+        default_tags=validate_tags(default_tags),
+        required_tag_keys=validate_tag_keys(required_tag_keys, what="required tag keys"),
+        allow_request_logging=bool(allow_request_logging),
     )
     audit_record(
         actor=actor,

@@ -204,7 +204,10 @@ def key_rotate(request: HttpRequest, identity, pk: int) -> HttpResponse:
         except AccountsError as exc:
             form.add_error(None, str(exc))
         else:
-            return _secret_page(request, key=new_key, secret=secret, rotated_from=key)
+            # `new_key.rotated_from` carries the old key's grace-period expiry; `key` does not.
+            return _secret_page(
+                request, key=new_key, secret=secret, rotated_from=new_key.rotated_from
+            )
     return render(request, "accounts/key_rotate.html", {"key": key, "form": form})
 
 
