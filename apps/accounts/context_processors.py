@@ -3,26 +3,21 @@
 from django.utils import timezone
 
 from .constants import Role
+from .permissions import ADMIN_ONLY, EVERY_ROLE, KEY_ROLES, TEAM_ROLES
 from .selectors import portal_identity
 
-EVERYONE = {Role.ADMIN, Role.FINANCE, Role.TEAM_ADMIN, Role.DEVELOPER}
-
-# (label, url name, roles that see it)
+# (label, url name, roles that see it): the same role sets the pages' `portal_view` checks.
 NAV_ITEMS = [
-    ("Home", "home", EVERYONE),
-    ("Keys", "keys", {Role.ADMIN, Role.TEAM_ADMIN, Role.DEVELOPER}),
-    ("Teams", "teams", {Role.ADMIN, Role.TEAM_ADMIN}),
-    ("Users", "users", {Role.ADMIN}),
-    ("Tags", "tags", EVERYONE),
-    ("Audit", "audit", {Role.ADMIN}),
+    ("Home", "home", EVERY_ROLE),
+    ("Keys", "keys", KEY_ROLES),
+    ("Teams", "teams", TEAM_ROLES),
+    ("Users", "users", ADMIN_ONLY),
+    ("Tags", "tags", EVERY_ROLE),
+    ("Audit", "audit", ADMIN_ONLY),
     ("Quotas", "quotas:rules", {Role.ADMIN, Role.FINANCE, Role.TEAM_ADMIN}),
     ("Billing", "billing:statements", {Role.ADMIN, Role.FINANCE}),
     ("Deployments", "proxy:deployments", {Role.ADMIN, Role.FINANCE}),
-    (
-        "Dashboards",
-        "dashboards:overview",
-        {Role.ADMIN, Role.FINANCE, Role.TEAM_ADMIN, Role.DEVELOPER},
-    ),
+    ("Dashboards", "dashboards:overview", EVERY_ROLE),
 ]
 # Which nav entry a page belongs to, by the start of its url name.
 NAV_SECTIONS = [

@@ -129,10 +129,6 @@ class ApiKey(models.Model):
             return f"virtualaccount:{self.virtual_account}"
         return f"user:{self.user}"
 
-    @property
-    def is_revoked(self) -> bool:
-        return self.revoked_at is not None
-
     def is_expired(self, now) -> bool:
         return self.expires_at is not None and self.expires_at <= now
 

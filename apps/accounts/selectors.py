@@ -247,9 +247,12 @@ class RotationSchedule:
     next_key: ApiKey | None = None
 
 
-def _live_key_filter(now: dt.datetime) -> Q:
-    return (Q(expires_at__isnull=True) | Q(expires_at__gt=now)) & Q(
-        revoked_at__isnull=True, successors__isnull=True
+def api_keys_live(*, now: dt.datetime) -> QuerySet[ApiKey]:
+    """Keys in use: not revoked, not expired, not already superseded by a rotation."""
+    return ApiKey.objects.filter(
+        Q(expires_at__isnull=True) | Q(expires_at__gt=now),
+        revoked_at__isnull=True,
+        successors__isnull=True,
     )
 
 
@@ -263,7 +266,7 @@ def key_rotation_schedule(*, key: ApiKey) -> RotationSchedule:
     if policy is None:
         return RotationSchedule(policy=None)
     now = timezone.now()
-    live = ApiKey.objects.filter(_live_key_filter(now), pk=key.pk).exists()
+    live = api_keys_live(now=now).filter(pk=key.pk).exists()
     if not live:
         return RotationSchedule(policy=policy, inherited=inherited)
     due = key.created_at + dt.timedelta(days=policy.every_days)
@@ -278,7 +281,8 @@ def team_rotation_schedule(*, team: Team) -> RotationSchedule:
         return RotationSchedule(policy=None)
     now = timezone.now()
     oldest = (
-        ApiKey.objects.filter(_live_key_filter(now), team=team, rotation_policy__isnull=True)
+        api_keys_live(now=now)
+        .filter(team=team, rotation_policy__isnull=True)
         .order_by("created_at")
         .first()
     )
@@ -325,6 +329,15 @@ class GlossaryEntry:
     definition: TagDefinition | None
 
 
+def tag_keys_recent(*, usage: QuerySet) -> set[str]:
+    """Tag keys in the newest `TAG_SCAN_ROWS` of `usage` (usage rows the caller may read)."""
+    keys: set[str] = set()
+    for tags in usage.order_by("-created_at").values_list("tags", flat=True)[:TAG_SCAN_ROWS]:
+        if isinstance(tags, dict):
+            keys.update(str(k) for k in tags)
+    return keys
+
+
 def tag_glossary(*, identity: PortalIdentity) -> list[GlossaryEntry]:
     """Defined tag keys plus keys seen in the caller's recent usage, alphabetically."""
     from apps.proxy.models import UsageRecord
@@ -332,13 +345,10 @@ def tag_glossary(*, identity: PortalIdentity) -> list[GlossaryEntry]:
     definitions = {
         d.key: d for d in TagDefinition.objects.select_related("owner_team", "owner_user")
     }
-    usage = UsageRecord.objects.order_by("-created_at")
+    usage = UsageRecord.objects.all()
     if not identity.is_org_wide:
         usage = usage.filter(team_id__in=identity.team_ids)
-    seen: set[str] = set()
-    for tags in usage.values_list("tags", flat=True)[:TAG_SCAN_ROWS]:
-        if isinstance(tags, dict):
-            seen.update(str(k) for k in tags)
+    seen = tag_keys_recent(usage=usage)
     entries = []
     for key in sorted(set(definitions) | seen):
         definition = definitions.get(key)

@@ -23,26 +23,13 @@ from apps.billing.constants import COST_QUANTUM, CURRENCY, EXPORT_SCHEMA_VERSION
 from apps.billing.models import Statement
 from apps.billing.selectors.usage import PERCENTILES, ROW_FIELDS, UsageGroup, dim_columns
 from apps.billing.usage_query import UsageQuery
+from gateway_portal.csv_stream import Echo, csv_safe
 
-FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
 NDJSON = "application/x-ndjson"
-
-
-def csv_safe(value: object) -> object:
-    if isinstance(value, str) and value.startswith(FORMULA_PREFIXES):
-        return "'" + value
-    return value
 
 
 def money(value: Decimal) -> str:
     return str(value.quantize(COST_QUANTUM, ROUND_HALF_UP))
-
-
-class Echo:
-    """A file-like object whose write returns the line, for csv.writer in a generator."""
-
-    def write(self, value: str) -> str:
-        return value
 
 
 def iso_utc(moment: dt.datetime | None) -> str | None:

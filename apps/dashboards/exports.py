@@ -8,6 +8,8 @@ from dataclasses import fields
 
 from django.http import StreamingHttpResponse
 
+from gateway_portal.csv_stream import Echo, csv_safe
+
 from .selectors import PercentilePoint, UsagePoint
 
 USAGE_COLUMNS = (
@@ -15,13 +17,6 @@ USAGE_COLUMNS = (
     "tokens", "cost_usd", "cost_per_request",
 )  # fmt: skip
 PERCENTILE_COLUMNS = tuple(f.name for f in fields(PercentilePoint))
-# Spreadsheets execute cells that start with these; tag values are untrusted.
-_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
-
-
-class _Echo:
-    def write(self, value: str) -> str:
-        return value
 
 
 def _cell(value: object) -> object:
@@ -29,15 +24,14 @@ def _cell(value: object) -> object:
         return ""
     if hasattr(value, "isoformat"):
         return value.isoformat()
-    if isinstance(value, str) and value.startswith(_FORMULA_START):
-        return "'" + value
     if isinstance(value, float):
         return round(value, 6)
-    return value
+    # Tag values are untrusted: no spreadsheet formulas.
+    return csv_safe(value)
 
 
 def _lines(rows: Sequence[object]) -> Iterator[str]:
-    writer = csv.writer(_Echo())
+    writer = csv.writer(Echo())
     is_percentile = bool(rows) and isinstance(rows[0], PercentilePoint)
     columns = PERCENTILE_COLUMNS if is_percentile else USAGE_COLUMNS
     yield writer.writerow(columns)

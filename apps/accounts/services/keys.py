@@ -136,7 +136,8 @@ def api_key_rotate(
     """Issue a successor with the same owner, team, tags and permissions, in the same lineage.
 
     The old key keeps working for `grace_hours` (never longer than its own expiry), so
-    clients can switch without an error. Returns the new key and its plaintext, once.
+    clients can switch without an error. Returns the new key and its plaintext, once;
+    `new_key.rotated_from` is the old key as rotated (with its grace-period expiry).
     """
     if grace_hours < 0:
         raise KeyStateError("the grace period cannot be negative")

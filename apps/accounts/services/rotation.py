@@ -11,7 +11,6 @@ from datetime import datetime, timedelta
 from django.conf import settings
 from django.core.mail import send_mail
 from django.db import transaction
-from django.db.models import Q
 from django.template.loader import render_to_string
 from django.utils import timezone
 
@@ -19,6 +18,7 @@ from ..audit import AuditAction, audit_record
 from ..constants import Role
 from ..exceptions import KeyStateError, PolicyError
 from ..models import ApiKey, Membership, RotationPolicy, Team
+from ..selectors import api_keys_live
 from ._common import iso
 from .keys import DEFAULT_GRACE_HOURS, api_key_rotate
 from .pending_secrets import pending_secret_create
@@ -93,12 +93,7 @@ def rotation_policy_remove(*, policy: RotationPolicy, actor) -> None:
 
 
 def _live_keys(now: datetime):
-    """Keys in use: not revoked, not expired, not already superseded by a rotation."""
-    return ApiKey.objects.filter(
-        Q(expires_at__isnull=True) | Q(expires_at__gt=now),
-        revoked_at__isnull=True,
-        successors__isnull=True,
-    ).select_related("team", "user", "virtual_account")
+    return api_keys_live(now=now).select_related("team", "user", "virtual_account")
 
 
 def _due_keys(now: datetime) -> list[tuple[ApiKey, RotationPolicy]]:
@@ -162,7 +157,7 @@ def api_keys_rotate_due(*, now: datetime | None = None) -> list[int]:
                 )
                 RotationPolicy.objects.filter(pk=policy.pk).update(last_run_at=now)
                 pending = pending_secret_create(key=new_key, plaintext=plaintext, now=now)
-                old_key = ApiKey.objects.get(pk=key.pk)
+                old_key = new_key.rotated_from
                 _send(
                     template="accounts/email/key_rotated.txt",
                     subject=f"[Tollgate] Your API key {key.name!r} was rotated",

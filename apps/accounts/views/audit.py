@@ -9,6 +9,8 @@ from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 from django.shortcuts import render
 from django.utils import timezone
 
+from gateway_portal.csv_stream import Echo, csv_safe
+
 from .. import selectors
 from ..forms import AuditFilterForm
 from ..permissions import ADMIN_ONLY, portal_view
@@ -24,24 +26,10 @@ CSV_HEADER = [
     "before",
     "after",
 ]
-# A spreadsheet treats a cell starting with one of these as a formula (CSV injection).
-FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
-
-
-def csv_safe(value) -> str:
-    text = "" if value is None else str(value)
-    return "'" + text if text.startswith(FORMULA_STARTS) else text
-
-
-class _Echo:
-    """A file-like sink whose write returns the line, so csv.writer feeds a generator."""
-
-    def write(self, value: str) -> str:
-        return value
 
 
 def _csv_lines(rows: Iterable) -> Iterator[str]:
-    writer = csv.writer(_Echo())
+    writer = csv.writer(Echo())
     yield writer.writerow(CSV_HEADER)
     for row in rows:
         yield writer.writerow(

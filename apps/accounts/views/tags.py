@@ -26,17 +26,7 @@ def _form(identity, data=None, initial=None):
 def tag_glossary(request: HttpRequest, identity) -> HttpResponse:
     may_edit = has_role(identity, TEAM_ROLES)
     form = None
-    if may_edit:
-        key = request.GET.get("key", "")
-        definition = selectors.tag_definition_get(key=key) if key else None
-        initial = {"key": key}
-        if definition is not None and can_edit_tag_definition(identity, definition):
-            initial.update(
-                description=definition.description,
-                owner_team=definition.owner_team_id or "",
-            )
-        form = _form(identity, initial=initial)
-    if request.method == "POST" and may_edit:
+    if may_edit and request.method == "POST":
         form = _form(identity, data=request.POST)
         if form.is_valid():
             data = form.cleaned_data
@@ -62,6 +52,16 @@ def tag_glossary(request: HttpRequest, identity) -> HttpResponse:
                 else:
                     messages.success(request, f"Tag {data['key']} saved.")
                     return redirect("tags")
+    elif may_edit:
+        key = request.GET.get("key", "")
+        definition = selectors.tag_definition_get(key=key) if key else None
+        initial = {"key": key}
+        if definition is not None and can_edit_tag_definition(identity, definition):
+            initial.update(
+                description=definition.description,
+                owner_team=definition.owner_team_id or "",
+            )
+        form = _form(identity, initial=initial)
     entries = selectors.tag_glossary(identity=identity)
     status = 400 if form is not None and form.errors else 200
     return render(

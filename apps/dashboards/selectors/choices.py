@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from apps.accounts.models import TagDefinition, Team
+from apps.accounts.selectors import tag_keys_recent
 from apps.billing.services.rollups import rollup_tag_keys
 from apps.proxy.models import UsageRecord
 
@@ -10,21 +11,13 @@ from ..filters import DashboardFilters, DashboardScope
 from ..models import UsageCubeDaily
 from .rows import filtered, last_rollup_day, raw_usage, rolled_up_days, scope_q, uncovered_ranges
 
-# How many recent rows are scanned for tag keys in use (the picker's choices).
-TAG_SCAN_ROWS = 2000
-
 
 def tag_keys_in_use(*, scope: DashboardScope) -> list[str]:
     """Keys for the tag pickers: rollup keys, glossary keys and keys in recent usage."""
     keys = set(rollup_tag_keys()) | set(TagDefinition.objects.values_list("key", flat=True))
     q = scope_q(scope)
     if q is not None:
-        recent = (
-            UsageRecord.objects.filter(q).order_by("-created_at").values_list("tags", flat=True)
-        )
-        for tags in recent[:TAG_SCAN_ROWS]:
-            if isinstance(tags, dict):
-                keys.update(str(k) for k in tags)
+        keys |= tag_keys_recent(usage=UsageRecord.objects.filter(q))
     return sorted(keys)
 
 

@@ -59,11 +59,10 @@ class Command(BaseCommand):
                 new_key, plaintext = api_key_rotate(
                     key=key, actor=None, grace_hours=opts["grace_hours"]
                 )
-                old = ApiKey.objects.get(pk=key.pk)
                 self.stdout.write(
                     f"Rotated {key.prefix}… -> {new_key.prefix}… ({new_key.owner_label}, "
                     f"team {new_key.team.slug}); the old key works until "
-                    f"{_when(old.expires_at)} UTC."
+                    f"{_when(new_key.rotated_from.expires_at)} UTC."
                 )
                 self.stdout.write("Store the new key now: it is shown only once.")
                 self.stdout.write(plaintext)
