@@ -7,16 +7,16 @@ No database query happens here on a warm worker.
 """
 
 import time
-import uuid
 
 import orjson
 from django.conf import settings
 
 from . import calls
 from .auth import KeyInfo, authenticate
-from .catalog import catalog
+from .catalog import ModelEntry, catalog
 from .errors import BadRequest, Forbidden, GatewayError, MethodNotAllowed, NotFound, PayloadTooLarge
 from .metadata import HEADER_NAMES, LOG_REQUEST_TAG, merge_tags, parse_metadata_header
+from .models import UsageRecord
 from .providers.base import CHAT, COMPLETION, EMBEDDING, RERANK
 from .responses import send_json
 from .validation import validate_body
@@ -27,16 +27,13 @@ POST_ROUTES = {
     "/v1/embeddings": EMBEDDING,
     "/v1/rerank": RERANK,
 }
-MODE_FOR_KIND = {
-    CHAT: "chat",
+# The model modes that can serve each kind of request.
+MODES_FOR_KIND = {
+    CHAT: ("chat",),
     COMPLETION: ("completion", "chat"),
-    EMBEDDING: "embedding",
-    RERANK: "rerank",
+    EMBEDDING: ("embedding",),
+    RERANK: ("rerank",),
 }
-
-
-def new_request_id() -> str:
-    return f"req_{uuid.uuid4().hex}"
 
 
 async def read_body(receive, headers: dict[bytes, bytes]) -> bytes:
@@ -59,12 +56,17 @@ async def read_body(receive, headers: dict[bytes, bytes]) -> bytes:
             return b"".join(chunks)
 
 
+def _model_object(entry: ModelEntry) -> dict:
+    return {
+        "id": entry.name,
+        "object": "model",
+        "created": entry.created_ts,
+        "owned_by": "tollgate",
+    }
+
+
 def _models_list(key: KeyInfo) -> bytes:
-    data = [
-        {"id": entry.name, "object": "model", "created": entry.created_ts, "owned_by": "tollgate"}
-        for entry in catalog.models.values()
-        if key.may_use(entry.name)
-    ]
+    data = [_model_object(entry) for entry in catalog.models.values() if key.may_use(entry.name)]
     return orjson.dumps({"object": "list", "data": data})
 
 
@@ -72,15 +74,13 @@ def _model_detail(key: KeyInfo, name: str) -> bytes:
     entry = catalog.models.get(name)
     if entry is None or not key.may_use(name):
         raise NotFound(f"The model '{name}' does not exist", param="model", code="model_not_found")
-    return orjson.dumps(
-        {"id": entry.name, "object": "model", "created": entry.created_ts, "owned_by": "tollgate"}
-    )
+    return orjson.dumps(_model_object(entry))
 
 
 async def app(scope, receive, send) -> None:
     """ASGI entry for every /v1 path."""
     started = time.perf_counter()
-    request_id = new_request_id()
+    request_id = UsageRecord.new_request_id()
     headers = dict(scope["headers"])
     path = scope["path"]
     method = scope["method"]
@@ -142,8 +142,7 @@ def _prepare_call(
         )
     if not key.may_use(model_name):
         raise Forbidden(f"This API key may not use the model '{model_name}'.", param="model")
-    expected = MODE_FOR_KIND[kind]
-    if entry.mode != expected and entry.mode not in expected:
+    if entry.mode not in MODES_FOR_KIND[kind]:
         raise BadRequest(
             f"The model '{model_name}' is a {entry.mode} model and cannot serve {path_for(kind)}.",
             param="model",

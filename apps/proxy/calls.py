@@ -220,7 +220,6 @@ async def _admit(call: Call) -> None:
     """Check every matching quota rule (one Redis round trip); raise when one is broken."""
     engine = get_quota_engine()
     body = call.body
-    max_output = None
     if call.kind in (CHAT, COMPLETION):
         max_output = body.get("max_completion_tokens") or body.get("max_tokens")
     else:
@@ -275,11 +274,10 @@ async def run(call: Call, receive, send) -> None:
     except GatewayError as error:
         if isinstance(error, QuotaRefused):
             metrics.observe_quota_refusal(error.extra)
-        call.status = error.status
-        call.error_type = error.code or error.error_type
-        if isinstance(error, QuotaRefused):
             # Which rules refused it: the quota page and its audit trail read it from the row.
             call.response_body = error.extra
+        call.status = error.status
+        call.error_type = error.code or error.error_type
         await _record(call)
         headers = {**call.response_headers, **error.headers}
         await send_json(send, error.status, error.body(), call.request_id, headers)
@@ -408,8 +406,9 @@ async def _run_stream(call: Call, receive, send) -> None:
     deployment, provider, response, events = await _open_stream(call)
     gone = asyncio.Event()
     watcher = asyncio.get_running_loop().create_task(_watch_disconnect(receive, gone))
-    translator = provider.stream_translator(deployment)
     native = provider.openai_native_stream
+    # Native OpenAI streams are relayed chunk by chunk (`_native_chunk`): no translator.
+    translator = None if native else provider.stream_translator(deployment)
     rewrite_model = deployment.upstream_model != deployment.model_name
     produced: list[str] = []
     call.status = 200
@@ -461,7 +460,7 @@ async def _run_stream(call: Call, receive, send) -> None:
     if gone.is_set():
         call.client_disconnected = True
     _report_stream(call, failed)
-    if not native and translator.usage is not None:
+    if translator is not None and translator.usage is not None:
         call.usage = translator.usage
     if getattr(translator, "error", None):
         call.error_type = "upstream_stream_error"
@@ -478,7 +477,7 @@ async def _run_stream(call: Call, receive, send) -> None:
     if failed:
         error = UpstreamError("The upstream stream broke off.", code="upstream_stream_error")
         tail += _sse(error.body())
-    elif not native and client_wants_usage and not call.client_disconnected:
+    elif translator is not None and client_wants_usage and not call.client_disconnected:
         tail += _sse(orjson.dumps(translator.usage_chunk(call.usage)))
     await _record(call)
     await send({"type": "http.response.body", "body": tail + _sse(b"[DONE]"), "more_body": False})
@@ -522,12 +521,7 @@ def _native_chunk(
 ) -> list[bytes]:
     usage = parsed.get("usage")
     if usage:
-        details = usage.get("prompt_tokens_details") or {}
-        call.usage = Usage(
-            int(usage.get("prompt_tokens") or 0),
-            int(usage.get("completion_tokens") or 0),
-            int(details.get("cached_tokens") or 0),
-        )
+        call.usage = Usage.from_openai(usage)
     _note_chunk(call, parsed, produced)
     changed = False
     if rewrite_model and "model" in parsed:

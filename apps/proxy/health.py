@@ -209,6 +209,20 @@ def _percentile(histogram: list[int], q: float) -> float | None:
     return None
 
 
+def _add_ewmas(acc: list, item: dict) -> None:
+    """Add a worker's snapshot EWMAs into `acc`, weighted by their confidence:
+    acc[0:2] the latency sum and weight, acc[2:4] the time to first token's."""
+    weight = float(item.get("w") or 0.0)
+    if not weight:
+        return
+    if item.get("ewma") is not None:
+        acc[0] += item["ewma"] * weight
+        acc[1] += weight
+    if item.get("ttft") is not None:
+        acc[2] += item["ttft"] * weight
+        acc[3] += weight
+
+
 class HealthBoard:
     """Every deployment's health in this worker; one instance per process (`board`)."""
 
@@ -408,13 +422,7 @@ class HealthBoard:
         for snapshot in snapshots.values():
             for key, item in snapshot.get("deployments", {}).items():
                 acc = sums.setdefault(int(key), [0.0, 0.0, 0.0, 0.0, 0.0, 0])
-                weight = float(item.get("w") or 0.0)
-                if item.get("ewma") is not None and weight:
-                    acc[0] += item["ewma"] * weight
-                    acc[1] += weight
-                if item.get("ttft") is not None and weight:
-                    acc[2] += item["ttft"] * weight
-                    acc[3] += weight
+                _add_ewmas(acc, item)
                 # Only live workers' requests are in flight now.
                 if now - snapshot.get("ts", 0) < 3 * settings.HEALTH_SYNC_SECONDS:
                     acc[5] += int(item.get("busy") or 0)
@@ -532,14 +540,7 @@ def merge_stats(
             entry = stats.setdefault(
                 deployment_id, DeploymentStats(deployment_id, window_seconds=window)
             )
-            acc = ewmas.setdefault(deployment_id, [0.0, 0.0, 0.0, 0.0])
-            weight = float(item.get("w") or 0.0)
-            if item.get("ewma") is not None and weight:
-                acc[0] += item["ewma"] * weight
-                acc[1] += weight
-            if item.get("ttft") is not None and weight:
-                acc[2] += item["ttft"] * weight
-                acc[3] += weight
+            _add_ewmas(ewmas.setdefault(deployment_id, [0.0, 0.0, 0.0, 0.0]), item)
             if age > window:
                 continue  # a long-gone worker: its EWMA still informs, its counts are stale
             entry.requests += int(item.get("req") or 0)

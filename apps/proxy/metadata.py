@@ -12,54 +12,34 @@ LOG_REQUEST_TAG = "log_request"
 HEADER_NAMES = (b"x-gateway-metadata", b"x-tfy-metadata")
 
 
+def _invalid(message: str) -> BadRequest:
+    return BadRequest(message, param="X-Gateway-Metadata", code="invalid_metadata")
+
+
 def parse_metadata_header(raw: bytes | None) -> dict[str, str]:
     """Parse and validate a metadata header value; raise BadRequest naming the problem."""
     if raw is None or not raw.strip():
         return {}
     if len(raw) > MAX_HEADER_BYTES:
-        raise BadRequest(
-            f"X-Gateway-Metadata is {len(raw)} bytes; the limit is {MAX_HEADER_BYTES}",
-            param="X-Gateway-Metadata",
-            code="invalid_metadata",
-        )
+        raise _invalid(f"X-Gateway-Metadata is {len(raw)} bytes; the limit is {MAX_HEADER_BYTES}")
     try:
         tags = orjson.loads(raw)
     except orjson.JSONDecodeError:
-        raise BadRequest(
-            "X-Gateway-Metadata is not valid JSON",
-            param="X-Gateway-Metadata",
-            code="invalid_metadata",
-        ) from None
+        raise _invalid("X-Gateway-Metadata is not valid JSON") from None
     if not isinstance(tags, dict):
-        raise BadRequest(
-            "X-Gateway-Metadata must be a JSON object of string keys to string values",
-            param="X-Gateway-Metadata",
-            code="invalid_metadata",
-        )
+        raise _invalid("X-Gateway-Metadata must be a JSON object of string keys to string values")
     if len(tags) > MAX_KEYS:
-        raise BadRequest(
-            f"X-Gateway-Metadata has {len(tags)} keys; the limit is {MAX_KEYS}",
-            param="X-Gateway-Metadata",
-            code="invalid_metadata",
-        )
+        raise _invalid(f"X-Gateway-Metadata has {len(tags)} keys; the limit is {MAX_KEYS}")
     for key, value in tags.items():
         if not key or len(key) > MAX_KEY_CHARS:
-            raise BadRequest(
-                f"metadata key {key[:80]!r} must be 1 to {MAX_KEY_CHARS} characters",
-                param="X-Gateway-Metadata",
-                code="invalid_metadata",
-            )
+            raise _invalid(f"metadata key {key[:80]!r} must be 1 to {MAX_KEY_CHARS} characters")
         if not isinstance(value, str):
-            raise BadRequest(
-                f"metadata value for {key!r} must be a string, not {type(value).__name__}",
-                param="X-Gateway-Metadata",
-                code="invalid_metadata",
+            raise _invalid(
+                f"metadata value for {key!r} must be a string, not {type(value).__name__}"
             )
         if len(value) > MAX_VALUE_CHARS:
-            raise BadRequest(
-                f"metadata value for {key!r} is longer than {MAX_VALUE_CHARS} characters",
-                param="X-Gateway-Metadata",
-                code="invalid_metadata",
+            raise _invalid(
+                f"metadata value for {key!r} is longer than {MAX_VALUE_CHARS} characters"
             )
     return tags
 

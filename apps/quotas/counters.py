@@ -28,8 +28,9 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import NamedTuple, Protocol
+from typing import Any, Generic, NamedTuple, Protocol, TypeVar
 
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
@@ -41,6 +42,63 @@ logger = logging.getLogger(__name__)
 DEFAULT_RESERVATION_TTL = 600.0
 # Errors that mean "the store is unreachable", as opposed to a bug in the script.
 STORE_ERRORS: tuple[type[BaseException], ...] = (RedisError, OSError, asyncio.TimeoutError)
+
+
+T = TypeVar("T")
+
+
+def blocking_redis(
+    url: str,
+    *,
+    max_connections: int,
+    pool_timeout: float,
+    socket_timeout: float,
+    connect_timeout: float,
+) -> Redis:
+    """An async client over a blocking pool, with no retry.
+
+    Under a burst a caller waits up to `pool_timeout` for a free connection instead of
+    failing (the default pool raises when full). Commands are never retried: every caller
+    has its own fallback (the usage spool, `on_store_failure`), and a retried admission that
+    had landed would count twice.
+    """
+    pool = BlockingConnectionPool.from_url(
+        url,
+        max_connections=max_connections,
+        timeout=pool_timeout,
+        socket_timeout=socket_timeout,
+        socket_connect_timeout=connect_timeout,
+        retry=Retry(NoBackoff(), 0),
+    )
+    return Redis.from_pool(pool)
+
+
+class PerLoop(Generic[T]):
+    """One value (a Redis client and what hangs on it) per running event loop.
+
+    redis.asyncio connections belong to the loop that opened them; tests and management
+    commands run several loops in one process, so each loop gets its own, made by `factory`
+    on first use. Entries of closed loops are dropped when a new one is made.
+    """
+
+    def __init__(self, factory: Callable[[], T]) -> None:
+        self._factory = factory
+        self._entries: dict[int, tuple[asyncio.AbstractEventLoop, T]] = {}
+
+    def get(self) -> T:
+        loop = asyncio.get_running_loop()
+        entry = self._entries.get(id(loop))
+        if entry is not None and entry[0] is loop:
+            return entry[1]
+        value = self._factory()
+        self._entries = {k: v for k, v in self._entries.items() if not v[0].is_closed()}
+        self._entries[id(loop)] = (loop, value)
+        return value
+
+    def pop(self) -> T | None:
+        """Forget the running loop's value and return it (for the caller to close)."""
+        entry = self._entries.pop(id(asyncio.get_running_loop()), None)
+        return entry[1] if entry is not None else None
 
 
 class CounterStoreUnavailable(Exception):
@@ -192,35 +250,20 @@ class AsyncRedisCounterStore:
         self.retry_after = retry_after
         self._down_until = 0.0
         self._down = False
-        self._clients: dict[int, tuple[asyncio.AbstractEventLoop, Redis, object, object]] = {}
+        # Per loop: (client, admit script, settle script).
+        self._clients: PerLoop[tuple[Redis, Any, Any]] = PerLoop(self._connect)
 
-    def _client(self):
-        # redis.asyncio connections belong to one event loop; tests and management commands
-        # run several loops in one process, so keep one client (and its scripts) per loop.
-        loop = asyncio.get_running_loop()
-        entry = self._clients.get(id(loop))
-        if entry is None or entry[0] is not loop:
-            pool = BlockingConnectionPool.from_url(
-                self.redis_url,
-                max_connections=self.max_connections,
-                # Waiting for a free connection under a burst is not an outage: give it
-                # longer than a socket read before it counts as "store unavailable".
-                timeout=self.pool_timeout,
-                socket_timeout=self.socket_timeout,
-                socket_connect_timeout=self.connect_timeout,
-                # No retry: a retried admission that had landed would count twice.
-                retry=Retry(NoBackoff(), 0),
-            )
-            client = Redis.from_pool(pool)
-            entry = (
-                loop,
-                client,
-                client.register_script(ADMIT_LUA),
-                client.register_script(SETTLE_LUA),
-            )
-            self._clients = {k: v for k, v in self._clients.items() if not v[0].is_closed()}
-            self._clients[id(loop)] = entry
-        return entry
+    def _connect(self) -> tuple[Redis, Any, Any]:
+        client = blocking_redis(
+            self.redis_url,
+            max_connections=self.max_connections,
+            # Waiting for a free connection under a burst is not an outage: give it longer
+            # than a socket read before it counts as "store unavailable".
+            pool_timeout=self.pool_timeout,
+            socket_timeout=self.socket_timeout,
+            connect_timeout=self.connect_timeout,
+        )
+        return client, client.register_script(ADMIT_LUA), client.register_script(SETTLE_LUA)
 
     def _check_up(self) -> None:
         if time.monotonic() < self._down_until:
@@ -242,7 +285,7 @@ class AsyncRedisCounterStore:
         if not checks:
             return AdmitResult(True, ())
         self._check_up()
-        _, _, admit_script, _ = self._client()
+        _, admit_script, _ = self._clients.get()
         reservation_id = new_reservation_id()
         keys: list[str] = []
         args: list[object] = [reservation_id, self.reservation_ttl_ms]
@@ -260,7 +303,7 @@ class AsyncRedisCounterStore:
         return AdmitResult(allowed, tuple(int(v) for v in reply[1:]), reservation)
 
     async def settle(self, reservation: Reservation, actual: list[int]) -> None:
-        _, _, _, settle_script = self._client()
+        _, _, settle_script = self._clients.get()
         keys: list[str] = []
         args: list[object] = [reservation.id]
         for check, amount in zip(reservation.checks, actual, strict=True):
@@ -274,7 +317,7 @@ class AsyncRedisCounterStore:
     async def read(self, keys: list[str]) -> list[int]:
         if not keys:
             return []
-        _, client, _, _ = self._client()
+        client, _, _ = self._clients.get()
         try:
             values = await client.mget(keys)
         except STORE_ERRORS as exc:
@@ -282,10 +325,9 @@ class AsyncRedisCounterStore:
         return [int(v) if v is not None else 0 for v in values]
 
     async def aclose(self) -> None:
-        loop = asyncio.get_running_loop()
-        entry = self._clients.pop(id(loop), None)
+        entry = self._clients.pop()
         if entry is not None:
-            await entry[1].aclose()
+            await entry[0].aclose()
 
 
 class MemoryCounterStore:

@@ -31,14 +31,15 @@ from .counters import (
 )
 from .rules import (
     ANY_SUBJECT,
-    MICROS_PER_USD,
     QuotaConfig,
     QuotaConfigError,
     QuotaRule,
     counter_key_prefix,
+    display_amount,
     escape_key_part,
     merge_rules,
     parse_config,
+    subject_ids_from,
     usd_to_micros,
     window_bounds_ts,
 )
@@ -91,13 +92,12 @@ class _Entry:
     """A rule prepared for the hot path: filters, key prefix and unit facts precomputed."""
 
     __slots__ = (
+        "accepts",
         "family",
         "filtered",
         "key_prefix",
         "limit",
-        "metadata",
         "metric",
-        "models",
         "per",
         "period",
         "position",
@@ -108,8 +108,8 @@ class _Entry:
     def __init__(self, position: int, rule: QuotaRule) -> None:
         self.position = position
         self.rule = rule
-        self.models = rule.models
-        self.metadata = rule.metadata
+        # Bound once: the rule's own model and metadata test, without a lookup per request.
+        self.accepts = rule.matches_filters
         self.filtered = bool(rule.models or rule.metadata)
         self.key_prefix = counter_key_prefix(rule.id)
         self.metric = rule.metric
@@ -118,14 +118,6 @@ class _Entry:
         self.reserve = rule.reserved
         self.family = _FAMILIES[rule.metric]
         self.per = rule.per
-
-    def accepts(self, model: str, tags: dict) -> bool:
-        if self.models and model not in self.models:
-            return False
-        for key, value in self.metadata:
-            if tags.get(key) != value:
-                return False
-        return True
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,14 +150,12 @@ def _position_and_subject(item: tuple) -> tuple[int, str]:
 
 def subject_ids_for(key_info: KeyInfo) -> frozenset[str]:
     """The subjects a key speaks for: its team, its user (by name and email), its account."""
-    ids = {f"team:{key_info.team_slug}"}
-    if key_info.username:
-        ids.add(f"user:{key_info.username}")
-    if key_info.user_email:
-        ids.add(f"user:{key_info.user_email.lower()}")
-    if key_info.virtual_account_name:
-        ids.add(f"virtualaccount:{key_info.virtual_account_name}")
-    return frozenset(ids)
+    return subject_ids_from(
+        team_slug=key_info.team_slug,
+        username=key_info.username,
+        email=key_info.user_email,
+        account_name=key_info.virtual_account_name,
+    )
 
 
 def _iso(ts: int) -> str:
@@ -181,12 +171,6 @@ def _duration(seconds: int) -> str:
     if minutes:
         return f"{minutes}m{secs}s"
     return f"{secs}s"
-
-
-def _display(rule: QuotaRule, amount: int) -> int | float:
-    if rule.metric == "cost_usd":
-        return amount / MICROS_PER_USD
-    return amount
 
 
 class QuotaEngine:
@@ -265,11 +249,6 @@ class QuotaEngine:
             return False
         self.load(config, version)
         return True
-
-    @property
-    def stored_version(self) -> int | None:
-        """The stored YAML version in force (the first part of `version`)."""
-        return self.version[0] if isinstance(self.version, tuple) else self.version
 
     def _match(self, subject_ids: set[str] | frozenset[str], model: str, tags: dict) -> list:
         compiled = self._compiled
@@ -379,9 +358,9 @@ class QuotaEngine:
                     "rule": rule.id,
                     "subject": subject,
                     "unit": rule.unit,
-                    "limit": _display(rule, rule.limit),
-                    "used": _display(rule, used),
-                    "requested": _display(rule, check.amount),
+                    "limit": display_amount(rule, rule.limit),
+                    "used": display_amount(rule, used),
+                    "requested": display_amount(rule, check.amount),
                     "reset": _iso(reset),
                 }
                 if rule.per is not None:

@@ -149,6 +149,24 @@ def normalize_subject(subject: str) -> str:
     return subject.lower() if subject.startswith("user:") and "@" in subject else subject
 
 
+def subject_ids_from(
+    *, team_slug: str | None, username: str, email: str, account_name: str | None
+) -> frozenset[str]:
+    """The subjects a caller speaks for: its team, its user (by name and by email), its
+    virtual account. The proxy builds them from a key, the dry run and the portal from rows;
+    parts a caller lacks are left out."""
+    ids = set()
+    if team_slug:
+        ids.add(f"team:{team_slug}")
+    if username:
+        ids.add(f"user:{username}")
+    if email:
+        ids.add(f"user:{email.lower()}")
+    if account_name:
+        ids.add(f"virtualaccount:{account_name}")
+    return frozenset(ids)
+
+
 def counter_key(rule_id: str, subject: str, per_value: str | None, window_start: int) -> str:
     # '|' separates the parts; subjects and tag values are escaped so two different
     # identities can never produce the same key. `{q}` is a Redis Cluster hash tag: the
@@ -173,6 +191,11 @@ def usd_to_micros(amount: Decimal | float | int) -> int:
     """USD to integer micro-dollars, rounded up (a budget is never under-counted)."""
     value = Decimal(str(amount)) if isinstance(amount, float) else Decimal(amount)
     return int((value * MICROS_PER_USD).to_integral_value(rounding=ROUND_CEILING))
+
+
+def display_amount(rule: QuotaRule, amount: int) -> int | float:
+    """A counter amount as people read it: USD for budgets (counted in micro-dollars)."""
+    return amount / MICROS_PER_USD if rule.metric == "cost_usd" else amount
 
 
 @dataclass(frozen=True, slots=True)

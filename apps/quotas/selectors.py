@@ -21,13 +21,14 @@ from .engine import get_quota_engine
 from .models import QuotaConfigVersion
 from .rules import (
     ANY_SUBJECT,
-    MICROS_PER_USD,
     MISSING_PER_VALUE,
     SUBJECT_KINDS,
     QuotaConfig,
     QuotaConfigError,
     QuotaRule,
+    display_amount,
     parse_config,
+    subject_ids_from,
     window_bounds_ts,
 )
 from .simulate import subject_directory
@@ -78,10 +79,6 @@ METRIC_LABELS = {
 }
 
 
-def _display(rule: QuotaRule, amount: int) -> int | float:
-    return amount / MICROS_PER_USD if rule.metric == "cost_usd" else amount
-
-
 def _fmt(rule: QuotaRule, amount: int | float) -> str:
     return f"${amount:,.2f}" if rule.metric == "cost_usd" else f"{int(amount):,}"
 
@@ -104,7 +101,7 @@ class SubjectUsage:
 
     @property
     def limit(self) -> int | float:
-        return _display(self.rule, self.rule.limit)
+        return display_amount(self.rule, self.rule.limit)
 
     @property
     def remaining(self) -> int | float | None:
@@ -333,7 +330,7 @@ def quota_overview(*, identity: PortalIdentity, now: datetime | None = None) -> 
     for rule, start, reset, pairs in plan:
         usages = []
         for subject, per_value in pairs:
-            used = None if values is None else _display(rule, values[position])
+            used = None if values is None else display_amount(rule, values[position])
             usages.append(SubjectUsage(rule, subject, per_value, used))
             position += 1
         if rule.per is not None:
@@ -422,13 +419,12 @@ def key_quota_status(
     config = _parsed_or_empty(active_quota_config_version())
     user = key.user
     account = key.virtual_account
-    subject_ids = {f"team:{key.team.slug}"}
-    if user is not None:
-        subject_ids.add(f"user:{user.get_username()}")
-        if user.email:
-            subject_ids.add(f"user:{user.email.lower()}")
-    if account is not None:
-        subject_ids.add(f"virtualaccount:{account.name}")
+    subject_ids = subject_ids_from(
+        team_slug=key.team.slug,
+        username=user.get_username() if user is not None else "",
+        email=user.email if user is not None else "",
+        account_name=account.name if account is not None else None,
+    )
     merged = merge_tags(
         team_defaults=key.team.default_tags or {},
         owner_defaults=(account.default_tags or {}) if account else {},
@@ -459,8 +455,8 @@ def key_quota_status(
     out = []
     for index, item in enumerate(items):
         rule = item["rule"]
-        used = None if values is None else _display(rule, values[index])
-        limit = _display(rule, rule.limit)
+        used = None if values is None else display_amount(rule, values[index])
+        limit = display_amount(rule, rule.limit)
         out.append(
             {
                 "rule": rule.id,

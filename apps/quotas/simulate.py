@@ -29,9 +29,10 @@ from typing import Any
 
 from .rules import (
     ANY_SUBJECT,
-    MICROS_PER_USD,
     QuotaConfig,
     QuotaRule,
+    display_amount,
+    subject_ids_from,
     usd_to_micros,
     window_bounds_ts,
 )
@@ -64,21 +65,16 @@ class SubjectDirectory:
     def subject_ids(
         self, team_id: int | None, user_id: int | None, virtual_account_id: int | None
     ) -> frozenset[str]:
-        # Mirrors engine.subject_ids_for, which works from the key instead of the row.
-        ids = set()
-        slug = self.teams.get(team_id) if team_id is not None else None
-        if slug:
-            ids.add(f"team:{slug}")
-        if user_id is not None and user_id in self.users:
-            username, email = self.users[user_id]
-            if username:
-                ids.add(f"user:{username}")
-            if email:
-                ids.add(f"user:{email.lower()}")
-        name = self.accounts.get(virtual_account_id) if virtual_account_id is not None else None
-        if name:
-            ids.add(f"virtualaccount:{name}")
-        return frozenset(ids)
+        # The same subjects engine.subject_ids_for gives the key the row was made with.
+        username, email = ("", "") if user_id is None else self.users.get(user_id, ("", ""))
+        return subject_ids_from(
+            team_slug=None if team_id is None else self.teams.get(team_id),
+            username=username,
+            email=email,
+            account_name=(
+                None if virtual_account_id is None else self.accounts.get(virtual_account_id)
+            ),
+        )
 
 
 @dataclass(slots=True)
@@ -141,10 +137,6 @@ class SimulationReport:
         }
 
 
-def _display(rule: QuotaRule, amount: int) -> int | float:
-    return amount / MICROS_PER_USD if rule.metric == "cost_usd" else amount
-
-
 def _amounts(row: Mapping[str, Any]) -> dict[str, int]:
     input_tokens = int(row.get("input_tokens") or 0)
     output_tokens = int(row.get("output_tokens") or 0)
@@ -168,7 +160,7 @@ def simulate(
 ) -> SimulationReport:
     """Replay `rows` (oldest first) against `config`; see the module docstring."""
     reports = [
-        RuleReport(rule_id=rule.id, unit=rule.unit, limit=_display(rule, rule.limit))
+        RuleReport(rule_id=rule.id, unit=rule.unit, limit=display_amount(rule, rule.limit))
         for rule in config.rules
     ]
     report = SimulationReport(since=since, until=until, counters_start_at=since, rules=reports)
@@ -226,7 +218,7 @@ def simulate(
             if per_value is not None:
                 rule_report.per_values[per_value] += 1
     for position, rule in enumerate(config.rules):
-        reports[position].peak_used = _display(rule, peaks[position])
+        reports[position].peak_used = display_amount(rule, peaks[position])
     return report
 
 

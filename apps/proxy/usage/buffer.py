@@ -30,12 +30,11 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from django.conf import settings
-from redis.asyncio import BlockingConnectionPool, Redis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
+from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 
 from apps.proxy.usage.event import UsageEvent
+from apps.quotas.counters import PerLoop, blocking_redis
 
 logger = logging.getLogger(__name__)
 
@@ -344,34 +343,26 @@ class RedisStreamBuffer:
         self.retry_after = retry_after
         self._down_until = 0.0
         self._redis_down = False
-        self._clients: dict[int, tuple[asyncio.AbstractEventLoop, Redis]] = {}
+        self._clients: PerLoop[Redis] = PerLoop(self._connect)
         self._group_ready = False
         self._claim_cursor = "0-0"
         # Puts waiting for the next pipelined XADD, per event loop.
         self._pending: dict[int, list[tuple[bytes, asyncio.Future]]] = {}
 
+    def _connect(self) -> Redis:
+        # Blocking pool: under a burst of concurrent puts a request waits a moment for a
+        # connection instead of failing. No retry: the spool is the retry, and a request
+        # must not wait through several attempts.
+        return blocking_redis(
+            self.redis_url,
+            max_connections=self.max_connections,
+            pool_timeout=self.socket_timeout,
+            socket_timeout=self.socket_timeout,
+            connect_timeout=self.connect_timeout,
+        )
+
     def _client(self) -> Redis:
-        # redis.asyncio connections belong to one event loop; tests and management commands
-        # run several loops in one process, so keep one client per loop.
-        loop = asyncio.get_running_loop()
-        entry = self._clients.get(id(loop))
-        if entry is None or entry[0] is not loop:
-            # A blocking pool: under a burst of concurrent puts a request waits a moment
-            # for a connection instead of failing (the default pool raises when full).
-            pool = BlockingConnectionPool.from_url(
-                self.redis_url,
-                max_connections=self.max_connections,
-                timeout=self.socket_timeout,
-                socket_timeout=self.socket_timeout,
-                socket_connect_timeout=self.connect_timeout,
-                # The spool is the retry: a request must not wait through several attempts.
-                retry=Retry(NoBackoff(), 0),
-            )
-            client = Redis.from_pool(pool)
-            self._clients = {k: v for k, v in self._clients.items() if not v[0].is_closed()}
-            self._clients[id(loop)] = (loop, client)
-            return client
-        return entry[1]
+        return self._clients.get()
 
     async def put(self, event: UsageEvent) -> None:
         # Shielded so a client disconnect cancelling the request cannot lose the row halfway.
@@ -530,11 +521,10 @@ class RedisStreamBuffer:
         return int(info["pending"])
 
     async def close(self) -> None:
-        loop = asyncio.get_running_loop()
-        entry = self._clients.pop(id(loop), None)
-        if entry is not None:
+        client = self._clients.pop()
+        if client is not None:
             with contextlib.suppress(*BUFFER_ERRORS):
-                await entry[1].aclose()
+                await client.aclose()
         await asyncio.to_thread(self.spool.close)
 
 

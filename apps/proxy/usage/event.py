@@ -83,8 +83,7 @@ class UsageEvent:
         data = json.loads(raw)
         # Ignore keys this version does not know, so a rolling upgrade that adds a field
         # does not strand events written by the newer code.
-        known = {f.name for f in fields(cls)}
-        data = {k: v for k, v in data.items() if k in known}
+        data = {k: v for k, v in data.items() if k in _FIELD_SET}
         created_at = datetime.fromisoformat(data["created_at"])
         if created_at.tzinfo is None:
             created_at = created_at.replace(tzinfo=UTC)
@@ -128,3 +127,4 @@ class UsageEvent:
 
 
 _FIELD_NAMES = tuple(f.name for f in fields(UsageEvent))
+_FIELD_SET = frozenset(_FIELD_NAMES)

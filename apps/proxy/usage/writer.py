@@ -123,14 +123,6 @@ class UsageWriter:
 
     # Draining ----------------------------------------------------------------------------
 
-    async def drain_once(self) -> int:
-        """One batch from the buffer plus ready spool files; rows inserted.
-
-        Raises DatabaseError if the insert failed (the batch stays pending).
-        """
-        _, inserted = await self._drain(seal_age=self.flush_interval)
-        return inserted
-
     async def drain_all(self) -> int:
         """Until the buffer and the spool are empty (or only others' recent pending remain)."""
         total = 0
