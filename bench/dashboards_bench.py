@@ -123,7 +123,7 @@ def main() -> None:
 
             settings.ALLOWED_HOSTS = ["*"]
             call_command("migrate", verbosity=0)
-            from apps.proxy.models import UsageRecord
+            from apps.usage.models import UsageRecord
 
             if UsageRecord.objects.exists():
                 users = existing_users()

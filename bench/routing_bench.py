@@ -30,7 +30,7 @@ from apps.proxy import metrics, router  # noqa: E402
 from apps.proxy.catalog import ModelEntry  # noqa: E402
 from apps.proxy.health import board  # noqa: E402
 from apps.proxy.providers.base import DeploymentInfo  # noqa: E402
-from apps.proxy.usage.event import UsageEvent  # noqa: E402
+from apps.usage.event import UsageEvent  # noqa: E402
 
 
 class BenchCall:

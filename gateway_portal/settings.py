@@ -49,6 +49,7 @@ INSTALLED_APPS = [
     "ninja",
     "apps.accounts",
     "apps.proxy",
+    "apps.usage",
     "apps.quotas",
     "apps.billing",
     "apps.dashboards",

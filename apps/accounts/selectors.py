@@ -340,7 +340,7 @@ def tag_keys_recent(*, usage: QuerySet) -> set[str]:
 
 def tag_glossary(*, identity: PortalIdentity) -> list[GlossaryEntry]:
     """Defined tag keys plus keys seen in the caller's recent usage, alphabetically."""
-    from apps.proxy.models import UsageRecord
+    from apps.usage.models import UsageRecord
 
     definitions = {
         d.key: d for d in TagDefinition.objects.select_related("owner_team", "owner_user")

@@ -16,7 +16,7 @@ class DashboardsConfig(AppConfig):
         from django.utils import timezone
 
         from apps.dashboards.services import dashboard_rollup_days, usage_generate
-        from apps.proxy.models import UsageRecord
+        from apps.usage.models import UsageRecord
 
         demo_rows = settings.DEMO_USAGE_ROWS
         existing = UsageRecord.objects.count()

@@ -2,7 +2,7 @@ from django import forms
 from django.conf import settings
 from django.contrib import admin
 
-from .models import Deployment, GatewayModel, UsageRecord
+from .models import Deployment, GatewayModel
 from .validators import validate_upstream_base_url
 
 
@@ -47,32 +47,3 @@ class GatewayModelAdmin(admin.ModelAdmin):
     list_filter = ("mode", "is_active")
     search_fields = ("name",)
     inlines = [DeploymentInline]
-
-
-@admin.register(UsageRecord)
-class UsageRecordAdmin(admin.ModelAdmin):
-    """Usage is money: rows are read-only here."""
-
-    list_display = (
-        "created_at",
-        "model",
-        "team_id",
-        "status_code",
-        "input_tokens",
-        "output_tokens",
-        "cost_usd",
-        "latency_ms",
-        "tags",
-    )
-    list_filter = ("model", "status_code", "request_type", "is_stream")
-    search_fields = ("request_id", "model", "end_user")
-    date_hierarchy = "created_at"
-
-    def has_add_permission(self, request) -> bool:
-        return False
-
-    def has_change_permission(self, request, obj=None) -> bool:
-        return False
-
-    def has_delete_permission(self, request, obj=None) -> bool:
-        return False

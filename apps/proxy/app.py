@@ -16,7 +16,7 @@ from .auth import KeyInfo, authenticate
 from .catalog import ModelEntry, catalog
 from .errors import BadRequest, Forbidden, GatewayError, MethodNotAllowed, NotFound, PayloadTooLarge
 from .metadata import HEADER_NAMES, LOG_REQUEST_TAG, merge_tags, parse_metadata_header
-from .models import UsageRecord
+from apps.usage.models import UsageRecord
 from .providers.base import CHAT, COMPLETION, EMBEDDING, RERANK
 from .responses import send_json
 from .validation import validate_body

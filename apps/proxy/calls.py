@@ -34,8 +34,8 @@ from .providers.registry import provider_for
 from .responses import send_json
 from .router import deployments_to_try
 from .tokens import estimate_input_tokens, estimate_text_tokens
-from .usage.buffer import get_usage_buffer
-from .usage.event import UsageEvent
+from apps.usage.buffer import get_usage_buffer
+from apps.usage.event import UsageEvent
 
 logger = logging.getLogger(__name__)
 

@@ -37,7 +37,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.multiprocess import MultiProcessCollector
 
-from .usage.event import UsageEvent
+from apps.usage.event import UsageEvent
 
 logger = logging.getLogger(__name__)
 
@@ -132,7 +132,7 @@ class _Snapshot:
 
 async def _buffer_values() -> tuple[float, float]:
     """(entries waiting to be written, age in seconds of the oldest one)."""
-    from .usage.buffer import MemoryBuffer, RedisStreamBuffer, get_usage_buffer
+    from apps.usage.buffer import MemoryBuffer, RedisStreamBuffer, get_usage_buffer
 
     buffer = get_usage_buffer()
     now = time.time()

@@ -14,7 +14,7 @@ from django.db.models.functions import Lower
 from apps.accounts.models import ApiKey, Membership, Team, VirtualAccount
 from apps.accounts.selectors import PortalIdentity
 from apps.proxy.metadata import merge_tags
-from apps.proxy.models import UsageRecord
+from apps.usage.models import UsageRecord
 
 from .counters import CounterStoreUnavailable
 from .engine import get_quota_engine

@@ -253,7 +253,7 @@ def simulate_recent(
     config: QuotaConfig, *, days: int, now: datetime | None = None
 ) -> SimulationReport:
     """Replay the last `days` days of recorded usage (oldest first) against `config`."""
-    from apps.proxy.models import UsageRecord
+    from apps.usage.models import UsageRecord
 
     until = now or datetime.now(UTC)
     since = until - timedelta(days=days)

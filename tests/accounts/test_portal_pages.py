@@ -348,7 +348,7 @@ def test_admin_sets_roles_on_users_page(client, people, team, other_team):
 
 
 def test_tag_glossary_lists_defined_and_seen_keys(client, people, team):
-    from apps.proxy.models import UsageRecord
+    from apps.usage.models import UsageRecord
 
     UsageRecord.objects.create(
         request_id="r1",

@@ -8,7 +8,7 @@ from decimal import Decimal
 
 from django.db import connection
 
-from apps.proxy.models import UsageRecord
+from apps.usage.models import UsageRecord
 
 _seq = itertools.count(1)
 

@@ -8,7 +8,7 @@ from django.db.models import Sum
 
 from apps.billing.models import UsageRollupMonthly
 from apps.billing.services import usage_rollup_month
-from apps.proxy.models import UsageRecord
+from apps.usage.models import UsageRecord
 
 pytestmark = [pytest.mark.django_db, pytest.mark.embedded]
 

@@ -11,7 +11,7 @@ from django.db.models.fields.json import KeyTextTransform
 
 from apps.billing.models import UsageRollupDaily, UsageRollupMonthly
 from apps.billing.services import usage_rollup_day, usage_rollup_month
-from apps.proxy.models import UsageRecord
+from apps.usage.models import UsageRecord
 from tests.billing.helpers import copy_usage
 
 pytestmark = pytest.mark.django_db

@@ -10,7 +10,7 @@ from django.utils import timezone
 from apps.accounts.constants import Role
 from apps.billing.services import model_prices_import
 from apps.dashboards.services import dashboard_rollup_days, usage_generate
-from apps.proxy.models import UsageRecord
+from apps.usage.models import UsageRecord
 from tests import factories
 
 pytestmark = [pytest.mark.services, pytest.mark.django_db(transaction=True)]

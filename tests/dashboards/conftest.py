@@ -11,7 +11,7 @@ from decimal import Decimal
 import pytest
 
 from apps.accounts.constants import Role
-from apps.proxy.models import UsageRecord
+from apps.usage.models import UsageRecord
 from tests import factories
 
 DAY1 = dt.date(2025, 3, 10)

@@ -6,7 +6,7 @@ import pytest
 from django.core.management import call_command
 
 from apps.billing.models import ModelPrice
-from apps.proxy.models import UsageRecord
+from apps.usage.models import UsageRecord
 from tests import factories
 
 pytestmark = [pytest.mark.embedded, pytest.mark.django_db]

@@ -17,7 +17,7 @@ from apps.dashboards import histograms, selectors
 from apps.dashboards.filters import DashboardFilters, DashboardScope, dashboard_scope
 from apps.dashboards.models import LatencyHistogramDaily, TagUsageDaily, UsageCubeDaily
 from apps.dashboards.services import dashboard_rollup_day, dashboard_rollup_days, usage_generate
-from apps.proxy.models import UsageRecord
+from apps.usage.models import UsageRecord
 from tests import factories
 
 from .conftest import DAY1, DAY2, at, usage

@@ -11,7 +11,7 @@ from apps.dashboards import selectors
 from apps.dashboards.filters import DashboardFilters, DashboardScope, dashboard_scope
 from apps.dashboards.selectors.rows import day_runs
 from apps.dashboards.services import dashboard_rollup_day
-from apps.proxy.models import UsageRecord
+from apps.usage.models import UsageRecord
 
 from .conftest import DAY1, DAY2, EVIL, at
 

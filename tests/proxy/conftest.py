@@ -143,7 +143,7 @@ def stop_gateway(server: GatewayServer) -> None:
 
 
 def purge_usage_rows() -> None:
-    from apps.proxy.models import UsageRecord
+    from apps.usage.models import UsageRecord
 
     UsageRecord.objects.all().delete()
 

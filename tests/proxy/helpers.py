@@ -3,7 +3,7 @@
 import time
 from decimal import Decimal
 
-from apps.proxy.models import UsageRecord
+from apps.usage.models import UsageRecord
 from apps.proxy.services import model_catalog_apply
 
 

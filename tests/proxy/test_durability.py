@@ -9,8 +9,8 @@ import pytest
 from django.db import connection
 from openai import OpenAI
 
-from apps.proxy.models import UsageRecord
-from apps.proxy.usage.writer import drain_all_sync
+from apps.usage.models import UsageRecord
+from apps.usage.writer import drain_all_sync
 from tests import factories
 from tests.proxy.conftest import start_gateway, stop_gateway
 from tests.proxy.helpers import declare_model, wait_for_usage

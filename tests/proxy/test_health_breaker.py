@@ -8,7 +8,7 @@ import httpx
 import pytest
 
 from apps.proxy.health import CLOSED, HALF_OPEN, OPEN, HealthBoard, merge_stats
-from apps.proxy.models import UsageRecord
+from apps.usage.models import UsageRecord
 from apps.proxy.providers.base import DeploymentInfo
 from apps.proxy.services import model_catalog_apply
 from tests import factories

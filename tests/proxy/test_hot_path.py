@@ -16,7 +16,7 @@ from django.db.backends import utils as db_utils
 from apps.proxy import upstream
 from apps.proxy.app import app as proxy_app
 from apps.proxy.catalog import catalog
-from apps.proxy.usage.buffer import reset_usage_buffer
+from apps.usage.buffer import reset_usage_buffer
 from tests import factories
 from tests.proxy.helpers import declare_model
 from tests.proxy.simulator_server import running_simulator

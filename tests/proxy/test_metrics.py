@@ -11,7 +11,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from apps.proxy import metrics
-from apps.proxy.models import UsageRecord
+from apps.usage.models import UsageRecord
 from tests import factories
 from tests.proxy.conftest import start_gateway, stop_gateway
 from tests.proxy.helpers import declare_model

@@ -11,7 +11,7 @@ import pytest
 
 from apps.proxy.catalog import ModelEntry
 from apps.proxy.health import HealthBoard
-from apps.proxy.models import UsageRecord
+from apps.usage.models import UsageRecord
 from apps.proxy.providers.base import DeploymentInfo
 from apps.proxy.router import order
 from apps.proxy.services import model_catalog_apply

@@ -7,7 +7,7 @@ import pytest
 from asgiref.sync import async_to_sync
 
 from apps.accounts.constants import Role
-from apps.proxy.models import UsageRecord
+from apps.usage.models import UsageRecord
 from apps.quotas.engine import QuotaEngine, get_quota_engine
 from apps.quotas.models import QuotaConfigVersion
 from apps.quotas.rules import parse_config

@@ -5,7 +5,7 @@ from decimal import Decimal
 
 import pytest
 
-from apps.proxy.models import UsageRecord
+from apps.usage.models import UsageRecord
 from apps.quotas.rules import parse_config
 from apps.quotas.simulate import SubjectDirectory, simulate, simulate_recent
 

@@ -28,7 +28,7 @@ from django.utils import timezone
 from apps.accounts.models import Team, VirtualAccount
 from apps.billing.exceptions import UsageQueryError
 from apps.billing.usage_query import Dim, UsageQuery
-from apps.proxy.models import UsageRecord
+from apps.usage.models import UsageRecord
 
 PERCENTILES = (("latency_p50_ms", 0.5), ("latency_p90_ms", 0.9), ("latency_p99_ms", 0.99))
 _TRUNC = {"hour": TruncHour, "day": TruncDay, "month": TruncMonth}

@@ -22,7 +22,7 @@ from django.db.models.functions import TruncDay
 from django.utils import timezone
 
 from apps.billing.models import UsageRollupDaily, UsageRollupMonthly
-from apps.proxy.models import UsageRecord
+from apps.usage.models import UsageRecord
 
 INSERT_BATCH = 2000
 _SUBJECT_FIELDS = ("team_id", "user_id", "virtual_account_id", "model")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from apps.accounts.models import TagDefinition, Team
 from apps.accounts.selectors import tag_keys_recent
 from apps.billing.services.rollups import rollup_tag_keys
-from apps.proxy.models import UsageRecord
+from apps.usage.models import UsageRecord
 
 from ..filters import DashboardFilters, DashboardScope
 from ..models import UsageCubeDaily

@@ -14,7 +14,7 @@ from django.db.models.fields.json import KeyTextTransform
 from django.db.models.functions import Cast
 from django.utils import timezone
 
-from apps.proxy.models import UsageRecord
+from apps.usage.models import UsageRecord
 
 from ..filters import DashboardFilters, DashboardScope
 

@@ -23,7 +23,8 @@ from django.utils import timezone
 
 from apps.accounts.models import ApiKey, Membership, Team, VirtualAccount
 from apps.billing.models import ModelPrice
-from apps.proxy.models import Deployment, UsageRecord
+from apps.proxy.models import Deployment
+from apps.usage.models import UsageRecord
 
 BATCH = 5000
 FEATURES = ["search", "chat-assistant", "summarize", "classify", "extract", "translate",

@@ -29,7 +29,7 @@ from apps.dashboards.models import (
     TagUsageDaily,
     UsageCubeDaily,
 )
-from apps.proxy.models import UsageRecord
+from apps.usage.models import UsageRecord
 
 INSERT_BATCH = 2000
 CUBE_FIELDS = (

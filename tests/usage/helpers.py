@@ -13,7 +13,7 @@ from pathlib import Path
 
 from django.db import connection
 
-from apps.proxy.usage.event import UsageEvent
+from apps.usage.event import UsageEvent
 
 ROOT = Path(__file__).resolve().parents[3]
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 
-from apps.proxy.models import UsageRecord
+from apps.usage.models import UsageRecord
 
 # The cost column is DecimalField(decimal_places=10); quantizing here keeps the buffered
 # value identical to what the database will store.

@@ -6,9 +6,9 @@ from decimal import Decimal
 
 import pytest
 
-from apps.proxy.models import UsageRecord
-from apps.proxy.usage.event import UsageEvent
-from tests.proxy.usage.helpers import make_event
+from apps.usage.models import UsageRecord
+from apps.usage.event import UsageEvent
+from tests.usage.helpers import make_event
 
 pytestmark = pytest.mark.embedded
 

@@ -10,10 +10,10 @@ import pytest
 import redis
 from django.db import connection
 
-from apps.proxy.models import UsageRecord
-from apps.proxy.usage.buffer import CONSUMER_GROUP, RedisStreamBuffer
-from apps.proxy.usage.writer import UsageWriter
-from tests.proxy.usage.helpers import (
+from apps.usage.models import UsageRecord
+from apps.usage.buffer import CONSUMER_GROUP, RedisStreamBuffer
+from apps.usage.writer import UsageWriter
+from tests.usage.helpers import (
     ROOT,
     TcpProxy,
     await_for,
@@ -125,8 +125,8 @@ async def test_gateway_worker_sigkilled_after_answering_loses_no_row(redis_url, 
         import asyncio, os, signal, django
         os.environ.setdefault("DJANGO_SETTINGS_MODULE", "gateway_portal.settings")
         django.setup()
-        from apps.proxy.usage.buffer import RedisStreamBuffer
-        from tests.proxy.usage.helpers import make_event
+        from apps.usage.buffer import RedisStreamBuffer
+        from tests.usage.helpers import make_event
 
         async def serve():
             buffer = RedisStreamBuffer({redis_url!r}, stream={stream!r}, spool_dir={str(tmp_path)!r})

@@ -33,7 +33,7 @@ from django.conf import settings
 from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 
-from apps.proxy.usage.event import UsageEvent
+from apps.usage.event import UsageEvent
 from apps.quotas.counters import PerLoop, blocking_redis
 
 logger = logging.getLogger(__name__)

@@ -6,10 +6,10 @@ import time
 import pytest
 import redis
 
-from apps.proxy.models import UsageRecord
-from apps.proxy.usage.buffer import RedisStreamBuffer
-from apps.proxy.usage.writer import UsageWriter
-from tests.proxy.usage.helpers import await_for, free_port, make_event
+from apps.usage.models import UsageRecord
+from apps.usage.buffer import RedisStreamBuffer
+from apps.usage.writer import UsageWriter
+from tests.usage.helpers import await_for, free_port, make_event
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -12,14 +12,14 @@ from django.conf import settings
 from django.core.management import BaseCommand, CommandError
 from django.db import DatabaseError
 
-from apps.proxy.usage.buffer import (
+from apps.usage.buffer import (
     MemoryBuffer,
     RedisStreamBuffer,
     UsageBuffer,
     get_usage_buffer,
     usage_settings,
 )
-from apps.proxy.usage.writer import UsageWriter, drain_all_sync
+from apps.usage.writer import UsageWriter, drain_all_sync
 
 
 class Command(BaseCommand):

@@ -5,10 +5,10 @@ import os
 
 import pytest
 
-from apps.proxy.models import UsageRecord
-from apps.proxy.usage.buffer import MemoryBuffer, SpoolFile
-from apps.proxy.usage.writer import UsageWriter, drain_all_sync, insert_events
-from tests.proxy.usage.helpers import await_for, make_event
+from apps.usage.models import UsageRecord
+from apps.usage.buffer import MemoryBuffer, SpoolFile
+from apps.usage.writer import UsageWriter, drain_all_sync, insert_events
+from tests.usage.helpers import await_for, make_event
 
 pytestmark = [pytest.mark.embedded, pytest.mark.django_db(transaction=True)]
 

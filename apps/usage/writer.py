@@ -23,15 +23,15 @@ from django.db import (
     transaction,
 )
 
-from apps.proxy.models import UsageRecord
-from apps.proxy.usage.buffer import (
+from apps.usage.models import UsageRecord
+from apps.usage.buffer import (
     BUFFER_ERRORS,
     MemoryBuffer,
     UsageBuffer,
     get_usage_buffer,
     usage_settings,
 )
-from apps.proxy.usage.event import UsageEvent
+from apps.usage.event import UsageEvent
 
 logger = logging.getLogger(__name__)
 

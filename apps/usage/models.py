@@ -1,0 +1,89 @@
+"""The usage ledger's tables: one row per proxied request, and the rows that could not be
+written."""
+
+import uuid
+
+from django.db import models
+
+
+class UsageRecord(models.Model):
+    """One row per proxied request: who, what, tokens, cost, timings, tags.
+
+    Written in batches by the usage writer, idempotent on `request_id`. Attribution always
+    comes from the key, never from tags. Values are normalised at capture
+    (`apps.usage.capture`): strings carry no control characters, token counts are
+    non-negative and bounded; an upstream count outside the bound is replaced by the
+    gateway's estimate and the row is flagged `usage_suspect`. The table keeps the name it
+    had when the proxy owned it.
+    """
+
+    request_id = models.CharField(max_length=64, unique=True)
+    created_at = models.DateTimeField(db_index=True)
+    # When the row reached the database: the watermark for incremental exports.
+    inserted_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    api_key_id = models.BigIntegerField(null=True, db_index=True)
+    key_lineage_id = models.UUIDField(null=True, db_index=True)
+    user_id = models.BigIntegerField(null=True, db_index=True)
+    team_id = models.BigIntegerField(null=True, db_index=True)
+    virtual_account_id = models.BigIntegerField(null=True, db_index=True)
+    end_user = models.CharField(max_length=256, blank=True)
+    model = models.CharField(max_length=200, db_index=True)
+    deployment = models.CharField(max_length=200, blank=True)
+    provider = models.CharField(max_length=20, blank=True)
+    request_type = models.CharField(max_length=20)
+    is_stream = models.BooleanField(default=False)
+    status_code = models.PositiveSmallIntegerField()
+    error_type = models.CharField(max_length=64, blank=True)
+    input_tokens = models.PositiveIntegerField(default=0)
+    output_tokens = models.PositiveIntegerField(default=0)
+    cached_tokens = models.PositiveIntegerField(default=0)
+    tokens_estimated = models.BooleanField(default=False)
+    usage_suspect = models.BooleanField(default=False)
+    cost_usd = models.DecimalField(max_digits=18, decimal_places=10, default=0)
+    latency_ms = models.FloatField(default=0)
+    ttft_ms = models.FloatField(null=True)
+    upstream_latency_ms = models.FloatField(null=True)
+    overhead_ms = models.FloatField(null=True)
+    attempts = models.PositiveSmallIntegerField(default=1)
+    client_disconnected = models.BooleanField(default=False)
+    tags = models.JSONField(default=dict)
+    request_body = models.JSONField(null=True, blank=True)
+    response_body = models.JSONField(null=True, blank=True)
+
+    class Meta:
+        db_table = "proxy_usagerecord"
+        ordering = ["-created_at"]
+        indexes = [models.Index(fields=["team_id", "created_at"], name="usage_team_time")]
+
+    def __str__(self) -> str:
+        return f"{self.request_id} {self.model} {self.status_code}"
+
+    @staticmethod
+    def new_request_id() -> str:
+        return f"req_{uuid.uuid4().hex}"
+
+
+class UsageDeadLetter(models.Model):
+    """A usage event the database refused even when written on its own.
+
+    The writer isolates such a row (bisecting the batch it came in) so that it never holds
+    back the others. The event is kept verbatim as JSON text (jsonb would refuse the same
+    NUL that may have caused the rejection) with the database's reason, shown to admins,
+    counted in /metrics and replayable after a fix. Replaying goes through the same
+    idempotent insert, so a replayed row is never counted twice.
+    """
+
+    request_id = models.CharField(max_length=64, unique=True)
+    payload = models.TextField()
+    error = models.TextField()
+    first_failed_at = models.DateTimeField(auto_now_add=True)
+    last_failed_at = models.DateTimeField(auto_now=True)
+    failures = models.PositiveIntegerField(default=1)
+    replayed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-last_failed_at"]
+        indexes = [models.Index(fields=["replayed_at"], name="usage_deadletter_open")]
+
+    def __str__(self) -> str:
+        return f"{self.request_id}: {self.error[:60]}"
