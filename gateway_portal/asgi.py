@@ -24,8 +24,8 @@ from apps.proxy.app import app as proxy_app  # noqa: E402
 from apps.proxy.catalog import catalog  # noqa: E402
 from apps.proxy.health import board as health_board  # noqa: E402
 from apps.proxy.simulator.app import create_app as create_simulator  # noqa: E402
-from apps.usage.writer import UsageWriter  # noqa: E402
 from apps.quotas.engine import get_quota_engine  # noqa: E402
+from apps.usage.writer import UsageWriter  # noqa: E402
 
 logger = logging.getLogger("tollgate.asgi")
 simulator_app = create_simulator(prefix="/simulator") if settings.SIMULATOR_MOUNTED else None

@@ -11,12 +11,13 @@ import time
 import orjson
 from django.conf import settings
 
+from apps.usage.models import UsageRecord
+
 from . import calls
 from .auth import KeyInfo, authenticate
 from .catalog import ModelEntry, catalog
 from .errors import BadRequest, Forbidden, GatewayError, MethodNotAllowed, NotFound, PayloadTooLarge
 from .metadata import HEADER_NAMES, LOG_REQUEST_TAG, merge_tags, parse_metadata_header
-from apps.usage.models import UsageRecord
 from .providers.base import CHAT, COMPLETION, EMBEDDING, RERANK
 from .responses import send_json
 from .validation import validate_body

@@ -16,6 +16,8 @@ import orjson
 from django.conf import settings
 
 from apps.quotas.engine import Admission, get_quota_engine, subject_ids_for
+from apps.usage.buffer import get_usage_buffer
+from apps.usage.event import UsageEvent
 
 from . import metrics, upstream
 from .auth import KeyInfo
@@ -34,8 +36,6 @@ from .providers.registry import provider_for
 from .responses import send_json
 from .router import deployments_to_try
 from .tokens import estimate_input_tokens, estimate_text_tokens
-from apps.usage.buffer import get_usage_buffer
-from apps.usage.event import UsageEvent
 
 logger = logging.getLogger(__name__)
 

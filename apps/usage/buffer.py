@@ -33,8 +33,8 @@ from django.conf import settings
 from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 
-from apps.usage.event import UsageEvent
 from apps.quotas.counters import PerLoop, blocking_redis
+from apps.usage.event import UsageEvent
 
 logger = logging.getLogger(__name__)
 

@@ -23,7 +23,6 @@ from django.db import (
     transaction,
 )
 
-from apps.usage.models import UsageRecord
 from apps.usage.buffer import (
     BUFFER_ERRORS,
     MemoryBuffer,
@@ -32,6 +31,7 @@ from apps.usage.buffer import (
     usage_settings,
 )
 from apps.usage.event import UsageEvent
+from apps.usage.models import UsageRecord
 
 logger = logging.getLogger(__name__)
 

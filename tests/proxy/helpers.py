@@ -3,8 +3,8 @@
 import time
 from decimal import Decimal
 
-from apps.usage.models import UsageRecord
 from apps.proxy.services import model_catalog_apply
+from apps.usage.models import UsageRecord
 
 
 def declare_model(

@@ -8,9 +8,9 @@ import httpx
 import pytest
 
 from apps.proxy.health import CLOSED, HALF_OPEN, OPEN, HealthBoard, merge_stats
-from apps.usage.models import UsageRecord
 from apps.proxy.providers.base import DeploymentInfo
 from apps.proxy.services import model_catalog_apply
+from apps.usage.models import UsageRecord
 from tests import factories
 from tests.proxy.conftest import start_gateway, stop_gateway
 

@@ -11,10 +11,10 @@ import pytest
 
 from apps.proxy.catalog import ModelEntry
 from apps.proxy.health import HealthBoard
-from apps.usage.models import UsageRecord
 from apps.proxy.providers.base import DeploymentInfo
 from apps.proxy.router import order
 from apps.proxy.services import model_catalog_apply
+from apps.usage.models import UsageRecord
 from tests import factories
 from tests.proxy.conftest import start_gateway, stop_gateway
 

@@ -7,11 +7,11 @@ import pytest
 from asgiref.sync import async_to_sync
 
 from apps.accounts.constants import Role
-from apps.usage.models import UsageRecord
 from apps.quotas.engine import QuotaEngine, get_quota_engine
 from apps.quotas.models import QuotaConfigVersion
 from apps.quotas.rules import parse_config
 from apps.quotas.services import quota_config_apply
+from apps.usage.models import UsageRecord
 from tests import factories
 
 pytestmark = [pytest.mark.django_db, pytest.mark.embedded]

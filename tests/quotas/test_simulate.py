@@ -5,9 +5,9 @@ from decimal import Decimal
 
 import pytest
 
-from apps.usage.models import UsageRecord
 from apps.quotas.rules import parse_config
 from apps.quotas.simulate import SubjectDirectory, simulate, simulate_recent
+from apps.usage.models import UsageRecord
 
 pytestmark = pytest.mark.embedded
 

@@ -6,8 +6,8 @@ from decimal import Decimal
 
 import pytest
 
-from apps.usage.models import UsageRecord
 from apps.usage.event import UsageEvent
+from apps.usage.models import UsageRecord
 from tests.usage.helpers import make_event
 
 pytestmark = pytest.mark.embedded

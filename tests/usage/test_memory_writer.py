@@ -5,8 +5,8 @@ import os
 
 import pytest
 
-from apps.usage.models import UsageRecord
 from apps.usage.buffer import MemoryBuffer, SpoolFile
+from apps.usage.models import UsageRecord
 from apps.usage.writer import UsageWriter, drain_all_sync, insert_events
 from tests.usage.helpers import await_for, make_event
 

@@ -10,8 +10,8 @@ import pytest
 import redis
 from django.db import connection
 
-from apps.usage.models import UsageRecord
 from apps.usage.buffer import CONSUMER_GROUP, RedisStreamBuffer
+from apps.usage.models import UsageRecord
 from apps.usage.writer import UsageWriter
 from tests.usage.helpers import (
     ROOT,

@@ -6,8 +6,8 @@ import time
 import pytest
 import redis
 
-from apps.usage.models import UsageRecord
 from apps.usage.buffer import RedisStreamBuffer
+from apps.usage.models import UsageRecord
 from apps.usage.writer import UsageWriter
 from tests.usage.helpers import await_for, free_port, make_event
 
