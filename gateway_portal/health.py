@@ -1,7 +1,7 @@
 """Liveness and readiness probes, as JSON."""
 
 from django.conf import settings
-from django.db import connection
+from django.db import DatabaseError, connection
 from django.http import HttpRequest, JsonResponse
 
 
@@ -33,15 +33,34 @@ def _check_redis() -> str | None:
     return None
 
 
+def _check_usage() -> str | None:
+    """Rows the database refused are not an outage (the gateway keeps serving and writing
+    every other row), so they make the instance degraded, not unready."""
+    from apps.usage.selectors import usage_dead_letter_count
+
+    try:
+        count = usage_dead_letter_count()
+    except DatabaseError:
+        return None  # the database check already says so
+    if count:
+        return f"{count} row{'s' if count != 1 else ''} dead-lettered"
+    return None
+
+
 def readyz(request: HttpRequest) -> JsonResponse:
     checks = {"database": _check_database(), "redis": _check_redis()}
     problems = {name: reason for name, reason in checks.items() if reason}
+    degraded = _check_usage() if not problems.get("database") else None
+    checks["usage"] = degraded
+    status = "unavailable" if problems else ("degraded" if degraded else "ok")
     body = {
-        "status": "ok" if not problems else "unavailable",
+        "status": status,
         "checks": {name: (reason or "ok") for name, reason in checks.items()},
     }
     if not settings.REDIS_URL:
         body["checks"]["redis"] = "not configured (embedded mode)"
     if problems:
         body["reason"] = "; ".join(problems.values())
+    elif degraded:
+        body["reason"] = f"degraded: {degraded}"
     return JsonResponse(body, status=503 if problems else 200)

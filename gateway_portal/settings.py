@@ -120,12 +120,21 @@ CELERY_TASK_ALWAYS_EAGER = not CELERY_BROKER_URL
 CELERY_TASK_EAGER_PROPAGATES = True
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TIMEZONE = "UTC"
+# Every beat schedule, in this one block. Each task is idempotent, so overlaps are safe.
 CELERY_BEAT_SCHEDULE: dict = {
-    # Key lifecycle (apps/accounts/tasks.py); each task is idempotent, so overlaps are safe.
+    # Key lifecycle (apps/accounts/tasks.py).
     "accounts.rotate_due_keys": {"task": "accounts.rotate_due_keys", "schedule": 15 * 60.0},
     "accounts.retire_expired_keys": {"task": "accounts.retire_expired_keys", "schedule": 5 * 60.0},
     "accounts.warn_expiring_keys": {"task": "accounts.warn_expiring_keys", "schedule": 60 * 60.0},
+    # The one rollup of the usage ledger (apps/usage/tasks.py): billing's daily and monthly
+    # tables with this month's statements, and the dashboards' cube and histograms.
+    "usage.rollups_refresh": {
+        "task": "usage.rollups_refresh",
+        "schedule": env.float("USAGE_ROLLUP_INTERVAL_SECONDS", default=30 * 60.0),
+    },
 }
+# Complete days each rollup run re-rolls for the dashboards (late usage rows land within them).
+USAGE_ROLLUP_RECENT_DAYS = env.int("USAGE_ROLLUP_RECENT_DAYS", default=2)
 
 # --- Auth and portal -----------------------------------------------------------
 AUTH_PASSWORD_VALIDATORS = [
@@ -266,28 +275,7 @@ BILLING_CUSTOMER_TAG_KEY = env.str("BILLING_CUSTOMER_TAG_KEY", default="customer
 # Incremental exports only hand out rows inserted at least this long ago, so a row whose
 # writer transaction commits late cannot land behind a watermark already handed out.
 BILLING_EXPORT_SETTLE_SECONDS = env.int("BILLING_EXPORT_SETTLE_SECONDS", default=120)
-# Rollup runs are idempotent (delete and insert per period), so overlapping runs are safe;
-# both re-read recent periods to pick up late (spooled) usage rows.
-CELERY_BEAT_SCHEDULE.update(
-    {
-        "billing.usage_rollup_daily": {
-            "task": "billing.usage_rollup_daily",
-            "schedule": 30 * 60.0,
-        },
-        "billing.usage_rollup_monthly": {
-            "task": "billing.usage_rollup_monthly",
-            "schedule": 60 * 60.0,
-        },
-    }
-)
 
-# --- Dashboards -----------------------------------------------------------------------
-# Complete days the beat task re-rolls every run (late usage rows land within them).
-DASHBOARDS_ROLLUP_RECENT_DAYS = env.int("DASHBOARDS_ROLLUP_RECENT_DAYS", default=2)
-CELERY_BEAT_SCHEDULE["dashboards.rollup_recent_days"] = {
-    "task": "dashboards.rollup_recent_days",
-    "schedule": 30 * 60.0,
-}
 
 # --- Routing and health --------------------------------------------------------------
 # Smoothing of the latency EWMAs the `latency` strategy routes by (weight of a new sample).

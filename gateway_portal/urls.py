@@ -14,5 +14,6 @@ urlpatterns = [
     path("deployments/", include("apps.proxy.urls")),
     path("billing/", include("apps.billing.urls")),
     path("dashboards/", include("apps.dashboards.urls")),
+    path("usage/", include("apps.usage.urls")),
     path("", include("apps.accounts.urls")),
 ]

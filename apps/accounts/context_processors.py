@@ -14,7 +14,8 @@ NAV_ITEMS = [
     ("Users", "users", ADMIN_ONLY),
     ("Tags", "tags", EVERY_ROLE),
     ("Audit", "audit", ADMIN_ONLY),
-    ("Quotas", "quotas:rules", {Role.ADMIN, Role.FINANCE, Role.TEAM_ADMIN}),
+    ("Dead letters", "usage:dead_letters", ADMIN_ONLY),
+    ("Quotas", "quotas:rules", EVERY_ROLE),
     ("Billing", "billing:statements", {Role.ADMIN, Role.FINANCE}),
     ("Deployments", "proxy:deployments", {Role.ADMIN, Role.FINANCE}),
     ("Dashboards", "dashboards:overview", EVERY_ROLE),
@@ -31,6 +32,7 @@ NAV_SECTIONS = [
     ("user", "users"),
     ("tag", "tags"),
     ("audit", "audit"),
+    ("usage:", "usage:dead_letters"),
 ]
 
 

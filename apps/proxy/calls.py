@@ -308,7 +308,11 @@ async def _run_json(call: Call, send) -> None:
         raise UpstreamError(f"The upstream answered something that is not valid: {exc}") from exc
     health.attempt_succeeded(call, call.upstream_ms)
     call.status = 200
-    call.usage = provider.usage(call.kind, data) or _estimate_usage(call, data)
+    reported = provider.usage(call.kind, data)
+    if reported is None or reported.suspect:
+        call.usage = _estimate_usage(call, data, suspect=reported is not None)
+    else:
+        call.usage = reported
     if call.log_bodies:
         call.response_body = data
     body = orjson.dumps(data)
@@ -316,12 +320,15 @@ async def _run_json(call: Call, send) -> None:
     await send_json(send, 200, body, call.request_id, call.response_headers)
 
 
-def _estimate_usage(call: Call, data: dict) -> Usage:
+def _estimate_usage(call: Call, data: dict, *, suspect: bool = False) -> Usage:
+    """The gateway's own count, for an answer with no usage or with usage not believed."""
     output = 0
     for choice in data.get("choices") or []:
         message = choice.get("message") or {}
         output += estimate_text_tokens(message.get("content") or choice.get("text") or "")
-    return Usage(estimate_input_tokens(call.kind, call.body), output, 0, estimated=True)
+    return Usage(
+        estimate_input_tokens(call.kind, call.body), output, 0, estimated=True, suspect=suspect
+    )
 
 
 async def _watch_disconnect(receive, gone: asyncio.Event) -> None:
@@ -464,12 +471,13 @@ async def _run_stream(call: Call, receive, send) -> None:
         call.usage = translator.usage
     if getattr(translator, "error", None):
         call.error_type = "upstream_stream_error"
-    if call.usage is None:
+    if call.usage is None or call.usage.suspect:
         call.usage = Usage(
             estimate_input_tokens(call.kind, call.body),
             sum(estimate_text_tokens(text) for text in produced),
             0,
             estimated=True,
+            suspect=call.usage is not None,
         )
     if call.log_bodies:
         call.response_body = {"streamed_content": "".join(produced)}
@@ -581,6 +589,7 @@ async def _record(call: Call) -> None:
         output_tokens=usage.output_tokens,
         cached_tokens=usage.cached_tokens,
         tokens_estimated=usage.estimated,
+        usage_suspect=usage.suspect,
         cost_usd=call.cost_usd,
         latency_ms=round(latency_ms, 3),
         ttft_ms=round(call.ttft_ms, 3) if call.ttft_ms is not None else None,

@@ -63,9 +63,12 @@ class Batch:
 
     events: list[UsageEvent] = field(default_factory=list)
     handles: list[Any] = field(default_factory=list)
+    # Entries that are not events at all, as (payload text, reason): the writer dead-letters
+    # them, and they are acked with the batch (their handles are in `handles`).
+    unreadable: list[tuple[str, str]] = field(default_factory=list)
 
     def __len__(self) -> int:
-        return len(self.events)
+        return len(self.events) + len(self.unreadable)
 
 
 class UsageBuffer(Protocol):
@@ -488,12 +491,15 @@ class RedisStreamBuffer:
                 continue
             try:
                 event = UsageEvent.from_json(payload)
-            except (ValueError, TypeError, KeyError):
-                logger.error(
-                    "usage buffer: unreadable entry %s moved to %s:dead", entry_id, self.stream
+            except (ValueError, TypeError, KeyError) as exc:
+                logger.error("usage buffer: unreadable entry %s, to be dead-lettered", entry_id)
+                text = (
+                    payload.decode("utf-8", "replace")
+                    if isinstance(payload, bytes)
+                    else str(payload)
                 )
-                await client.xadd(f"{self.stream}:dead", {PAYLOAD_FIELD: payload})
-                drop.append(entry_id)
+                batch.unreadable.append((text, f"unreadable event: {exc}"))
+                batch.handles.append(entry_id)
                 continue
             batch.events.append(event)
             batch.handles.append(entry_id)

@@ -15,6 +15,7 @@ from typing import Any
 
 import orjson
 
+from apps.usage.capture import clamp_token_count, clean_json, clean_tags, clean_text
 from apps.usage.models import UsageRecord
 
 # The cost column is DecimalField(decimal_places=10); quantizing here keeps the buffered
@@ -49,6 +50,7 @@ class UsageEvent:
     output_tokens: int = 0
     cached_tokens: int = 0
     tokens_estimated: bool = False
+    usage_suspect: bool = False
     cost_usd: Decimal = Decimal(0)
     latency_ms: float = 0.0
     ttft_ms: float | None = None
@@ -92,27 +94,35 @@ class UsageEvent:
         return cls(**data)
 
     def to_record(self) -> UsageRecord:
-        """An unsaved row; the writer inserts these in bulk."""
+        """An unsaved, normalised row; the writer inserts these in bulk.
+
+        Normalising here (in the writer's thread) rather than on the request path keeps the
+        proxy fast, and also cleans events buffered before a fix was deployed.
+        """
+        input_tokens, bad_input = clamp_token_count(self.input_tokens)
+        output_tokens, bad_output = clamp_token_count(self.output_tokens)
+        cached_tokens, bad_cached = clamp_token_count(self.cached_tokens)
         return UsageRecord(
-            request_id=self.request_id,
+            request_id=clean_text(self.request_id, 64),
             created_at=self.created_at,
             api_key_id=self.api_key_id,
             key_lineage_id=uuid.UUID(self.key_lineage_id) if self.key_lineage_id else None,
             user_id=self.user_id,
             team_id=self.team_id,
             virtual_account_id=self.virtual_account_id,
-            end_user=self.end_user or "",
-            model=self.model,
-            deployment=self.deployment or "",
-            provider=self.provider or "",
-            request_type=self.request_type,
+            end_user=clean_text(self.end_user, 256),
+            model=clean_text(self.model, 200),
+            deployment=clean_text(self.deployment, 200),
+            provider=clean_text(self.provider, 20),
+            request_type=clean_text(self.request_type, 20),
             is_stream=self.is_stream,
             status_code=self.status_code,
-            error_type=self.error_type or "",
-            input_tokens=self.input_tokens,
-            output_tokens=self.output_tokens,
-            cached_tokens=self.cached_tokens,
+            error_type=clean_text(self.error_type, 64),
+            input_tokens=input_tokens,
+            output_tokens=output_tokens,
+            cached_tokens=cached_tokens,
             tokens_estimated=self.tokens_estimated,
+            usage_suspect=self.usage_suspect or bad_input or bad_output or bad_cached,
             cost_usd=self.cost_usd.quantize(COST_QUANTUM),
             latency_ms=self.latency_ms,
             ttft_ms=self.ttft_ms,
@@ -120,9 +130,9 @@ class UsageEvent:
             overhead_ms=self.overhead_ms,
             attempts=self.attempts,
             client_disconnected=self.client_disconnected,
-            tags=self.tags or {},
-            request_body=self.request_body,
-            response_body=self.response_body,
+            tags=clean_tags(self.tags),
+            request_body=clean_json(self.request_body),
+            response_body=clean_json(self.response_body),
         )
 
 

@@ -3,7 +3,14 @@
 One writer runs in each gateway process (started by the ASGI lifespan) and, optionally,
 standalone (`manage.py usage_writer`). Inserts are idempotent on `request_id`, so a batch
 replayed after a crash, a reclaim or a spool replay never counts twice. A batch is acked
-only after its transaction commits; on a database error it stays in the buffer.
+only after its transaction commits.
+
+Two kinds of failure are told apart, because they need opposite handling:
+- the database is down (OperationalError, InterfaceError, ...): the whole batch stays in
+  the buffer and is retried with backoff; nothing is dead-lettered;
+- the database is up but refuses a row (DataError, IntegrityError): the batch is bisected
+  until the refused rows are alone, those go to the dead-letter table
+  (`UsageDeadLetter`), and every other row is written. One bad row never blocks another.
 """
 
 from __future__ import annotations
@@ -12,16 +19,23 @@ import asyncio
 import contextlib
 import logging
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
+import orjson
 from django.db import (
     DEFAULT_DB_ALIAS,
     DatabaseError,
+    DataError,
+    IntegrityError,
     close_old_connections,
+    connection,
     connections,
     transaction,
 )
+from prometheus_client import Counter
 
 from apps.usage.buffer import (
     BUFFER_ERRORS,
@@ -35,11 +49,35 @@ from apps.usage.models import UsageRecord
 
 logger = logging.getLogger(__name__)
 
+# The database is up and answered, but refused these rows.
+ROW_ERRORS: tuple[type[DatabaseError], ...] = (DataError, IntegrityError)
+
+DEAD_LETTERED = Counter(
+    "tollgate_usage_dead_lettered",
+    "Usage rows the database refused, moved to the dead-letter table (shown at /usage/dead-letters/).",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class WriteResult:
+    inserted: int = 0
+    dead_lettered: int = 0
+
+    def __add__(self, other: WriteResult) -> WriteResult:
+        return WriteResult(self.inserted + other.inserted, self.dead_lettered + other.dead_lettered)
+
 
 def insert_events(events: list[UsageEvent]) -> int:
-    """Blocking: insert the events not yet in the table, in one transaction; rows inserted."""
+    """Blocking: insert the events not yet in the table, in one transaction; rows inserted.
+
+    Raises on any database error; `insert_events_isolating` is what the writer calls.
+    """
+    return _insert_records([(event, event.to_record()) for event in events])
+
+
+def _insert_records(pairs: list[tuple[UsageEvent, UsageRecord]]) -> int:
     # Duplicates inside one batch (a spooled copy of a streamed event) collapse here.
-    records = {event.request_id: event.to_record() for event in events}
+    records = {record.request_id: record for _, record in pairs}
     if not records:
         return 0
     with transaction.atomic():
@@ -49,9 +87,81 @@ def insert_events(events: list[UsageEvent]) -> int:
             )
         )
         new = [record for rid, record in records.items() if rid not in existing]
-        # ignore_conflicts still matters: another writer may commit the same ids meanwhile.
-        UsageRecord.objects.bulk_create(new, ignore_conflicts=True)
+        # Another writer may commit the same ids meanwhile, so conflicts on request_id are
+        # skipped. SQLite's INSERT OR IGNORE (Django's ignore_conflicts there) would also
+        # skip rows failing a CHECK and lose them silently; its ON CONFLICT on the one
+        # column skips only duplicates (the "update" rewrites request_id to itself).
+        if connection.vendor == "sqlite":
+            UsageRecord.objects.bulk_create(
+                new,
+                update_conflicts=True,
+                unique_fields=["request_id"],
+                update_fields=["request_id"],
+            )
+        else:
+            UsageRecord.objects.bulk_create(new, ignore_conflicts=True)
     return len(new)
+
+
+def insert_events_isolating(events: list[UsageEvent]) -> WriteResult:
+    """Blocking: insert `events`, dead-lettering only the rows the database refuses.
+
+    A refused batch is split in halves until each refused row is alone, so n rows with k
+    bad ones cost about k·log2(n) extra transactions and the good rows all go in. Errors that
+    mean the database is unavailable propagate unchanged (the batch is then retried whole).
+    """
+    pairs: list[tuple[UsageEvent, UsageRecord]] = []
+    result = WriteResult()
+    for event in events:
+        try:
+            pairs.append((event, event.to_record()))
+        except Exception as exc:  # a value no row can hold: only this event is affected
+            result += _dead_letter(event, exc)
+    return result + _insert_bisecting(pairs)
+
+
+def _insert_bisecting(pairs: list[tuple[UsageEvent, UsageRecord]]) -> WriteResult:
+    if not pairs:
+        return WriteResult()
+    try:
+        return WriteResult(inserted=_insert_records(pairs))
+    except ROW_ERRORS as exc:
+        if len(pairs) == 1:
+            return _dead_letter(pairs[0][0], exc)
+    middle = len(pairs) // 2
+    return _insert_bisecting(pairs[:middle]) + _insert_bisecting(pairs[middle:])
+
+
+def _dead_letter(event: UsageEvent, exc: BaseException) -> WriteResult:
+    from .services import usage_dead_letter_record
+
+    try:
+        payload = event.to_json().decode()
+    except (TypeError, ValueError, orjson.JSONEncodeError):
+        # A lone surrogate orjson refuses: keep what can be kept, escaped.
+        payload = repr(event)
+    usage_dead_letter_record(
+        request_id=str(event.request_id),
+        payload=payload,
+        error=f"{exc.__class__.__name__}: {exc}",
+    )
+    DEAD_LETTERED.inc()
+    return WriteResult(dead_lettered=1)
+
+
+def _dead_letter_unreadable(entries: list[tuple[str, str]]) -> None:
+    """Blocking: keep buffer entries that are not events, under a request id of their own."""
+    from .services import usage_dead_letter_record
+
+    for payload, reason in entries:
+        try:
+            request_id = str(orjson.loads(payload).get("request_id") or "")
+        except (orjson.JSONDecodeError, AttributeError):
+            request_id = ""
+        usage_dead_letter_record(
+            request_id=request_id or f"unreadable_{uuid.uuid4().hex}", payload=payload, error=reason
+        )
+        DEAD_LETTERED.inc()
 
 
 class UsageWriter:
@@ -145,6 +255,8 @@ class UsageWriter:
             if batch:
                 fetched += len(batch)
                 try:
+                    if batch.unreadable:
+                        await self._run_sync(_dead_letter_unreadable, batch.unreadable)
                     inserted += await self._insert(batch.events)
                 except DatabaseError:
                     await self.buffer.release(batch)
@@ -176,18 +288,22 @@ class UsageWriter:
         return fetched, inserted
 
     async def _insert(self, events: list[UsageEvent]) -> int:
+        """Rows inserted; refused rows are dead-lettered, a database outage raises."""
+        return await self._run_sync(self._insert_sync, events)
+
+    async def _run_sync(self, function: Any, *args: Any) -> Any:
         if self._executor is None:
             # One thread keeps one database connection instead of one per pooled thread.
             self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="usage-writer")
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self._insert_sync, events)
+        return await loop.run_in_executor(self._executor, function, *args)
 
     @staticmethod
     def _insert_sync(events: list[UsageEvent]) -> int:
         # Drops a connection broken by an earlier outage so this attempt reconnects.
         close_old_connections()
         try:
-            return insert_events(events)
+            return insert_events_isolating(events).inserted
         except DatabaseError:
             with contextlib.suppress(Exception):
                 connections[DEFAULT_DB_ALIAS].close()
@@ -221,7 +337,10 @@ class UsageWriter:
     def _note_db_error(self, exc: BaseException) -> None:
         if not self._db_down:
             self._db_down = True
-            logger.error("usage writer: database unavailable, rows kept pending: %r", exc)
+            logger.error(
+                "usage writer: database unavailable (not a row problem), rows kept pending: %r",
+                exc,
+            )
 
     def _note_db_ok(self) -> None:
         if self._db_down:

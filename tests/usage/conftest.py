@@ -25,7 +25,7 @@ def stream(redis_url) -> Iterator[str]:
     name = f"test:usage:{uuid.uuid4().hex[:10]}"
     yield name
     client = redis.Redis.from_url(redis_url)
-    client.delete(name, f"{name}:dead")
+    client.delete(name)
     client.close()
 
 

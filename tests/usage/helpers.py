@@ -15,7 +15,7 @@ from django.db import connection
 
 from apps.usage.event import UsageEvent
 
-ROOT = Path(__file__).resolve().parents[3]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def make_event(**overrides) -> UsageEvent:

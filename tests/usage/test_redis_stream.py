@@ -7,7 +7,7 @@ import pytest
 import redis
 
 from apps.usage.buffer import RedisStreamBuffer
-from apps.usage.models import UsageRecord
+from apps.usage.models import UsageDeadLetter, UsageRecord
 from apps.usage.writer import UsageWriter
 from tests.usage.helpers import await_for, free_port, make_event
 
@@ -104,7 +104,9 @@ async def test_poison_entry_is_set_aside_not_blocking(redis_url, stream, tmp_pat
     await buffer.put(make_event())
     writer = UsageWriter(buffer)
     assert await writer.drain_all() == 1
-    assert await client.xlen(f"{stream}:dead") == 1
+    letters = [letter async for letter in UsageDeadLetter.objects.all()]
+    assert [letter.payload for letter in letters] == ["{not json"]
+    assert letters[0].error.startswith("unreadable event")
     assert await buffer.pending_count() == 0
     await writer.close()
     await client.aclose()

@@ -13,6 +13,7 @@ from apps.proxy.providers.base import (
     UpstreamRequest,
     Usage,
 )
+from apps.usage.capture import sane_token_count
 
 DEFAULT_VERSION = "2023-06-01"
 DEFAULT_MAX_TOKENS = 4096
@@ -33,15 +34,21 @@ def _finish_reason(stop_reason: str | None) -> str:
     return FINISH_REASONS.get(stop_reason or "end_turn", "stop")
 
 
-def _usage(raw: dict) -> Usage:
+def _usage(raw: object) -> Usage:
     # OpenAI's prompt_tokens include cached tokens; Anthropic reports them apart.
-    cache_read = int(raw.get("cache_read_input_tokens") or 0)
-    cache_write = int(raw.get("cache_creation_input_tokens") or 0)
-    return Usage(
-        input_tokens=int(raw.get("input_tokens") or 0) + cache_read + cache_write,
-        output_tokens=int(raw.get("output_tokens") or 0),
-        cached_tokens=cache_read,
+    if not isinstance(raw, dict):
+        return Usage(suspect=True)
+    names = (
+        "input_tokens",
+        "output_tokens",
+        "cache_read_input_tokens",
+        "cache_creation_input_tokens",
     )
+    counts = [sane_token_count(raw.get(name) or 0) for name in names]
+    if None in counts:
+        return Usage(suspect=True)
+    fresh, output, cache_read, cache_write = counts
+    return Usage.from_counts(fresh + cache_read + cache_write, output, cache_read)  # type: ignore[operator]
 
 
 def _text_of(content: object, where: str) -> str:
@@ -269,10 +276,13 @@ class AnthropicStreamTranslator(StreamTranslator):
             if raw:
                 usage = self.usage or Usage()
                 if raw.get("output_tokens") is not None:
-                    usage.output_tokens = int(raw["output_tokens"])
+                    output = sane_token_count(raw["output_tokens"])
+                    usage.suspect = usage.suspect or output is None
+                    usage.output_tokens = output or 0
                 if raw.get("input_tokens") is not None:
                     # Newer API versions repeat the (cumulative) input counts here.
                     fresh = _usage(raw)
+                    usage.suspect = usage.suspect or fresh.suspect
                     usage.input_tokens, usage.cached_tokens = (
                         fresh.input_tokens,
                         fresh.cached_tokens,

@@ -8,6 +8,8 @@ proxy's upstream client sends what `build` returns.
 from dataclasses import dataclass, field
 from decimal import Decimal
 
+from apps.usage.capture import sane_token_count
+
 # Request kinds the proxy serves.
 CHAT = "chat"
 COMPLETION = "completion"
@@ -51,21 +53,37 @@ class UpstreamRequest:
 
 @dataclass
 class Usage:
-    """Token counts as OpenAI reports them: `input_tokens` includes the cached ones."""
+    """Token counts as OpenAI reports them: `input_tokens` includes the cached ones.
+
+    `suspect` marks counts an upstream reported that are not believable (negative, not
+    whole numbers, beyond `MAX_TOKENS_PER_REQUEST`): the proxy then bills its own estimate
+    instead, and the row is flagged so finance can see it.
+    """
 
     input_tokens: int = 0
     output_tokens: int = 0
     cached_tokens: int = 0
     estimated: bool = False
+    suspect: bool = False
 
     @classmethod
-    def from_openai(cls, raw: dict) -> "Usage":
+    def from_counts(cls, *counts: object) -> "Usage":
+        """Usage from raw (input, output, cached) values; None counts as 0."""
+        sane = [0 if value is None else sane_token_count(value) for value in counts]
+        if None in sane:
+            return cls(suspect=True)
+        return cls(*sane)  # type: ignore[arg-type]
+
+    @classmethod
+    def from_openai(cls, raw: object) -> "Usage":
         """Counts from an OpenAI `usage` object (`input_tokens`/`output_tokens` as fallbacks)."""
-        details = raw.get("prompt_tokens_details") or {}
-        return cls(
-            input_tokens=int(raw.get("prompt_tokens") or raw.get("input_tokens") or 0),
-            output_tokens=int(raw.get("completion_tokens") or raw.get("output_tokens") or 0),
-            cached_tokens=int(details.get("cached_tokens") or 0),
+        if not isinstance(raw, dict):
+            return cls(suspect=True)
+        details = raw.get("prompt_tokens_details")
+        return cls.from_counts(
+            raw.get("prompt_tokens") or raw.get("input_tokens"),
+            raw.get("completion_tokens") or raw.get("output_tokens"),
+            details.get("cached_tokens") if isinstance(details, dict) else None,
         )
 
     def to_openai(self) -> dict:
