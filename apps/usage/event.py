@@ -82,7 +82,14 @@ class UsageEvent:
 
     @classmethod
     def from_json(cls, raw: bytes | str) -> UsageEvent:
-        data = json.loads(raw)
+        try:
+            data = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            # orjson refuses what json accepts at the edges (integers beyond 64 bits, NaN);
+            # such an event is still read, and normalised like any other.
+            data = json.loads(raw)
+        if not isinstance(data, dict):
+            raise ValueError("a usage event is a JSON object")
         # Ignore keys this version does not know, so a rolling upgrade that adds a field
         # does not strand events written by the newer code.
         data = {k: v for k, v in data.items() if k in _FIELD_SET}
@@ -93,47 +100,51 @@ class UsageEvent:
         data["cost_usd"] = Decimal(data.get("cost_usd") or "0")
         return cls(**data)
 
-    def to_record(self) -> UsageRecord:
-        """An unsaved, normalised row; the writer inserts these in bulk.
+    def to_row(self) -> dict[str, Any]:
+        """The row's column values, normalised (see `apps.usage.capture`).
 
-        Normalising here (in the writer's thread) rather than on the request path keeps the
+        Normalising here, in the writer's thread, rather than on the request path keeps the
         proxy fast, and also cleans events buffered before a fix was deployed.
         """
         input_tokens, bad_input = clamp_token_count(self.input_tokens)
         output_tokens, bad_output = clamp_token_count(self.output_tokens)
         cached_tokens, bad_cached = clamp_token_count(self.cached_tokens)
-        return UsageRecord(
-            request_id=clean_text(self.request_id, 64),
-            created_at=self.created_at,
-            api_key_id=self.api_key_id,
-            key_lineage_id=uuid.UUID(self.key_lineage_id) if self.key_lineage_id else None,
-            user_id=self.user_id,
-            team_id=self.team_id,
-            virtual_account_id=self.virtual_account_id,
-            end_user=clean_text(self.end_user, 256),
-            model=clean_text(self.model, 200),
-            deployment=clean_text(self.deployment, 200),
-            provider=clean_text(self.provider, 20),
-            request_type=clean_text(self.request_type, 20),
-            is_stream=self.is_stream,
-            status_code=self.status_code,
-            error_type=clean_text(self.error_type, 64),
-            input_tokens=input_tokens,
-            output_tokens=output_tokens,
-            cached_tokens=cached_tokens,
-            tokens_estimated=self.tokens_estimated,
-            usage_suspect=self.usage_suspect or bad_input or bad_output or bad_cached,
-            cost_usd=self.cost_usd.quantize(COST_QUANTUM),
-            latency_ms=self.latency_ms,
-            ttft_ms=self.ttft_ms,
-            upstream_latency_ms=self.upstream_latency_ms,
-            overhead_ms=self.overhead_ms,
-            attempts=self.attempts,
-            client_disconnected=self.client_disconnected,
-            tags=clean_tags(self.tags),
-            request_body=clean_json(self.request_body),
-            response_body=clean_json(self.response_body),
-        )
+        return {
+            "request_id": clean_text(self.request_id, 64),
+            "created_at": self.created_at,
+            "api_key_id": self.api_key_id,
+            "key_lineage_id": uuid.UUID(self.key_lineage_id) if self.key_lineage_id else None,
+            "user_id": self.user_id,
+            "team_id": self.team_id,
+            "virtual_account_id": self.virtual_account_id,
+            "end_user": clean_text(self.end_user, 256),
+            "model": clean_text(self.model, 200),
+            "deployment": clean_text(self.deployment, 200),
+            "provider": clean_text(self.provider, 20),
+            "request_type": clean_text(self.request_type, 20),
+            "is_stream": bool(self.is_stream),
+            "status_code": self.status_code,
+            "error_type": clean_text(self.error_type, 64),
+            "input_tokens": input_tokens,
+            "output_tokens": output_tokens,
+            "cached_tokens": cached_tokens,
+            "tokens_estimated": bool(self.tokens_estimated),
+            "usage_suspect": bool(self.usage_suspect or bad_input or bad_output or bad_cached),
+            "cost_usd": self.cost_usd.quantize(COST_QUANTUM),
+            "latency_ms": self.latency_ms,
+            "ttft_ms": self.ttft_ms,
+            "upstream_latency_ms": self.upstream_latency_ms,
+            "overhead_ms": self.overhead_ms,
+            "attempts": self.attempts,
+            "client_disconnected": bool(self.client_disconnected),
+            "tags": clean_tags(self.tags),
+            "request_body": clean_json(self.request_body),
+            "response_body": clean_json(self.response_body),
+        }
+
+    def to_record(self) -> UsageRecord:
+        """An unsaved, normalised row."""
+        return UsageRecord(**self.to_row())
 
 
 _FIELD_NAMES = tuple(f.name for f in fields(UsageEvent))

@@ -1,5 +1,6 @@
 """UsageEvent survives JSON exactly and maps onto an unsaved UsageRecord."""
 
+import dataclasses
 import uuid
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
@@ -52,3 +53,14 @@ def test_to_record_builds_an_unsaved_row():
     # Rounded to the column's 10 places the same way the database would.
     assert record.cost_usd == Decimal("0.0000000000")
     assert record.tags == {"feature": "search"}
+
+
+def test_event_and_row_have_the_same_fields():
+    """The usage schema is written once: the event carries every column the row stores
+    (but the id and the insert time, which the database assigns) and nothing else."""
+    event_fields = {f.name for f in dataclasses.fields(UsageEvent)}
+    row_fields = {
+        f.name for f in UsageRecord._meta.concrete_fields if f.name not in {"id", "inserted_at"}
+    }
+    assert event_fields == row_fields
+    assert set(make_event().to_row()) == row_fields
