@@ -38,7 +38,9 @@ class UsageRecord(models.Model):
     output_tokens = models.PositiveIntegerField(default=0)
     cached_tokens = models.PositiveIntegerField(default=0)
     tokens_estimated = models.BooleanField(default=False)
-    usage_suspect = models.BooleanField(default=False)
+    # A database default too: rows written by a writer that predates the column (a rolling
+    # upgrade) or by COPY (`generate_usage`) still insert.
+    usage_suspect = models.BooleanField(default=False, db_default=False)
     cost_usd = models.DecimalField(max_digits=18, decimal_places=10, default=0)
     latency_ms = models.FloatField(default=0)
     ttft_ms = models.FloatField(null=True)
