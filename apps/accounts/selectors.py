@@ -340,14 +340,14 @@ def tag_keys_recent(*, usage: QuerySet) -> set[str]:
 
 def tag_glossary(*, identity: PortalIdentity) -> list[GlossaryEntry]:
     """Defined tag keys plus keys seen in the caller's recent usage, alphabetically."""
+    # Local: apps.usage builds on this module.
     from apps.usage.models import UsageRecord
+    from apps.usage.scope import usage_scope_for
 
     definitions = {
         d.key: d for d in TagDefinition.objects.select_related("owner_team", "owner_user")
     }
-    usage = UsageRecord.objects.all()
-    if not identity.is_org_wide:
-        usage = usage.filter(team_id__in=identity.team_ids)
+    usage = usage_scope_for(identity).filter(UsageRecord.objects.all())
     seen = tag_keys_recent(usage=usage)
     entries = []
     for key in sorted(set(definitions) | seen):

@@ -1,7 +1,8 @@
 """/api/usage: usage export (grouped metrics or raw rows) and the chargeback CSV.
 
-Auth: a portal session of an admin or finance user (every team), a team admin (their teams),
-or an API key with the `usage:read` scope (the key's team). Developers get 403.
+Auth: a portal session or an API key with the `usage:read` scope (acting for its owner). What
+each caller reads is `apps.usage.scope`'s rule, the same as the dashboards': admin and finance
+everything, team admins their teams plus their own rows, developers their own rows.
 """
 
 from __future__ import annotations
@@ -19,8 +20,9 @@ from ninja.errors import HttpError
 from apps.accounts.api_auth import session_or_key_auth
 from apps.accounts.models import ApiKey
 from apps.accounts.selectors import portal_identity
+from apps.usage.scope import UsageScope, usage_scope_for, usage_scope_for_key
 
-from .constants import COST_DECIMALS, CURRENCY, EXPORT_SCHEMA_VERSION, USAGE_READ_SCOPE
+from .constants import COST_DECIMALS, CURRENCY, EXPORT_SCHEMA_VERSION
 from .exceptions import UsageQueryError
 from .exports import (
     chargeback_csv,
@@ -37,7 +39,6 @@ from .selectors.insights import billing_insights
 from .selectors.usage import (
     MAX_PAGE,
     RowCursor,
-    UsageScope,
     usage_grouped,
     usage_rows_page,
 )
@@ -123,18 +124,18 @@ class UsageOut(Schema):
     watermark: str | None = Field(None, description="rows mode: settle horizon of this page")
 
 
-def usage_scope_for(request: HttpRequest) -> UsageScope:
+def _scope(request: HttpRequest) -> UsageScope:
     caller = request.auth
-    if isinstance(caller, ApiKey):
-        if USAGE_READ_SCOPE not in (caller.scopes or []):
-            raise HttpError(403, f"This API key lacks the {USAGE_READ_SCOPE} scope.")
-        return UsageScope(frozenset({caller.team_id}))
-    identity = portal_identity(user=caller)
-    if identity.is_org_wide:
-        return UsageScope(None)
-    if identity.admin_team_ids:
-        return UsageScope(identity.admin_team_ids)
-    raise HttpError(403, "Usage export needs the admin, finance or team admin role.")
+    try:
+        if isinstance(caller, ApiKey):
+            scope = usage_scope_for_key(caller)
+        else:
+            scope = usage_scope_for(portal_identity(user=caller))
+    except PermissionError as error:
+        raise HttpError(403, str(error)) from error
+    if scope.is_empty:
+        raise HttpError(403, "Usage export needs a portal role.")
+    return scope
 
 
 @contextmanager
@@ -152,7 +153,7 @@ def _http_errors() -> Iterator[None]:
     "", response=UsageOut, auth=session_or_key_auth, summary="Usage export", description=SCHEMA_DOC
 )
 def usage(request: HttpRequest, params: Query[UsageParams]):
-    scope = usage_scope_for(request)
+    scope = _scope(request)
     rows_mode = params.mode == "rows"
     with _http_errors():
         query = parse_usage_query(request.GET, require_start=not rows_mode)
@@ -213,7 +214,7 @@ def _rows(scope: UsageScope, query: UsageQuery, params: UsageParams):
     ),
 )
 def chargeback(request: HttpRequest, params: Query[ChargebackParams]):
-    scope = usage_scope_for(request)
+    scope = _scope(request)
     with _http_errors():
         query = parse_chargeback_query(request.GET)
         filename = f"chargeback_{query.start:%Y%m%d}_{query.end:%Y%m%d}.csv"

@@ -16,7 +16,5 @@ CENT = Decimal("0.01")
 COST_DECIMALS = 6
 COST_QUANTUM = Decimal(1).scaleb(-COST_DECIMALS)
 EXPORT_SCHEMA_VERSION = "1"
-# An API key needs this scope to read its team's usage through /api/usage.
-USAGE_READ_SCOPE = "usage:read"
 # The tag whose values the insights page compares models for (a rollup tag key).
 FEATURE_TAG_KEY = "feature"

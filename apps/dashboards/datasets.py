@@ -11,8 +11,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
 
+from apps.usage.scope import UsageScope
+
 from . import selectors
-from .filters import DashboardFilters, DashboardScope
+from .filters import DashboardFilters
 from .selectors import PercentilePoint, UsagePoint
 
 RANK_METRICS = ("cost_usd", "tokens", "requests", "cost_per_request")
@@ -37,20 +39,18 @@ def _labelled(dimension: str | None, points: list) -> list:
     return selectors.relabel(points, labels)
 
 
-def trend(
-    scope: DashboardScope, filters: DashboardFilters, options: PageOptions
-) -> list[UsagePoint]:
+def trend(scope: UsageScope, filters: DashboardFilters, options: PageOptions) -> list[UsagePoint]:
     return selectors.usage_points(scope=scope, filters=filters, bucket=filters.granularity)
 
 
 def latency_trend(
-    scope: DashboardScope, filters: DashboardFilters, options: PageOptions
+    scope: UsageScope, filters: DashboardFilters, options: PageOptions
 ) -> list[PercentilePoint]:
     return selectors.percentile_points(scope=scope, filters=filters, bucket=filters.granularity)
 
 
 def cost_breakdown(
-    scope: DashboardScope, filters: DashboardFilters, options: PageOptions
+    scope: UsageScope, filters: DashboardFilters, options: PageOptions
 ) -> list[UsagePoint]:
     points = selectors.usage_points(
         scope=scope, filters=filters, dimension=options.group, bucket=filters.granularity
@@ -138,7 +138,7 @@ def tag_drill_models(scope, filters, options) -> list[UsagePoint]:
     return selectors.totals_by_group(points)
 
 
-Dataset = Callable[[DashboardScope, DashboardFilters, PageOptions], list]
+Dataset = Callable[[UsageScope, DashboardFilters, PageOptions], list]
 DATASETS: dict[str, Dataset] = {
     "trend": trend,
     "latency_trend": latency_trend,
@@ -170,7 +170,7 @@ def _total(points: list[UsagePoint]) -> UsagePoint:
 
 
 def overview_kpis(
-    scope: DashboardScope, filters: DashboardFilters, *, today: dt.date, period: list[UsagePoint]
+    scope: UsageScope, filters: DashboardFilters, *, today: dt.date, period: list[UsagePoint]
 ) -> Kpis:
     """Today and month to date (the other filters still apply), and the selected period."""
 

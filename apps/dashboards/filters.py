@@ -1,7 +1,7 @@
-"""The dashboard filters and the caller's scope: plain values that every selector takes.
+"""The dashboard filters: plain values that every selector takes, with the caller's scope.
 
-Both are parsed once per request (filters by `forms.FilterForm`, scope from the portal
-identity) so selectors, charts and CSV exports all see the same rows.
+Both are resolved once per request (filters by `forms.FilterForm`, the scope by
+`apps.usage.scope.usage_scope_for`) so selectors, charts and CSV exports see the same rows.
 """
 
 from __future__ import annotations
@@ -10,9 +10,6 @@ import datetime as dt
 import re
 from dataclasses import dataclass
 
-from apps.accounts.constants import Role
-from apps.accounts.selectors import PortalIdentity
-
 TAG_KEY_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:-]{0,63}$")
 # Ranges up to this many days are bucketed by hour, longer ones by day.
 HOURLY_MAX_DAYS = 2
@@ -20,29 +17,6 @@ DEFAULT_DAYS = 30
 MAX_DAYS = 400
 # Breakdown dimensions that are columns; `tag:<key>` adds any tag key.
 COLUMN_DIMENSIONS = ("team", "virtual_account", "user", "model", "provider", "error_type")
-
-
-@dataclass(frozen=True)
-class DashboardScope:
-    """Whose usage the caller may read.
-
-    `everything` for admin and finance; otherwise rows of `team_ids` plus rows of `user_id`
-    (a team admin's own usage in other teams stays visible to them).
-    """
-
-    everything: bool = False
-    team_ids: frozenset[int] = frozenset()
-    user_id: int | None = None
-
-
-def dashboard_scope(*, identity: PortalIdentity) -> DashboardScope:
-    if identity.is_org_wide:
-        return DashboardScope(everything=True)
-    if identity.role == Role.TEAM_ADMIN:
-        return DashboardScope(team_ids=identity.admin_team_ids, user_id=identity.user_id)
-    if identity.role == Role.DEVELOPER:
-        return DashboardScope(user_id=identity.user_id)
-    return DashboardScope()
 
 
 @dataclass(frozen=True)

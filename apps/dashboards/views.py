@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 
+from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest, HttpResponse, QueryDict
 from django.shortcuts import render
 from django.urls import reverse
@@ -13,9 +14,10 @@ from django.utils import timezone
 
 from apps.accounts.permissions import EVERY_ROLE, portal_view
 from apps.accounts.selectors import PortalIdentity
+from apps.usage.scope import UsageScope, usage_scope_for
 
 from . import charts, datasets, exports, selectors
-from .filters import DashboardFilters, DashboardScope, dashboard_scope
+from .filters import DashboardFilters
 from .forms import FILTER_PARAMS, FilterForm
 
 PAGES = [
@@ -42,7 +44,7 @@ class Figure:
 
 @dataclass(frozen=True)
 class Context:
-    scope: DashboardScope
+    scope: UsageScope
     filters: DashboardFilters
     options: datasets.PageOptions
     form: FilterForm
@@ -56,7 +58,11 @@ def _today() -> dt.date:
 def _resolve(
     request: HttpRequest, identity: PortalIdentity, *, default_group: str = "team"
 ) -> Context:
-    scope = dashboard_scope(identity=identity)
+    scope = usage_scope_for(identity)
+    team = request.GET.get("team", "")
+    if team.isdigit() and not scope.may_read_team(int(team)):
+        # As /api/usage: a team outside the scope is refused, not silently dropped.
+        raise PermissionDenied("You may only filter on teams you administer.")
     form = FilterForm(request.GET or None, teams=selectors.teams_for_filter(scope=scope))
     if form.is_bound:
         form.is_valid()
@@ -103,6 +109,8 @@ def _render(
             "filter_query": _query(request, only=FILTER_PARAMS),
             "model_choices": selectors.model_names(scope=ctx.scope, filters=ctx.filters),
             "tag_keys": selectors.tag_keys_in_use(scope=ctx.scope),
+            # Tables name the empty group as the charts do (`charts.label`).
+            "none_label": selectors.NONE_LABEL,
             **extra,
         },
     )

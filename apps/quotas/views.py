@@ -6,7 +6,7 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_POST
 
-from apps.accounts.constants import Role
+from apps.accounts.permissions import EVERY_ROLE
 from apps.accounts.selectors import portal_identity
 
 from .exceptions import QuotaConfigVersionNotFound
@@ -16,7 +16,8 @@ from .selectors import active_quota_config_version, quota_config_versions, quota
 from .services import quota_config_apply, quota_config_rollback
 from .simulate import simulate_recent
 
-VIEWER_ROLES = {Role.ADMIN, Role.FINANCE, Role.TEAM_ADMIN}
+# Every role: what each sees is its usage scope (a developer: the rules covering them).
+VIEWER_ROLES = EVERY_ROLE
 HISTORY_LENGTH = 50
 
 

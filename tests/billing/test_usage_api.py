@@ -9,6 +9,7 @@ import pytest
 
 from apps.accounts.constants import Role
 from tests import factories
+from tests.billing.conftest import DAY
 from tests.billing.helpers import add_usage, usage_row
 
 pytestmark = pytest.mark.django_db
@@ -98,30 +99,46 @@ def test_bad_parameters_are_400(client, finance_user, params, message):
 
 
 def test_tenant_isolation(client, billing_usage, team, other_team, user, team_admin):
-    # Anonymous: 401. Developer session: 403.
+    # Anonymous: 401. A developer reads their own rows (alice made all of frontend's), and
+    # may not filter on a team, not even their own.
     assert get(client).status_code == 401
+    colleague = factories.make_user("carl", team=team)
+    add_usage([usage_row(team_id=team.pk, user_id=colleague.pk, created_at=DAY)])
     client.force_login(user)
-    assert get(client).status_code == 403
-    # A team admin sees only their team, and may not ask for another.
+    rows = get(client, group_by="team,user").json()["data"]
+    assert [(r["team"], r["user"], r["requests"]) for r in rows] == [("frontend", "alice", 10)]
+    assert get(client, team="frontend").status_code == 403
+    assert get(client, user="carl").status_code == 403
+    assert get(client, user="alice").json()["data"][0]["requests"] == 10
+    # A team admin sees their team (carl included), and may not ask for another.
     client.force_login(team_admin)
     rows = get(client, group_by="team").json()["data"]
-    assert [r["team"] for r in rows] == ["frontend"]
+    assert [(r["team"], r["requests"]) for r in rows] == [("frontend", 11)]
     assert get(client, team="backend").status_code == 403
+    assert get(client, user="carl").json()["data"][0]["requests"] == 1
     client.logout()
 
-    # An API key with usage:read reads its own team only; without the scope: 403.
+    # An API key with usage:read reads what its owner reads; without the scope: 403.
     _, secret = factories.make_key(user=user, scopes=["usage:read"])
     auth = {"HTTP_AUTHORIZATION": f"Bearer {secret}"}
     rows = client.get(URL, {**RANGE, "group_by": "team"}, **auth).json()["data"]
-    assert [r["team"] for r in rows] == ["frontend"]
+    assert [(r["team"], r["requests"]) for r in rows] == [("frontend", 10)]
     assert client.get(URL, {**RANGE, "team": str(other_team.pk)}, **auth).status_code == 403
     rows = client.get(URL, {"mode": "rows", "limit": 100}, **auth).json()["data"]
-    assert {r["team_id"] for r in rows} == {team.pk}
+    assert {r["user_id"] for r in rows} == {user.pk}
     _, plain = factories.make_key(user=user)
     assert client.get(URL, RANGE, HTTP_AUTHORIZATION=f"Bearer {plain}").status_code == 403
     response = client.get("/api/usage/chargeback.csv", RANGE, **auth)
     body = b"".join(response.streaming_content).decode()
     assert "backend" not in body and "frontend" in body
+
+    # A virtual account's key reads that account's rows.
+    bot = factories.make_virtual_account(team, name="bot")
+    add_usage([usage_row(team_id=team.pk, virtual_account_id=bot.pk, created_at=DAY)])
+    _, bot_secret = factories.make_key(virtual_account=bot, scopes=["usage:read"])
+    bot_auth = {"HTTP_AUTHORIZATION": f"Bearer {bot_secret}"}
+    rows = client.get(URL, {**RANGE, "group_by": "virtual_account"}, **bot_auth).json()["data"]
+    assert [(r["virtual_account"], r["requests"]) for r in rows] == [("bot", 1)]
 
 
 def test_raw_rows_cursor_pagination_is_exactly_once(client, finance_user, billing_usage, team):
@@ -183,7 +200,21 @@ def test_streamed_exports_refuse_another_team_before_streaming(
     assert get(client, url, team="backend", **params).status_code == 403
 
 
-def test_developer_role_matrix(client, team):
-    developer = factories.make_user("dev", team=team, role=Role.DEVELOPER)
-    client.force_login(developer)
-    assert client.get("/api/usage/chargeback.csv").status_code == 403
+def test_developer_chargeback_holds_only_their_rows(client, billing_usage, team, user):
+    stranger = factories.make_user("dev", team=team, role=Role.DEVELOPER)
+    client.force_login(stranger)
+    assert _labels(get(client, "/api/usage/chargeback.csv")) == ["TOTAL"]
+    client.force_login(user)
+    assert _labels(get(client, "/api/usage/chargeback.csv")) == ["frontend", "TOTAL"]
+
+
+def _labels(response) -> list[str]:
+    assert response.status_code == 200
+    table = list(csv.reader(io.StringIO(b"".join(response.streaming_content).decode())))
+    return [row[0] for row in table[1:]]
+
+
+def test_a_user_without_a_role_gets_403(client, billing_usage):
+    client.force_login(factories.make_user("nobody"))
+    assert get(client).status_code == 403
+    assert get(client, "/api/usage/chargeback.csv").status_code == 403

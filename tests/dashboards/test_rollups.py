@@ -14,17 +14,18 @@ from django.utils import timezone
 
 from apps.accounts.selectors import portal_identity
 from apps.dashboards import histograms, selectors
-from apps.dashboards.filters import DashboardFilters, DashboardScope, dashboard_scope
+from apps.dashboards.filters import DashboardFilters
 from apps.dashboards.models import LatencyHistogramDaily, TagUsageDaily, UsageCubeDaily
 from apps.dashboards.services import dashboard_rollup_day, dashboard_rollup_days, usage_generate
 from apps.usage.models import UsageRecord
+from apps.usage.scope import UsageScope, usage_scope_for
 from tests import factories
 
 from .conftest import DAY1, DAY2, at, usage
 
 pytestmark = [pytest.mark.embedded, pytest.mark.django_db]
 
-EVERYTHING = DashboardScope(everything=True)
+EVERYTHING = UsageScope(everything=True)
 DAYS = 6
 BREAKDOWNS = [None, "team", "user", "virtual_account", "model", "provider", "error_type"]
 
@@ -153,7 +154,7 @@ def test_histogram_percentiles_keep_each_roles_scope(world, username, successes)
         latency_ms=700,
     )
     three_days = DashboardFilters(start=DAY1, end=DAY2 + dt.timedelta(days=1))
-    scope = dashboard_scope(identity=portal_identity(user=world[username]))
+    scope = usage_scope_for(portal_identity(user=world[username]))
     [exact] = selectors.percentile_points(scope=scope, filters=three_days)
     dashboard_rollup_days(start=DAY1, end=DAY2 + dt.timedelta(days=1))
     assert LatencyHistogramDaily.objects.exists()

@@ -8,16 +8,17 @@ import pytest
 from apps.accounts.selectors import portal_identity
 from apps.billing.services.rollups import usage_rollup_day
 from apps.dashboards import selectors
-from apps.dashboards.filters import DashboardFilters, DashboardScope, dashboard_scope
+from apps.dashboards.filters import DashboardFilters
 from apps.dashboards.selectors.rows import day_runs
 from apps.dashboards.services import dashboard_rollup_day
 from apps.usage.models import UsageRecord
+from apps.usage.scope import UsageScope, usage_scope_for
 
 from .conftest import DAY1, DAY2, EVIL, at
 
 pytestmark = [pytest.mark.embedded, pytest.mark.django_db]
 
-EVERYTHING = DashboardScope(everything=True)
+EVERYTHING = UsageScope(everything=True)
 RANGE = DashboardFilters(start=DAY1, end=DAY2)
 
 
@@ -118,7 +119,7 @@ def test_top_n_folds_the_rest_into_other(world):
     ],
 )
 def test_scope_by_role(world, username, requests, successes, cost):
-    scope = dashboard_scope(identity=portal_identity(user=world[username]))
+    scope = usage_scope_for(portal_identity(user=world[username]))
     point = total(selectors.usage_points(scope=scope, filters=RANGE))
     assert (point.requests, point.cost_usd) == (requests, cost)
     [pct] = selectors.percentile_points(scope=scope, filters=RANGE)
@@ -145,7 +146,7 @@ def test_daily_rollups_serve_whole_past_days(world):
     by_provider = selectors.usage_points(scope=EVERYTHING, filters=RANGE, dimension="provider")
     assert {p.group: p.requests for p in by_provider} == {"openai": 6, "anthropic": 2}
     # Tag breakdowns: billing's rollup, which keeps the rollup tag keys.
-    alice = dashboard_scope(identity=portal_identity(user=world["alice"]))
+    alice = usage_scope_for(portal_identity(user=world["alice"]))
     by_customer = {
         p.group: p.requests
         for p in selectors.usage_points(scope=alice, filters=RANGE, dimension="tag:customer_id")

@@ -129,11 +129,26 @@ def test_team_admin_sees_only_their_teams_subjects(client, people, suffix):
     assert client.get("/quotas/edit/").status_code == 403
 
 
-def test_developer_gets_403(client, people, suffix):
-    quota_config_apply(yaml_text=config_text(suffix))
+def test_developer_sees_only_rules_covering_themselves(client, people, suffix):
+    text = config_text(suffix) + (
+        f"  - id: dev-own-{suffix}\n    when: {{subjects: ['user:dev']}}\n"
+        "    limit_to: 100\n    unit: requests_per_day\n"
+    )
+    quota_config_apply(yaml_text=text)
     client.force_login(people["developer"])
-    assert client.get("/quotas/").status_code == 403
+    response = client.get("/quotas/")
+    assert response.status_code == 200
+    page = response.content.decode()
+    assert f"dev-own-{suffix}" in page and "dev: 0 / 100 requests today" in page
+    # Team rules show the team's counter: not the developer's to see.
+    assert f"frontend-daily-{suffix}" not in page and "frontend:" not in page
+    assert 'href="/quotas/edit/"' not in page
     assert client.get("/quotas/edit/").status_code == 403
+
+
+def test_a_user_without_a_role_gets_403(client):
+    client.force_login(factories.make_user("nobody"))
+    assert client.get("/quotas/").status_code == 403
 
 
 def test_anonymous_is_sent_to_login(client):

@@ -1,6 +1,6 @@
 """Usage reads for the export API and chargebacks: grouped metrics and raw rows.
 
-Every read takes a `UsageScope` (the caller's tenancy) explicitly. Grouping runs in the
+Every read takes the caller's `apps.usage.scope.UsageScope` explicitly. Grouping runs in the
 database on PostgreSQL (one GROUP BY; `tags->>'key'` for tag dimensions; `percentile_cont`
 for latency percentiles). SQLite (embedded mode) groups in Python: it has no
 percentile_cont and sums decimals as floats.
@@ -29,6 +29,7 @@ from apps.accounts.models import Team, VirtualAccount
 from apps.billing.exceptions import UsageQueryError
 from apps.billing.usage_query import Dim, UsageQuery
 from apps.usage.models import UsageRecord
+from apps.usage.scope import UsageScope
 
 PERCENTILES = (("latency_p50_ms", 0.5), ("latency_p90_ms", 0.9), ("latency_p99_ms", 0.99))
 _TRUNC = {"hour": TruncHour, "day": TruncDay, "month": TruncMonth}
@@ -47,25 +48,15 @@ class PercentileCont(Aggregate):
         super().__init__(expression, fraction=repr(float(fraction)), **extra)
 
 
-@dataclass(frozen=True)
-class UsageScope:
-    """Teams a caller may read; `team_ids=None` means every team (admin, finance)."""
-
-    team_ids: frozenset[int] | None
-
-    @property
-    def everything(self) -> bool:
-        return self.team_ids is None
-
-
 def _filtered(*, scope: UsageScope, query: UsageQuery) -> QuerySet[UsageRecord]:
-    rows = UsageRecord.objects.order_by()
+    scope.check_filters(
+        team_ids=query.team_ids,
+        user_ids=query.user_ids,
+        virtual_account_ids=query.virtual_account_ids,
+    )
+    rows = scope.filter(UsageRecord.objects.order_by())
     if query.team_ids:
-        if not scope.everything and not set(query.team_ids) <= scope.team_ids:
-            raise PermissionError("team: you may only read usage of your own team")
         rows = rows.filter(team_id__in=query.team_ids)
-    elif not scope.everything:
-        rows = rows.filter(team_id__in=scope.team_ids)
     if query.start is not None:
         rows = rows.filter(created_at__gte=query.start)
     if query.end is not None:

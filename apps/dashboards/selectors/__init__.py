@@ -1,4 +1,5 @@
-"""Reads behind the dashboards. Every read takes the caller's `DashboardScope` explicitly.
+"""Reads behind the dashboards. Every read takes the caller's `UsageScope` explicitly
+(`apps.usage.scope`: the same rule as /api/usage and the exports).
 
 - `usage`: requests, errors, tokens and cost per bucket and dimension (rollups + raw rows);
 - `percentiles`: latency and TTFT percentiles (exact, or from daily histograms);

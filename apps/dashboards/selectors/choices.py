@@ -6,22 +6,22 @@ from apps.accounts.models import TagDefinition, Team
 from apps.accounts.selectors import tag_keys_recent
 from apps.billing.services.rollups import rollup_tag_keys
 from apps.usage.models import UsageRecord
+from apps.usage.scope import UsageScope
 
-from ..filters import DashboardFilters, DashboardScope
+from ..filters import DashboardFilters
 from ..models import UsageCubeDaily
-from .rows import filtered, last_rollup_day, raw_usage, rolled_up_days, scope_q, uncovered_ranges
+from .rows import filtered, last_rollup_day, raw_usage, rolled_up_days, uncovered_ranges
 
 
-def tag_keys_in_use(*, scope: DashboardScope) -> list[str]:
+def tag_keys_in_use(*, scope: UsageScope) -> list[str]:
     """Keys for the tag pickers: rollup keys, glossary keys and keys in recent usage."""
     keys = set(rollup_tag_keys()) | set(TagDefinition.objects.values_list("key", flat=True))
-    q = scope_q(scope)
-    if q is not None:
-        keys |= tag_keys_recent(usage=UsageRecord.objects.filter(q))
+    if not scope.is_empty:
+        keys |= tag_keys_recent(usage=scope.filter(UsageRecord.objects.all()))
     return sorted(keys)
 
 
-def model_names(*, scope: DashboardScope, filters: DashboardFilters) -> list[str]:
+def model_names(*, scope: UsageScope, filters: DashboardFilters) -> list[str]:
     """Models with usage in range and scope, for the model filter."""
     unfiltered = DashboardFilters(start=filters.start, end=filters.end)
     last = last_rollup_day(unfiltered)
@@ -38,8 +38,8 @@ def model_names(*, scope: DashboardScope, filters: DashboardFilters) -> list[str
     return sorted(names)
 
 
-def teams_for_filter(*, scope: DashboardScope) -> list[tuple[int, str]]:
+def teams_for_filter(*, scope: UsageScope) -> list[tuple[int, str]]:
     teams = Team.objects.order_by("name")
     if not scope.everything:
-        teams = teams.filter(pk__in=scope.team_ids) if scope.team_ids else teams.none()
+        teams = teams.filter(pk__in=sorted(scope.team_ids)) if scope.team_ids else teams.none()
     return list(teams.values_list("pk", "name"))

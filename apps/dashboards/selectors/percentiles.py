@@ -24,10 +24,11 @@ from django.db.models import Aggregate, Count, FloatField, Q, QuerySet
 from django.db.models.functions import TruncDay
 
 from apps.billing.services.rollups import rollup_tag_keys
+from apps.usage.scope import UsageScope
 
 from .. import histograms
 from ..aggregates import group_text
-from ..filters import DashboardFilters, DashboardScope
+from ..filters import DashboardFilters
 from ..models import LatencyHistogramDaily, TagLatencyHistogramDaily, UsageCubeDaily
 from .rows import day_runs, last_rollup_day, raw_usage, rolled_up_days, uncovered_ranges
 from .usage import RAW_COLUMNS, raw_grouping
@@ -72,7 +73,7 @@ class PercentilesCont(Aggregate):
 
 def percentile_points(
     *,
-    scope: DashboardScope,
+    scope: UsageScope,
     filters: DashboardFilters,
     dimension: str | None = None,
     bucket: str | None = None,
@@ -186,7 +187,7 @@ _Merged = dict[tuple, tuple[histograms.Histogram, histograms.Histogram]]
 
 def _from_histograms(
     source: QuerySet,
-    scope: DashboardScope,
+    scope: UsageScope,
     filters: DashboardFilters,
     dimension: str | None,
     bucket: str | None,
@@ -205,7 +206,7 @@ def _from_histograms(
     if not scope.everything and scope.user_id is not None:
         elsewhere = _own_teams_elsewhere(scope, filters, covered)
         if elsewhere is not None:
-            own = raw_usage(scope=DashboardScope(user_id=scope.user_id), filters=filters)
+            own = raw_usage(scope=UsageScope(user_id=scope.user_id), filters=filters)
             own = own.filter(elsewhere, _in_ranges(day_runs(covered)))
             _add_raw(merged, own, column, bucket)
     found = []
@@ -228,7 +229,7 @@ def _from_histograms(
 
 
 def _own_teams_elsewhere(
-    scope: DashboardScope, filters: DashboardFilters, covered: set[dt.date]
+    scope: UsageScope, filters: DashboardFilters, covered: set[dt.date]
 ) -> Q | None:
     """The teams outside the scope's teams where the user has usage on `covered` days, as a
     filter; None when there are none (the usual case), sparing a scan of the user's rows.

@@ -15,39 +15,20 @@ from django.db.models.functions import Cast
 from django.utils import timezone
 
 from apps.usage.models import UsageRecord
+from apps.usage.scope import UsageScope
 
-from ..filters import DashboardFilters, DashboardScope
-
-
-def scope_q(scope: DashboardScope) -> Q | None:
-    """The scope as a filter; None when the scope holds nothing."""
-    if scope.everything:
-        return Q()
-    parts = []
-    if scope.team_ids:
-        parts.append(Q(team_id__in=sorted(scope.team_ids)))
-    if scope.user_id is not None:
-        parts.append(Q(user_id=scope.user_id))
-    if not parts:
-        return None
-    q = parts[0]
-    for part in parts[1:]:
-        q |= part
-    return q
+from ..filters import DashboardFilters
 
 
 def filtered(
-    qs: QuerySet, *, scope: DashboardScope, filters: DashboardFilters, tags_field: str | None
+    qs: QuerySet, *, scope: UsageScope, filters: DashboardFilters, tags_field: str | None
 ) -> QuerySet:
     """`qs` narrowed to the scope and the team, model and tag filters.
 
     `tags_field` names the JSON column holding tag values ("tags" on raw rows, "dims" on
     billing rollups); None for a table without tags, which must not be asked for tag filters.
     """
-    q = scope_q(scope)
-    if q is None:
-        return qs.none()
-    qs = qs.filter(q)
+    qs = scope.filter(qs)
     if filters.team_id is not None:
         qs = qs.filter(team_id=filters.team_id)
     if filters.model:
@@ -68,7 +49,7 @@ def filtered(
 
 def raw_usage(
     *,
-    scope: DashboardScope,
+    scope: UsageScope,
     filters: DashboardFilters,
     ranges: Iterable[tuple[dt.datetime, dt.datetime]] | None = None,
 ) -> QuerySet[UsageRecord]:

@@ -23,9 +23,10 @@ from django.db.models.functions import TruncDay, TruncHour
 
 from apps.billing.models import UsageRollupDaily
 from apps.billing.services.rollups import rollup_tag_keys
+from apps.usage.scope import UsageScope
 
 from ..aggregates import RAW_SUMS, ROLLUP_SUMS, group_text, summed_cost
-from ..filters import DashboardFilters, DashboardScope, dimension_tag_key
+from ..filters import DashboardFilters, dimension_tag_key
 from ..models import TagUsageDaily, UsageCubeDaily
 from .rows import filtered, last_rollup_day, raw_usage, rolled_up_days, uncovered_ranges
 
@@ -197,7 +198,7 @@ def _rollup_groups(
 
 def usage_points(
     *,
-    scope: DashboardScope,
+    scope: UsageScope,
     filters: DashboardFilters,
     dimension: str | None = None,
     bucket: str | None = None,
