@@ -16,7 +16,6 @@ from collections.abc import Iterable, Iterator
 from decimal import ROUND_HALF_UP, Decimal
 
 from django.core.serializers.json import DjangoJSONEncoder
-from django.db.models import QuerySet
 from django.http import StreamingHttpResponse
 
 from apps.billing.constants import COST_QUANTUM, CURRENCY, EXPORT_SCHEMA_VERSION
@@ -187,7 +186,7 @@ STATEMENT_COLUMNS = [
 
 
 def statements_month_csv(
-    statements: QuerySet[Statement], *, month: dt.date
+    statements: Iterable[Statement], *, month: dt.date
 ) -> StreamingHttpResponse:
     """One row per statement of `month` (amounts in cents, as stored)."""
     rows = (
@@ -204,7 +203,7 @@ def statements_month_csv(
             s.amount,
             CURRENCY,
         ]
-        for s in statements.iterator()
+        for s in statements
     )
     response = StreamingHttpResponse(
         _csv_stream(STATEMENT_COLUMNS, rows), content_type="text/csv; charset=utf-8"

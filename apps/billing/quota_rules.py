@@ -71,6 +71,11 @@ def _rule_for(sub: Subscription) -> QuotaRule:
     )
 
 
+def tier_rule_id_for(sub: Subscription) -> str:
+    """The id of the rule a hard-capped subscription generates (same for every tier)."""
+    return _rule_for(sub).id
+
+
 def tier_quota_state() -> tuple[str, list[QuotaRule]]:
     """(stamp, rules) for hard-capped subscriptions active now.
 

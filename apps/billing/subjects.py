@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from django.conf import settings
-from django.db.models import Q
 
 from apps.accounts.models import Team, VirtualAccount
+from apps.usage.month_to_date import UsageSubject
 
 from .constants import SubjectType
 from .exceptions import SubscriptionError
@@ -46,13 +47,27 @@ class BillingSubject:
             return f"virtual account {self.virtual_account.name}"
         return f"customer {self.customer_id.strip()}"
 
-    def usage_filter(self) -> Q:
-        """Rows of this subject in a rollup queryset."""
+    def usage_subject(self) -> UsageSubject:
+        """Whose usage this subject is billed for (for `apps.usage.month_to_date`)."""
         if self.type == SubjectType.TEAM:
-            return Q(team_id=self.team.pk)
+            return UsageSubject(team_id=self.team.pk)
         if self.type == SubjectType.VIRTUAL_ACCOUNT:
-            return Q(virtual_account_id=self.virtual_account.pk)
-        return Q(**{f"dims__{settings.BILLING_CUSTOMER_TAG_KEY}": self.customer_id.strip()})
+            return UsageSubject(virtual_account_id=self.virtual_account.pk)
+        return UsageSubject(tags=((settings.BILLING_CUSTOMER_TAG_KEY, self.customer_id.strip()),))
+
+
+def row_subject_keys(row) -> Iterator[str]:
+    """Every billing subject a usage or rollup row counts for (keys as `BillingSubject.key`).
+
+    `row` has `team_id`, `virtual_account_id` and `dims` (rollup tag values).
+    """
+    if row.team_id is not None:
+        yield f"team:{row.team_id}"
+    if row.virtual_account_id is not None:
+        yield f"virtual_account:{row.virtual_account_id}"
+    customer = str(row.dims.get(settings.BILLING_CUSTOMER_TAG_KEY) or "").strip()
+    if customer:
+        yield f"customer:{customer}"
 
 
 def subject_of(subscription) -> BillingSubject:

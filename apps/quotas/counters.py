@@ -16,6 +16,11 @@ Design (Redis and in-process stores share it):
   Nothing needs a sweeper process, and a counter nobody uses again simply expires.
 - Admission checks every counter first and changes them only if all fit (all or none), and
   returns each counter's usage so the caller can name every broken rule.
+- `seed` sets a counter to usage known from elsewhere (the ledger's month to date when a
+  rule or tier starts applying mid-month). It sets rather than adds, so seeding twice is
+  harmless, and keeps the live reservations on top: a request in flight still settles its
+  `actual - reserved` onto the seeded value, and its ledger row is not written yet, so it is
+  counted exactly once.
 
 This module has no Django dependency so worker subprocesses and benchmarks can use it bare.
 """
@@ -121,6 +126,12 @@ class Reservation:
     checks: tuple[CounterCheck, ...]  # only the reserved ones, in admission order
 
 
+class CounterSeed(NamedTuple):
+    key: str
+    value: int  # settled usage; live reservations on the counter are kept on top
+    ttl: int  # seconds, as CounterCheck.ttl
+
+
 @dataclass(frozen=True, slots=True)
 class AdmitResult:
     allowed: bool
@@ -137,6 +148,9 @@ class CounterStore(Protocol):
 
     async def read(self, keys: list[str]) -> list[int]:
         """Current values (settled usage plus live reservations), 0 for missing keys."""
+
+    async def seed(self, seeds: list[CounterSeed]) -> None:
+        """Set each counter to `value` plus its live (unexpired) reservations."""
 
 
 _ids = itertools.count(1)
@@ -225,6 +239,25 @@ return 1
 """
 
 
+# KEYS: per seed, the counter and its reservation set. ARGV: per seed, value and ttl (s).
+SEED_LUA = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+for i = 1, #KEYS / 2 do
+  local key, zkey = KEYS[2 * i - 1], KEYS[2 * i]
+  local value, ttl = tonumber(ARGV[2 * i - 1]), tonumber(ARGV[2 * i])
+  -- Expired reservations were given back already (or will be): drop them, count the rest.
+  redis.call('ZREMRANGEBYSCORE', zkey, '-inf', now)
+  local held = 0
+  for _, member in ipairs(redis.call('ZRANGE', zkey, 0, -1)) do
+    held = held + tonumber(string.match(member, ':(%d+)$'))
+  end
+  redis.call('SET', key, value + held, 'EX', ttl)
+end
+return 1
+"""
+
+
 class AsyncRedisCounterStore:
     """Counters in Redis; one EVALSHA per admission and one per settle."""
 
@@ -250,10 +283,10 @@ class AsyncRedisCounterStore:
         self.retry_after = retry_after
         self._down_until = 0.0
         self._down = False
-        # Per loop: (client, admit script, settle script).
-        self._clients: PerLoop[tuple[Redis, Any, Any]] = PerLoop(self._connect)
+        # Per loop: (client, admit script, settle script, seed script).
+        self._clients: PerLoop[tuple[Redis, Any, Any, Any]] = PerLoop(self._connect)
 
-    def _connect(self) -> tuple[Redis, Any, Any]:
+    def _connect(self) -> tuple[Redis, Any, Any, Any]:
         client = blocking_redis(
             self.redis_url,
             max_connections=self.max_connections,
@@ -263,7 +296,12 @@ class AsyncRedisCounterStore:
             socket_timeout=self.socket_timeout,
             connect_timeout=self.connect_timeout,
         )
-        return client, client.register_script(ADMIT_LUA), client.register_script(SETTLE_LUA)
+        return (
+            client,
+            client.register_script(ADMIT_LUA),
+            client.register_script(SETTLE_LUA),
+            client.register_script(SEED_LUA),
+        )
 
     def _check_up(self) -> None:
         if time.monotonic() < self._down_until:
@@ -285,7 +323,7 @@ class AsyncRedisCounterStore:
         if not checks:
             return AdmitResult(True, ())
         self._check_up()
-        _, admit_script, _ = self._clients.get()
+        _, admit_script, _, _ = self._clients.get()
         reservation_id = new_reservation_id()
         keys: list[str] = []
         args: list[object] = [reservation_id, self.reservation_ttl_ms]
@@ -303,7 +341,7 @@ class AsyncRedisCounterStore:
         return AdmitResult(allowed, tuple(int(v) for v in reply[1:]), reservation)
 
     async def settle(self, reservation: Reservation, actual: list[int]) -> None:
-        _, _, settle_script = self._clients.get()
+        _, _, settle_script, _ = self._clients.get()
         keys: list[str] = []
         args: list[object] = [reservation.id]
         for check, amount in zip(reservation.checks, actual, strict=True):
@@ -317,12 +355,26 @@ class AsyncRedisCounterStore:
     async def read(self, keys: list[str]) -> list[int]:
         if not keys:
             return []
-        client, _, _ = self._clients.get()
+        client, _, _, _ = self._clients.get()
         try:
             values = await client.mget(keys)
         except STORE_ERRORS as exc:
             raise self._failed(exc) from exc
         return [int(v) if v is not None else 0 for v in values]
+
+    async def seed(self, seeds: list[CounterSeed]) -> None:
+        if not seeds:
+            return
+        _, _, _, seed_script = self._clients.get()
+        keys: list[str] = []
+        args: list[object] = []
+        for seed in seeds:
+            keys += (seed.key, _zset_key(seed.key))
+            args += (max(0, int(seed.value)), max(1, seed.ttl))
+        try:
+            await seed_script(keys=keys, args=args)
+        except STORE_ERRORS as exc:
+            raise self._failed(exc) from exc
 
     async def aclose(self) -> None:
         entry = self._clients.pop()
@@ -436,3 +488,13 @@ class MemoryCounterStore:
         with self._lock:
             now = self._clock()
             return [self._value(key, now) for key in keys]
+
+    async def seed(self, seeds: list[CounterSeed]) -> None:
+        with self._lock:
+            now = self._clock()
+            for seed in seeds:
+                held = self._reservations.get(seed.key, {})
+                live = sum(amount for amount, expires in held.values() if expires > now)
+                for rid in [rid for rid, (_, expires) in held.items() if expires <= now]:
+                    del held[rid]
+                self._values[seed.key] = [max(0, int(seed.value)) + live, now + seed.ttl]

@@ -1,20 +1,23 @@
 """Reads of the quotas app: stored configs, live usage per rule, refusals, key status."""
 
-from collections.abc import Iterable
+import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from asgiref.sync import async_to_sync
+from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db.models import Count, Max, Q, QuerySet
 from django.db.models.fields.json import KeyTextTransform
 from django.db.models.functions import Lower
+from django.utils.module_loading import import_string
 
 from apps.accounts.models import ApiKey, Membership, Team, VirtualAccount
 from apps.accounts.selectors import PortalIdentity
 from apps.proxy.metadata import merge_tags
 from apps.usage.models import UsageRecord
+from apps.usage.scope import UsageScope, usage_scope_for
 
 from .counters import CounterStoreUnavailable
 from .engine import get_quota_engine
@@ -27,11 +30,14 @@ from .rules import (
     QuotaConfigError,
     QuotaRule,
     display_amount,
+    merge_rules,
     parse_config,
     subject_ids_from,
     window_bounds_ts,
 )
 from .simulate import subject_directory
+
+logger = logging.getLogger(__name__)
 
 # The error code the proxy stores on usage rows it refused for a quota.
 QUOTA_EXCEEDED = "quota_exceeded"
@@ -162,17 +168,6 @@ class QuotaOverview:
         return [item for item in self.rules if item.refusals.count]
 
 
-@dataclass(frozen=True)
-class _Scope:
-    """What a viewer may see: None means everything (org-wide roles)."""
-
-    team_ids: frozenset[int] | None
-
-    @property
-    def everything(self) -> bool:
-        return self.team_ids is None
-
-
 def _parsed_or_empty(version: QuotaConfigVersion | None) -> QuotaConfig:
     # A stored version that a stricter parser now refuses must not break the status pages;
     # the gateways keep their loaded rules in that case (see QuotaEngine.refresh) too.
@@ -182,6 +177,27 @@ def _parsed_or_empty(version: QuotaConfigVersion | None) -> QuotaConfig:
         return parse_config(version.yaml_text)
     except QuotaConfigError:
         return QuotaConfig()
+
+
+def generated_quota_rules() -> list[QuotaRule]:
+    """Rules generated from other sources (hard-capped tiers), as the gateways load them."""
+    rules: list[QuotaRule] = []
+    for path in getattr(settings, "QUOTA_GENERATED_RULE_SOURCES", ()):
+        _, found = async_to_sync(import_string(path))()
+        rules.extend(found)
+    return rules
+
+
+def quota_config_in_force(version: QuotaConfigVersion | None = None) -> QuotaConfig:
+    """The rules the gateways enforce: the active YAML (`version`, default the active row)
+    plus the generated ones (tier caps), merged as `QuotaEngine.refresh` merges them."""
+    config = _parsed_or_empty(version if version is not None else active_quota_config_version())
+    try:
+        return merge_rules(config, generated_quota_rules())
+    except QuotaConfigError:
+        # The gateways keep their loaded rules in this case; the pages show the YAML ones.
+        logger.warning("generated quota rules clash with the YAML ids; listing the YAML only")
+        return config
 
 
 def read_counters(keys: list[str]) -> list[int] | None:
@@ -196,7 +212,7 @@ def read_counters(keys: list[str]) -> list[int] | None:
         return None
 
 
-def _resolve_subjects(subjects: set[str]) -> dict[str, tuple[str, int, int | None]]:
+def resolve_subjects(subjects: set[str]) -> dict[str, tuple[str, int, int | None]]:
     """subject id -> (usage row column, id, team id or None); unknown subjects are absent."""
     wanted: dict[str, set[str]] = {kind: set() for kind in SUBJECT_KINDS}
     for subject in subjects:
@@ -227,25 +243,24 @@ def _resolve_subjects(subjects: set[str]) -> dict[str, tuple[str, int, int | Non
     return resolved
 
 
-def _scope_for(identity: PortalIdentity) -> _Scope:
-    if identity.is_org_wide:
-        return _Scope(None)
-    return _Scope(frozenset(identity.admin_team_ids))
-
-
-def _visible_subjects(scope: _Scope, resolved: dict[str, tuple[str, int, int | None]]) -> set[str]:
-    """The subjects a team admin may see: their teams, their members, their accounts."""
-    team_ids = scope.team_ids or frozenset()
-    member_ids = set(
-        Membership.objects.filter(
-            team_id__in=team_ids,
-            user_id__in=[i for col, i, _ in resolved.values() if col == "user_id"],
-        ).values_list("user_id", flat=True)
-    )
+def _visible_subjects(
+    scope: UsageScope, resolved: dict[str, tuple[str, int, int | None]]
+) -> set[str]:
+    """The subjects a scoped viewer may see: their teams, their members, their accounts and
+    themselves (a developer: only themselves)."""
+    team_ids = scope.team_ids
+    member_ids = set()
+    if team_ids:
+        member_ids = set(
+            Membership.objects.filter(
+                team_id__in=team_ids,
+                user_id__in=[i for col, i, _ in resolved.values() if col == "user_id"],
+            ).values_list("user_id", flat=True)
+        )
     visible = set()
     for subject, (column, row_id, team_id) in resolved.items():
         if column == "user_id":
-            if row_id in member_ids:
+            if row_id in member_ids or row_id == scope.user_id:
                 visible.add(subject)
         elif team_id in team_ids:
             visible.add(subject)
@@ -257,16 +272,14 @@ def _top_per_values(
     subject: str,
     resolved: dict[str, tuple[str, int, int | None]],
     since: datetime,
-    scope: _Scope,
+    scope: UsageScope,
 ) -> list[str]:
     # The counters cannot be listed through the store, so the values come from the usage
     # rows of the current window: the most frequent ones are the ones worth showing.
-    rows = UsageRecord.objects.filter(created_at__gte=since)
+    rows = scope.filter(UsageRecord.objects.filter(created_at__gte=since))
     if subject != ANY_SUBJECT:
         column, row_id, _ = resolved[subject]
         rows = rows.filter(**{column: row_id})
-    elif not scope.everything:
-        rows = rows.filter(team_id__in=scope.team_ids)
     if rule.models:
         rows = rows.filter(model__in=rule.models)
     values = (
@@ -283,18 +296,21 @@ def _top_per_values(
 
 
 def quota_overview(*, identity: PortalIdentity, now: datetime | None = None) -> QuotaOverview:
-    """Every rule of the active config with live usage per subject, scoped to the viewer.
+    """Every rule in force (the active YAML and the tier caps) with live usage per subject,
+    scoped to the viewer.
 
-    Org-wide roles see every rule and subject. Team admins see the subjects of the teams
-    they administer (the team, its members, its virtual accounts) and the rules that cover
-    none of them are hidden; rules without subjects (everyone) are shown with their shared
-    counter, since they apply to the team too.
+    The viewer's usage scope (`apps.usage.scope`) decides: org-wide roles see every rule
+    and subject. Team admins see the subjects of the teams they administer (the team, its
+    members, its virtual accounts) and themselves, developers only themselves; rules that
+    cover none of them are hidden; rules without subjects (everyone) are shown with their
+    shared counter, since they apply to the viewer too. `per` values and refusals come from
+    the usage rows of the scope.
     """
     now = now or datetime.now(UTC)
     version = active_quota_config_version()
-    config = _parsed_or_empty(version)
-    scope = _scope_for(identity)
-    resolved = _resolve_subjects({s for rule in config.rules for s in rule.subjects})
+    config = quota_config_in_force(version)
+    scope = usage_scope_for(identity)
+    resolved = resolve_subjects({s for rule in config.rules for s in rule.subjects})
     visible = None if scope.everything else _visible_subjects(scope, resolved)
 
     plan: list[tuple[QuotaRule, datetime, datetime, list[tuple[str, str | None]]]] = []
@@ -305,6 +321,8 @@ def quota_overview(*, identity: PortalIdentity, now: datetime | None = None) -> 
             subjects = [s for s in rule.subjects if visible is None or s in visible]
             if not subjects:
                 continue
+        elif rule.source != "yaml" and visible is not None:
+            continue  # a customer's tier cap spans teams: org-wide roles only
         else:
             subjects = [ANY_SUBJECT]
         pairs: list[tuple[str, str | None]] = []
@@ -322,9 +340,7 @@ def quota_overview(*, identity: PortalIdentity, now: datetime | None = None) -> 
         for subject, per_value in pairs
     ]
     values = read_counters(keys)
-    refusals = recent_quota_refusals(
-        config=config, since=now - REFUSAL_LOOKBACK, team_ids=scope.team_ids
-    )
+    refusals = recent_quota_refusals(config=config, since=now - REFUSAL_LOOKBACK, scope=scope)
     position = 0
     rules = []
     for rule, start, reset, pairs in plan:
@@ -358,12 +374,12 @@ def _broken_rule_ids(response_body: Any) -> list[str] | None:
 
 
 def recent_quota_refusals(
-    *, config: QuotaConfig, since: datetime, team_ids: Iterable[int] | None = None
+    *, config: QuotaConfig, since: datetime, scope: UsageScope
 ) -> dict[str, RuleRefusals]:
-    """rule id -> refusals since `since` (optionally only of the given teams' keys)."""
-    rows = UsageRecord.objects.filter(error_type=QUOTA_EXCEEDED, created_at__gte=since)
-    if team_ids is not None:
-        rows = rows.filter(team_id__in=list(team_ids))
+    """rule id -> refusals since `since` among the usage rows of `scope`."""
+    rows = scope.filter(
+        UsageRecord.objects.filter(error_type=QUOTA_EXCEEDED, created_at__gte=since)
+    )
     # Grouped in the database: a client hammering a spent quota makes many identical rows.
     groups = list(
         rows.order_by()
@@ -408,7 +424,8 @@ def key_quota_status(
     tags: dict[str, str] | None = None,
     now: datetime | None = None,
 ) -> list[dict[str, Any]]:
-    """Every rule of the active config that covers the key, with its counter right now.
+    """Every rule in force (the active YAML and the tier caps) that covers the key, with its
+    counter right now.
 
     `model` and `tags` narrow the list to the rules a request with them would meet; without
     a model, model-filtered rules are listed (with their `models`). The key's default tags
@@ -416,7 +433,7 @@ def key_quota_status(
     not carry is listed too, since a request could still send it.
     """
     now = now or datetime.now(UTC)
-    config = _parsed_or_empty(active_quota_config_version())
+    config = quota_config_in_force()
     user = key.user
     account = key.virtual_account
     subject_ids = subject_ids_from(
@@ -437,6 +454,10 @@ def key_quota_status(
         if model is not None and rule.models and model not in rule.models:
             continue
         if any(k in merged and merged[k] != v for k, v in rule.metadata):
+            continue
+        if rule.source != "yaml" and any(merged.get(k) != v for k, v in rule.metadata):
+            # A customer's tier cap is listed only to requests tagged with that customer,
+            # so a key never learns which other customers are capped.
             continue
         start_ts, reset_ts = window_bounds_ts(rule.period, now.timestamp())
         per_value = rule.per_value(merged)

@@ -42,7 +42,7 @@ COPY_COLUMNS = (
     "request_id", "created_at", "inserted_at", "team_id", "user_id", "virtual_account_id",
     "end_user", "model", "deployment", "provider", "request_type", "is_stream", "status_code",
     "error_type", "input_tokens", "output_tokens", "cached_tokens", "tokens_estimated",
-    "cost_usd", "latency_ms", "attempts", "client_disconnected", "tags",
+    "usage_suspect", "cost_usd", "latency_ms", "attempts", "client_disconnected", "tags",
 )  # fmt: skip
 
 CUSTOMERS = ["acme", "globex", "initech", None]
@@ -92,6 +92,7 @@ def copy_usage(
                     rng.randrange(5000),
                     rng.randrange(2000),
                     0,
+                    False,
                     False,
                     Decimal(rng.randrange(10**9)).scaleb(-10),
                     rng.random() * 2000,

@@ -1,8 +1,9 @@
 """Insights: spend projection, tier fit, cap forecast and cheaper models on hand-computed data.
 
 The data set is rollup rows written directly (no raw usage), so every number below can be
-checked by hand. "Now" is 2026-10-11 06:00 UTC; the last rollup ran at 2026-10-11 00:00, so
-10 of October's 31 days have elapsed and the projection factor is 3.1.
+checked by hand. "Now" is 2026-10-11 00:00 UTC, when the last rollup ran (so every rolled-up
+day counts as complete), so 10 of October's 31 days have elapsed and the projection factor
+is 3.1. Month-to-date figures are live, so elapsed time runs to now, not to the last run.
 """
 
 import datetime as dt
@@ -20,8 +21,8 @@ from tests import factories
 
 pytestmark = [pytest.mark.django_db, pytest.mark.embedded]
 
-NOW = dt.datetime(2026, 10, 11, 6, 0, tzinfo=dt.UTC)
 AS_OF = dt.datetime(2026, 10, 11, 0, 0, tzinfo=dt.UTC)
+NOW = AS_OF
 SINCE = dt.datetime(2026, 6, 1, tzinfo=dt.UTC)
 
 
@@ -256,7 +257,7 @@ def test_cap_not_hit_this_month(plan):
     late = dt.datetime(2026, 10, 28, tzinfo=dt.UTC)
     UsageRollupDaily.objects.update(computed_at=late)
     insights = billing_insights(now=late + dt.timedelta(hours=1))
-    assert insights.as_of == late
+    assert insights.as_of == late + dt.timedelta(hours=1)
     acme = next(f for f in insights.tier_fit if f.subject_key == "customer:acme")
     assert acme.cap.hits_on is None and not acme.cap.reached
 

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from django.db.models import QuerySet
-from django.utils import timezone
 
 from apps.billing.models import Statement, Subscription, Tier
-from apps.billing.services.rollups import month_start
-from apps.billing.services.statements import subject_month_usage
+from apps.billing.services.statements import statements_draft_month
 from apps.billing.subjects import BillingSubject
+from apps.usage.grouping import month_start
+from apps.usage.month_to_date import current_month, month_to_date
 
 
 def tier_list() -> QuerySet[Tier]:
@@ -71,21 +72,28 @@ class TierChangePreview:
 
 
 def tier_change_preview(*, subject: BillingSubject, tier: Tier) -> TierChangePreview:
-    """Month-to-date usage (from the monthly rollup) against the old and the new allowance."""
-    month = month_start(timezone.now().astimezone(dt.UTC).date())
+    """Month-to-date usage (live: rollups plus rows not rolled up yet) against the old and the
+    new allowance, each counting only its tier's included models when it lists any."""
+    month = current_month()
     current = subscription_current_for(subject=subject)
 
     def fit(candidate: Tier | None) -> AllowanceFit:
-        models = list(candidate.included_models or []) if candidate else None
-        used, _ = subject_month_usage(subject=subject, month=month, models=models)
-        return AllowanceFit(candidate, used)
+        models = (candidate.included_models or ()) if candidate else ()
+        used = month_to_date(subject=subject.usage_subject(), month=month, models=models)
+        return AllowanceFit(candidate, used.tokens)
 
     return TierChangePreview(subject, month, fit(current.tier if current else None), fit(tier))
 
 
-def statements_for_month(*, month: dt.date) -> QuerySet[Statement]:
-    return Statement.objects.filter(month=month_start(month)).select_related("tier")
+def statements_for_month(*, month: dt.date) -> Iterator[Statement]:
+    """The month's statements in subject order: computed live for the current month (so they
+    never wait for a rollup run), as stored by the last monthly rollup for other months."""
+    month = month_start(month)
+    if month == current_month():
+        return iter(statements_draft_month(month=month))
+    return Statement.objects.filter(month=month).select_related("tier").iterator()
 
 
 def statement_months() -> list[dt.date]:
-    return list(Statement.objects.order_by("-month").values_list("month", flat=True).distinct())
+    stored = Statement.objects.order_by("-month").values_list("month", flat=True).distinct()
+    return sorted({current_month(), *stored}, reverse=True)

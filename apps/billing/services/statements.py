@@ -1,4 +1,8 @@
-"""Monthly statements per billing subject, computed from the monthly rollups.
+"""Monthly statements per billing subject, computed from month-to-date usage.
+
+Usage comes from `apps.usage.month_to_date` (complete rolled-up days plus the raw rows not
+rolled up yet), so the current month's statement is live and a closed month's stored one is
+recomputed by every monthly rollup run.
 
 Rules (documented in the portal):
 - The allowance is the allowance of the tier held at the end of the month (or now, for the
@@ -18,13 +22,14 @@ from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal
 
 from django.db import transaction
-from django.db.models import F, Q, Sum
+from django.db.models import Q
 from django.utils import timezone
 
 from apps.billing.constants import CENT
-from apps.billing.models import Statement, Subscription, Tier, UsageRollupMonthly
-from apps.billing.services.rollups import day_bounds, month_start, next_month
-from apps.billing.subjects import BillingSubject, subject_of
+from apps.billing.models import Statement, Subscription, Tier
+from apps.billing.subjects import BillingSubject, row_subject_keys, subject_of
+from apps.usage.grouping import day_bounds, month_start, next_month
+from apps.usage.month_to_date import month_to_date_rows
 
 
 @dataclass(frozen=True)
@@ -63,29 +68,33 @@ def _segments(subscriptions: list[Subscription], month: dt.date) -> list[TierSeg
     return out
 
 
-def subject_month_usage(
-    *, subject: BillingSubject, month: dt.date, models: list[str] | None = None
-) -> tuple[int, Decimal]:
-    """(input + output tokens, cost) of a subject in a month, from the monthly rollups."""
-    rows = UsageRollupMonthly.objects.filter(subject.usage_filter(), month=month_start(month))
-    if models:
-        rows = rows.filter(model__in=models)
-    totals = rows.aggregate(
-        tokens=Sum(F("input_tokens") + F("output_tokens")), cost=Sum("cost_usd")
-    )
-    return int(totals["tokens"] or 0), Decimal(totals["cost"] or 0)
+def _usage_by_subject(month: dt.date) -> dict[str, dict[str, list]]:
+    """subject key -> model -> [input + output tokens, cost] for the month so far."""
+    usage: dict[str, dict[str, list]] = defaultdict(lambda: defaultdict(lambda: [0, Decimal(0)]))
+    for row in month_to_date_rows(month=month):
+        for key in row_subject_keys(row):
+            acc = usage[key][row.model]
+            acc[0] += row.tokens
+            acc[1] += row.cost_usd
+    return usage
 
 
 def statement_draft(
-    *, subject: BillingSubject, subscriptions: list[Subscription], month: dt.date
+    *,
+    subject: BillingSubject,
+    subscriptions: list[Subscription],
+    month: dt.date,
+    usage: dict[str, list],
 ) -> StatementDraft | None:
+    """`usage` maps model -> [tokens, cost] of the subject in the month (see above)."""
     segments = _segments(subscriptions, month)
     if not segments:
         return None
     tier = segments[-1].tier
-    used, cost = subject_month_usage(
-        subject=subject, month=month, models=list(tier.included_models or [])
-    )
+    included = set(tier.included_models or ())
+    counted = [acc for model, acc in usage.items() if not included or model in included]
+    used = sum(acc[0] for acc in counted)
+    cost = sum((acc[1] for acc in counted), Decimal(0))
     overage = max(0, used - tier.monthly_token_allowance)
     rate = Decimal(0) if tier.hard_cap else (tier.overage_price_per_1k_tokens or Decimal(0))
     base = sum((s.tier.monthly_price * s.fraction for s in segments), Decimal(0))
@@ -120,43 +129,67 @@ def _overlapping(month: dt.date) -> dict[str, list[Subscription]]:
     return by_subject
 
 
+def _fields(draft: StatementDraft, now: dt.datetime) -> dict:
+    return {
+        "subject_type": draft.subject.type,
+        "subject_label": draft.subject.label,
+        "tier": draft.tier,
+        "allowance_tokens": draft.allowance_tokens,
+        "used_tokens": draft.used_tokens,
+        "overage_tokens": draft.overage_tokens,
+        "base_amount": draft.base_amount,
+        "overage_amount": draft.overage_amount,
+        "amount": draft.amount,
+        "cost_usd": draft.cost_usd,
+        "lines": [
+            {
+                "tier": s.tier.name,
+                "from": s.starts_at.isoformat(),
+                "to": s.ends_at.isoformat(),
+                "fraction": str(s.fraction.quantize(Decimal("0.000001"))),
+                "base": str((s.tier.monthly_price * s.fraction).quantize(CENT)),
+            }
+            for s in draft.segments
+        ],
+        "computed_at": now,
+    }
+
+
+def _drafts(month: dt.date) -> list[tuple[str, StatementDraft]]:
+    usage = _usage_by_subject(month)
+    out = []
+    for key, subs in _overlapping(month).items():
+        draft = statement_draft(
+            subject=subject_of(subs[-1]), subscriptions=subs, month=month, usage=usage.get(key, {})
+        )
+        if draft is not None:
+            out.append((key, draft))
+    return out
+
+
+def statements_draft_month(*, month: dt.date) -> list[Statement]:
+    """Every subject's statement of `month` computed now, unsaved, in subject order.
+
+    The current month's statements page reads these: month-to-date usage is live, so the
+    page never waits for a rollup run. A fixed number of queries whatever the subjects.
+    """
+    month = month_start(month)
+    now = timezone.now()
+    return [
+        Statement(subject_key=key, month=month, **_fields(draft, now))
+        for key, draft in _drafts(month)
+    ]
+
+
 @transaction.atomic
 def statements_compute(*, month: dt.date) -> int:
     """Upsert the statement of every subject subscribed during `month`; returns how many."""
     month = month_start(month)
     now = timezone.now()
     keep = []
-    for key, subs in _overlapping(month).items():
-        subject = subject_of(subs[-1])
-        draft = statement_draft(subject=subject, subscriptions=subs, month=month)
-        if draft is None:
-            continue
+    for key, draft in _drafts(month):
         Statement.objects.update_or_create(
-            subject_key=key,
-            month=month,
-            defaults={
-                "subject_type": subject.type,
-                "subject_label": subject.label,
-                "tier": draft.tier,
-                "allowance_tokens": draft.allowance_tokens,
-                "used_tokens": draft.used_tokens,
-                "overage_tokens": draft.overage_tokens,
-                "base_amount": draft.base_amount,
-                "overage_amount": draft.overage_amount,
-                "amount": draft.amount,
-                "cost_usd": draft.cost_usd,
-                "lines": [
-                    {
-                        "tier": s.tier.name,
-                        "from": s.starts_at.isoformat(),
-                        "to": s.ends_at.isoformat(),
-                        "fraction": str(s.fraction.quantize(Decimal("0.000001"))),
-                        "base": str((s.tier.monthly_price * s.fraction).quantize(CENT)),
-                    }
-                    for s in draft.segments
-                ],
-                "computed_at": now,
-            },
+            subject_key=key, month=month, defaults=_fields(draft, now)
         )
         keep.append(key)
     Statement.objects.filter(month=month).exclude(subject_key__in=keep).delete()

@@ -11,7 +11,9 @@ from django.utils import timezone
 from apps.accounts.audit import audit_record
 from apps.billing.exceptions import SubscriptionError
 from apps.billing.models import Subscription, Tier
+from apps.billing.quota_rules import tier_rule_id_for
 from apps.billing.subjects import BillingSubject
+from apps.quotas.services import quota_counters_seed_on_commit
 
 TIER_FIELDS = (
     "name",
@@ -47,7 +49,10 @@ def _tier_snapshot(tier: Tier) -> dict:
 
 @transaction.atomic
 def tier_save(*, tier: Tier | None = None, actor=None, **fields) -> Tier:
-    """Create a tier, or update `tier` with `fields`; a hard cap clears the overage price."""
+    """Create a tier, or update `tier` with `fields`; a hard cap clears the overage price.
+
+    When a hard-capped tier starts capping or changes which models count, its subscribers'
+    cap counters are seeded from the ledger's month to date (after the commit)."""
     unknown = set(fields) - set(TIER_FIELDS)
     if unknown:
         raise TypeError(f"unknown tier fields: {sorted(unknown)}")
@@ -61,6 +66,12 @@ def tier_save(*, tier: Tier | None = None, actor=None, **fields) -> Tier:
             setattr(tier, name, value)
     tier.full_clean()
     tier.save()
+    if before is not None and tier.hard_cap:
+        if (before["hard_cap"], before["included_models"]) != (True, tier.included_models):
+            subscribers = Subscription.objects.filter(
+                tier=tier, ends_at__isnull=True
+            ).select_related("team", "virtual_account")
+            quota_counters_seed_on_commit(rule_ids=[tier_rule_id_for(s) for s in subscribers])
     audit_record(
         actor=actor,
         action="billing.tier_update" if before else "billing.tier_create",
@@ -92,7 +103,9 @@ def subscription_change(
 
     Applies at once: the open subscription is closed at `at` and the new one opens at the
     same instant, so history has no gap and the month's statement prorates the base price.
-    Enforcement uses the new tier's allowance against the whole month's usage.
+    Enforcement uses the new tier's allowance against the whole month's usage: a hard cap's
+    counter is seeded from the ledger's month to date after the commit, so usage made before
+    the change (or while on an uncapped tier) counts.
     """
     at = at or timezone.now()
     if timezone.is_naive(at):
@@ -128,6 +141,8 @@ def subscription_change(
             starts_at=at,
             created_by=actor if actor is not None and actor.is_authenticated else None,
         )
+        if tier.hard_cap:
+            quota_counters_seed_on_commit(rule_ids=[tier_rule_id_for(new)])
     audit_record(
         actor=actor,
         action="billing.subscription_change",

@@ -1,26 +1,26 @@
 """Billing insights: month-to-date spend with a projection, tier fit, cheaper-model savings.
 
-Org-wide reads (callers check for the admin or finance role); everything comes from the
-rollups, never from raw usage rows, so the page costs a fixed handful of queries whatever the
-number of subjects. The package is split by subject: `rows` reads the rollups, `tiers`
-prices tier fit and the hard-cap forecast, `cheaper_models` the cheaper-model savings; this
-module assembles the report.
+Org-wide reads (callers check for the admin or finance role). Every month is read
+through `apps.usage.month_to_date` (rolled-up complete days or months plus the raw rows not
+rolled up yet), so the figures never wait for a rollup run, and the page costs a fixed
+handful of queries whatever the number of subjects. The package is split by subject: `rows`
+labels subjects, `tiers` prices tier fit and the hard-cap forecast, `cheaper_models` the
+cheaper-model savings; this module assembles the report.
 
 Methods (also stated on the page and in the API description):
 
 - **Projection to month end (linear run rate).** `projected = spend so far x (length of the
   month / elapsed time)`, elapsed time measured from the first of the month (00:00 UTC) to
-  `as_of`, the latest run of this month's daily rollup (so rollup lag does not read as a
-  slowdown), and at least one day (so the first hours of a month do not extrapolate a burst).
-- **Tier fit.** Over the three full calendar months before the current one (monthly
-  rollups), each active tier (and the subject's current one) is priced as its statement
+  `as_of` (now: the month-to-date figures are live), and at least one day (so the first
+  hours of a month do not extrapolate a burst).
+- **Tier fit.** Over the three full calendar months before the current one, each active tier (and the subject's current one) is priced as its statement
   would be without proration: base price each month, plus overage tokens x its price per 1k,
   or, for a hard cap, no overage but the tokens it would have refused. Only a tier's included
   models count when it lists any. The recommendation is the cheapest tier that would have
   refused nothing (if every tier refuses some, the one refusing fewest); ties go to the
   smaller allowance. Months without usage count as zero tokens.
 - **Hard-cap forecast.** For subjects on a hard-capped tier: month-to-date tokens (included
-  models) from the daily rollups; if the allowance is already reached, the day it was; else
+  models); if the allowance is already reached, the day it was; else
   the date at which the same linear run rate reaches it, when that falls within the month.
 - **Cheaper model.** For each `feature` tag value x model this month: the cost of the same
   input, cached and output tokens at the latest list price of every priced model of the same
@@ -38,11 +38,13 @@ from decimal import Decimal
 from django.utils import timezone
 
 from apps.billing.constants import FEATURE_TAG_KEY
-from apps.billing.models import Subscription, Tier, UsageRollupDaily, UsageRollupMonthly
+from apps.billing.models import Subscription, Tier
 from apps.billing.services.rollups import day_bounds, month_start, next_month
+from apps.billing.subjects import row_subject_keys
+from apps.usage.month_to_date import month_to_date_rows
 
 from .cheaper_models import ModelSaving, model_savings
-from .rows import RollupRow, rollup_rows, subject_labels, subject_type
+from .rows import subject_labels, subject_type
 from .tiers import CapForecast, TierCost, TierFit, cents, tier_fit, tier_fit_months
 
 __all__ = [
@@ -85,13 +87,9 @@ class Insights:
     model_savings: list[ModelSaving] = field(default_factory=list)
 
 
-def _month_to_date(
-    rows: list[RollupRow], month: dt.date, now: dt.datetime
-) -> tuple[dt.datetime, Decimal, int]:
+def _elapsed(month: dt.date, now: dt.datetime) -> tuple[dt.datetime, Decimal, int]:
     low, high = day_bounds(month, next_month(month))
-    computed = [row.computed_at for row in rows if row.computed_at]
-    as_of = min(max(computed), now) if computed else now
-    as_of = max(as_of, low)
+    as_of = max(now, low)
     elapsed = max(Decimal((as_of - low).total_seconds()) / DAY_SECONDS, Decimal(1))
     return as_of, elapsed, (high - low).days
 
@@ -100,8 +98,8 @@ def billing_insights(*, now: dt.datetime | None = None) -> Insights:
     """Spend projection, tier fit and cheaper-model savings (see the module docstring)."""
     now = (now or timezone.now()).astimezone(dt.UTC)
     month = month_start(now.date())
-    daily = list(rollup_rows(UsageRollupDaily, "day", month, next_month(month)))
-    as_of, elapsed, days_in_month = _month_to_date(daily, month, now)
+    daily = month_to_date_rows(month=month)
+    as_of, elapsed, days_in_month = _elapsed(month, now)
     factor = Decimal(days_in_month) / elapsed
 
     subscriptions = {
@@ -119,11 +117,11 @@ def billing_insights(*, now: dt.datetime | None = None) -> Insights:
     total = Decimal(0)
     for row in daily:
         total += row.cost_usd
-        for key in row.subject_keys():
+        for key in row_subject_keys(row):
             spend[key][0] += row.tokens
             spend[key][1] += row.cost_usd
             if key in subscriptions:
-                per_day[key][(row.period, row.model)] += row.tokens
+                per_day[key][(row.day, row.model)] += row.tokens
         acc = features[(str(row.dims.get(FEATURE_TAG_KEY) or ""), row.model)]
         acc[0] += row.input_tokens
         acc[1] += row.output_tokens
@@ -135,10 +133,11 @@ def billing_insights(*, now: dt.datetime | None = None) -> Insights:
     history: dict[str, dict[dt.date, dict[str, int]]] = defaultdict(
         lambda: defaultdict(lambda: defaultdict(int))
     )
-    for row in rollup_rows(UsageRollupMonthly, "month", fit_months[0], month):
-        for key in row.subject_keys():
-            if key in subscriptions:
-                history[key][row.period][row.model] += row.tokens
+    for fit_month in fit_months:
+        for row in month_to_date_rows(month=fit_month):
+            for key in row_subject_keys(row):
+                if key in subscriptions:
+                    history[key][fit_month][row.model] += row.tokens
 
     labels = subject_labels(set(spend) | set(subscriptions))
     spend_rows = [
