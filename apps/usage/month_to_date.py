@@ -1,7 +1,8 @@
 """Month-to-date usage: rolled-up complete days plus the raw rows the rollup does not cover.
 
 The one reader of "this month so far" (statements, the tier-change preview, insights, quota
-counter seeding), right whether or not a rollup has run:
+counter seeding), right whether or not a rollup has run. Which days a rollup covers is
+`apps.usage.coverage`'s rule, the one the dashboards apply too:
 
 - A UTC day is read from billing's daily rollup when its rollup rows (those matching what is
   asked) were computed at least `BILLING_EXPORT_SETTLE_SECONDS` after the day ended. A run
@@ -28,12 +29,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from decimal import Decimal
 
-from django.conf import settings
 from django.db import connection
 from django.db.models import Count, Min, Q, QuerySet, Sum
 from django.utils import timezone
 
 from apps.billing.models import UsageRollupDaily, UsageRollupMonthly
+from apps.usage.coverage import day_is_final
 from apps.usage.grouping import day_bounds, grouped_usage, month_start, next_month, rollup_tag_keys
 from apps.usage.models import UsageRecord
 
@@ -127,11 +128,6 @@ def current_month() -> dt.date:
     return month_start(timezone.now().astimezone(dt.UTC).date())
 
 
-def _covered(day: dt.date, computed_at: dt.datetime) -> bool:
-    _, day_end = day_bounds(day, day + dt.timedelta(days=1))
-    return computed_at >= day_end + dt.timedelta(seconds=settings.BILLING_EXPORT_SETTLE_SECONDS)
-
-
 def _raw_rows(month: dt.date, covered: Iterable[dt.date]) -> QuerySet[UsageRecord]:
     """The month's raw rows outside the covered days (runs of days excluded as ranges)."""
     low, high = day_bounds(month, next_month(month))
@@ -179,7 +175,7 @@ def _rollup_days(rows: QuerySet[UsageRollupDaily]) -> dict[dt.date, UsageTotals]
             int(requests or 0), int(inp or 0), int(out or 0), Decimal(cost or 0)
         )
         done[day] = min(done.get(day, computed_at), computed_at)
-    return {day: total for day, total in totals.items() if _covered(day, done[day])}
+    return {day: total for day, total in totals.items() if day_is_final(day, done[day])}
 
 
 def month_to_date(
@@ -258,11 +254,11 @@ def month_to_date_rows(*, month: dt.date | None = None) -> list[UsageRow]:
     end = next_month(month)
     if month < current_month():
         monthly, done = _rollup_rows(UsageRollupMonthly.objects.filter(month=month), "month")
-        if monthly and _covered(end - dt.timedelta(days=1), done[month]):
+        if monthly and day_is_final(end - dt.timedelta(days=1), done[month]):
             return monthly[month]
     daily = UsageRollupDaily.objects.filter(day__gte=month, day__lt=end)
     by_day, done = _rollup_rows(daily, "day")
-    covered = [day for day in by_day if _covered(day, done[day])]
+    covered = [day for day in by_day if day_is_final(day, done[day])]
     out = [row for day in covered for row in by_day[day]]
     tag_keys = rollup_tag_keys()
     for key, group in grouped_usage(_raw_rows(month, covered), tag_keys):

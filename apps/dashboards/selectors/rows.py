@@ -14,6 +14,7 @@ from django.db.models.fields.json import KeyTextTransform
 from django.db.models.functions import Cast
 from django.utils import timezone
 
+from apps.usage.coverage import covered_days
 from apps.usage.models import UsageRecord
 from apps.usage.scope import UsageScope
 
@@ -86,16 +87,8 @@ def last_rollup_day(filters: DashboardFilters) -> dt.date:
 
 
 def rolled_up_days(rollup: type[Model], start: dt.date, end: dt.date) -> set[dt.date]:
-    """Days in [start, end) that `rollup` (any table with a `day` column) holds rows for."""
-    if start >= end:
-        return set()
-    days = (
-        rollup.objects.filter(day__gte=start, day__lt=end)
-        .order_by()
-        .values_list("day", flat=True)
-        .distinct()
-    )
-    return set(days)
+    """Days in [start, end) that `rollup` answers for, by the one coverage rule."""
+    return covered_days(rollup, start, end)
 
 
 def uncovered_ranges(
