@@ -298,7 +298,7 @@ class InsightsOut(Schema):
     description=(
         "Admin and finance sessions only. The data of /billing/insights/: month-to-date spend "
         "per subject with a linear projection to month end (spend x days in month / elapsed "
-        "days, elapsed up to the last rollup run, at least one day); the tier fit of each "
+        "days, elapsed up to now, at least one day); the tier fit of each "
         "subscribed subject over the last three full months (cost on each active tier, the "
         "cheapest that would refuse nothing, hard-cap date at the same run rate); and per "
         f"`feature` tag x model the cost on the cheapest same-mode model. Money: {CURRENCY} "
