@@ -210,3 +210,24 @@ def test_models_and_customer_tags(standard_team, team):
     assert gpt.tokens == USED
     # A key is not kept apart by the rollup: read raw for the whole month, same answer.
     assert month_to_date(subject=UsageSubject(api_key_id=123), month=OCT).tokens == 0
+
+
+def test_a_fresh_demo_shows_this_months_statements(client):
+    """`make run` seeds the demo: its teams are on a tier, so /billing/ is not empty."""
+    from django.contrib.auth import get_user_model
+    from django.core.management import call_command
+
+    from apps.accounts.models import Team
+    from apps.usage.models import UsageRecord
+
+    call_command("seed_demo", force=True, stdout=io.StringIO())
+    client.force_login(get_user_model().objects.get(username="finance"))
+    html = client.get("/billing/").content
+    month = dt.datetime.now(dt.UTC).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    for slug in ("frontend", "saas"):
+        team = Team.objects.get(slug=slug)
+        rows = UsageRecord.objects.filter(team_id=team.pk, created_at__gte=month)
+        used = sum(row.input_tokens + row.output_tokens for row in rows)
+        cells = row_of(html, f"team {slug}")
+        assert cells[1] == "Professional"
+        assert number(cells[3]) == used

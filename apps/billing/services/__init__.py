@@ -3,7 +3,7 @@
 from .prices import PRICE_FIXTURE, model_prices_import
 from .rollups import RollupResult, usage_rollup_day, usage_rollup_month
 from .statements import statements_compute
-from .subscriptions import subscription_change, tier_save, tiers_seed_demo
+from .subscriptions import subscription_change, subscriptions_seed_demo, tier_save, tiers_seed_demo
 
 __all__ = [
     "PRICE_FIXTURE",
@@ -11,6 +11,7 @@ __all__ = [
     "model_prices_import",
     "statements_compute",
     "subscription_change",
+    "subscriptions_seed_demo",
     "tier_save",
     "tiers_seed_demo",
     "usage_rollup_day",

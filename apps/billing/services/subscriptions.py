@@ -9,6 +9,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from apps.accounts.audit import audit_record
+from apps.billing.constants import SubjectType
 from apps.billing.exceptions import SubscriptionError
 from apps.billing.models import Subscription, Tier
 from apps.billing.quota_rules import tier_rule_id_for
@@ -89,6 +90,30 @@ def tiers_seed_demo() -> int:
         _, made = Tier.objects.get_or_create(name=spec["name"], defaults=spec)
         created += made
     return created
+
+
+# Demo teams on the uncapped tier, so the demo shows statements from its first minute
+# without refusing the demo user's calls.
+DEMO_SUBSCRIBED_TEAMS = ("frontend", "saas")
+
+
+def subscriptions_seed_demo() -> int:
+    """Put the demo teams on Professional from the start of the month, once (idempotent:
+    nothing happens when any subscription already exists)."""
+    from apps.accounts.models import Team
+
+    if Subscription.objects.exists():
+        return 0
+    tier = Tier.objects.filter(name="Professional").first()
+    if tier is None:
+        return 0
+    start = timezone.now().replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    teams = Team.objects.filter(slug__in=DEMO_SUBSCRIBED_TEAMS)
+    for team in teams:
+        subscription_change(
+            subject=BillingSubject(type=SubjectType.TEAM, team=team), tier=tier, at=start
+        )
+    return len(teams)
 
 
 @transaction.atomic
