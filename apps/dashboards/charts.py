@@ -133,7 +133,9 @@ def cost_trend(points: Sequence[UsagePoint]) -> go.Figure:
         y_title="USD",
         y_format=USD_FORMAT,
         yaxis2={"title": {"text": "tokens"}, "overlaying": "y", "side": "right",
-                "rangemode": "tozero", "showgrid": False, **COUNT_FORMAT},
+                "rangemode": "tozero", "showgrid": False, **COUNT_FORMAT,
+                # Own round ticks: synced to the USD axis they read 298,309.318729.
+                "tickmode": "auto"},
     )  # fmt: skip
 
 
