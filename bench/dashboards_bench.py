@@ -92,12 +92,65 @@ def time_pages(client, label: str, runs: int, ranges: list[str]) -> None:
             print(f"{url:<58} {statistics.median(samples):8.0f} {p95(samples):8.0f} {queries:8d}")
 
 
+def time_billing(finance, runs: int) -> None:
+    """Month-to-date surfaces (live: rollups plus the raw rows after them), and one run of the
+    scheduled rollup task over the current month and the last two complete days."""
+    from django.test import Client
+
+    from apps.accounts.models import Team
+    from apps.billing.constants import SubjectType
+    from apps.billing.models import Subscription, Tier
+    from apps.billing.selectors.plans import tier_change_preview
+    from apps.billing.services import subscription_change, tiers_seed_demo
+    from apps.billing.subjects import BillingSubject
+    from apps.usage.rollups import usage_rollups_refresh
+
+    tiers_seed_demo()
+    professional = Tier.objects.get(name="Professional")
+    standard = Tier.objects.get(name="Standard")
+    start = dt.datetime.now(dt.UTC).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    if not Subscription.objects.exists():
+        for team in Team.objects.all():
+            subject = BillingSubject(type=SubjectType.TEAM, team=team)
+            subscription_change(subject=subject, tier=professional, at=start)
+    client = Client()
+    client.force_login(finance)
+    subject = BillingSubject(type=SubjectType.TEAM, team=Team.objects.order_by("pk").first())
+    print(f"\nbilling (finance): server time, {runs} runs after a warm-up (ms)")
+    cases = [
+        ("/billing/ (this month's statements)", lambda: client.get("/billing/")),
+        ("/billing/insights/", lambda: client.get("/billing/insights/")),
+        (
+            "tier-change preview (selector)",
+            lambda: tier_change_preview(subject=subject, tier=standard),
+        ),
+    ]
+    for label, call in cases:
+        call()
+        samples = []
+        for _ in range(runs):
+            started = time.perf_counter()
+            call()
+            samples.append((time.perf_counter() - started) * 1000)
+        print(f"{label:<58} {statistics.median(samples):8.0f} {p95(samples):8.0f}")
+    started = time.perf_counter()
+    usage_rollups_refresh(recent_days=2)
+    print(
+        f"one scheduled rollup run (usage.rollups_refresh): {time.perf_counter() - started:.1f} s"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--days", type=int, default=90)
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--rollups", action="store_true", help="compute daily rollups first")
+    parser.add_argument(
+        "--billing",
+        action="store_true",
+        help="also time the live statements, insights, a tier-change preview and one rollup run",
+    )
     parser.add_argument(
         "--keep-db", metavar="DIR", help="keep the database in DIR and reuse it when loaded"
     )
@@ -155,6 +208,9 @@ def main() -> None:
                         "dashboards_latencyhistogramdaily",
                     ):
                         cursor.execute(f"ANALYZE {table}")
+
+            if args.billing:
+                time_billing(users["finance"], args.runs)
 
             today = dt.datetime.now(dt.UTC).date()
             ranges = ["", f"start={today - dt.timedelta(days=args.days - 1)}&end={today}"]
