@@ -30,11 +30,12 @@ from dataclasses import dataclass
 from decimal import Decimal
 
 from django.db import connection
-from django.db.models import Count, Min, Q, QuerySet, Sum
+from django.db.models import Count, DateField, Min, Q, QuerySet, Sum, Value
+from django.db.models.fields.json import KeyTextTransform
 from django.utils import timezone
 
 from apps.billing.models import UsageRollupDaily, UsageRollupMonthly
-from apps.usage.coverage import day_is_final
+from apps.usage.coverage import covered_days, day_is_final
 from apps.usage.grouping import day_bounds, grouped_usage, month_start, next_month, rollup_tag_keys
 from apps.usage.models import UsageRecord
 
@@ -205,70 +206,131 @@ def month_to_date(
 
 
 def _rollup_rows(
-    rows: QuerySet, period: str
+    rows: QuerySet,
+    period: str,
+    *,
+    as_period: dt.date | None = None,
+    tag_keys: tuple[str, ...] | None = None,
 ) -> tuple[dict[dt.date, list[UsageRow]], dict[dt.date, dt.datetime]]:
-    """Rollup rows per period start, and the earliest computed_at of each period."""
-    keys = (period, "team_id", "virtual_account_id", "model", "dims")
+    """Rollup rows per period start, and the earliest computed_at of each period.
+
+    With `as_period`, all rows are summed into that one period; with `tag_keys`, only those
+    tag values are kept (`dims` holds just them). On PostgreSQL both happen in the GROUP BY,
+    so a month of daily rows crossed with every tag value reaches Python as a few rows per
+    subject and model instead of tens of thousands.
+    """
+    if as_period is not None:
+        rows = rows.annotate(_period=Value(as_period, output_field=DateField()))
+        period = "_period"
     fields = ("requests", "input_tokens", "output_tokens", "cached_tokens", "cost_usd")
+    by_period: dict[dt.date, list[UsageRow]] = {}
+    done: dict[dt.date, dt.datetime] = {}
     if connection.vendor == "postgresql":
         # Summed in the database, dropping user_id (readers never split by user).
         sums = {f"s_{name}": Sum(name) for name in fields}
+        if tag_keys is None:
+            groups: tuple[str, ...] = ("dims", "dims_key")
+        else:
+            rows = rows.annotate(
+                **{f"_tag{i}": KeyTextTransform(key, "dims") for i, key in enumerate(tag_keys)}
+            )
+            groups = tuple(f"_tag{i}" for i in range(len(tag_keys)))
+        keys = (period, "team_id", "virtual_account_id", "model", *groups)
         values = (
             rows.order_by()
-            .values(*keys, "dims_key")
+            .values(*keys)
             .annotate(**sums, done=Min("computed_at"))
             .values_list(*keys, *sums, "done")
         )
-    else:
-        # SQLite sums decimals as floats: the rows are read as they are.
-        values = rows.order_by().values_list(*keys, *fields, "computed_at")
-    by_period: dict[dt.date, list[UsageRow]] = {}
-    done: dict[dt.date, dt.datetime] = {}
-    for day, team, va, model, dims, requests, inp, out, cached, cost, computed_at in values:
-        row = UsageRow(
-            day,
-            team,
-            va,
-            model,
-            dims if isinstance(dims, dict) else {},
-            int(requests or 0),
-            int(inp or 0),
-            int(out or 0),
-            int(cached or 0),
-            Decimal(cost or 0),
-        )
-        by_period.setdefault(day, []).append(row)
-        done[day] = min(done.get(day, computed_at), computed_at)
+        for item in values:
+            day, team, va, model = item[:4]
+            tags = item[4 : 4 + len(groups)]
+            if tag_keys is None:
+                dims = tags[0] if isinstance(tags[0], dict) else {}
+            else:
+                dims = {key: value for key, value in zip(tag_keys, tags, strict=True) if value}
+            _add_rollup_row(by_period, done, day, team, va, model, dims, item[4 + len(groups) :])
+        return by_period, done
+    # SQLite sums decimals as floats: the rows are read as they are.
+    keys = (period, "team_id", "virtual_account_id", "model", "dims")
+    for day, team, va, model, dims, *rest in rows.order_by().values_list(
+        *keys, *fields, "computed_at"
+    ):
+        dims = dims if isinstance(dims, dict) else {}
+        if tag_keys is not None:
+            dims = {key: dims[key] for key in tag_keys if dims.get(key)}
+        _add_rollup_row(by_period, done, day, team, va, model, dims, rest)
     return by_period, done
 
 
-def month_to_date_rows(*, month: dt.date | None = None) -> list[UsageRow]:
+def _add_rollup_row(
+    by_period: dict[dt.date, list[UsageRow]],
+    done: dict[dt.date, dt.datetime],
+    day: dt.date,
+    team: int | None,
+    va: int | None,
+    model: str,
+    dims: dict,
+    sums: tuple | list,
+) -> None:
+    requests, inp, out, cached, cost, computed_at = sums
+    row = UsageRow(
+        day,
+        team,
+        va,
+        model,
+        dims,
+        int(requests or 0),
+        int(inp or 0),
+        int(out or 0),
+        int(cached or 0),
+        Decimal(cost or 0),
+    )
+    by_period.setdefault(day, []).append(row)
+    done[day] = min(done.get(day, computed_at), computed_at)
+
+
+def month_to_date_rows(
+    *, month: dt.date | None = None, by_day: bool = True, tag_keys: tuple[str, ...] | None = None
+) -> list[UsageRow]:
     """Every usage of `month` (default: this one) so far, per day x team x virtual account x
     model x rollup tag values: covered days from the rollup, the rest grouped from raw rows.
 
     A past month whose monthly rollup ran after it ended (plus the settle margin) is read
-    from that rollup in one query (`day` is then the first of the month). Otherwise two
-    queries; never one per subject.
+    from that rollup in one query (`day` is then the first of the month). Otherwise a few
+    queries; never one per subject. `by_day=False` sums the rolled-up days into one row per
+    group (`day` the first of the month), for readers that need the month only; `tag_keys`
+    keeps only those tag values in `dims` (default: every rollup tag key), so readers that
+    need, say, the customer alone are not handed every combination of every tag.
     """
     month = month_start(month or current_month())
     end = next_month(month)
     if month < current_month():
-        monthly, done = _rollup_rows(UsageRollupMonthly.objects.filter(month=month), "month")
+        monthly, done = _rollup_rows(
+            UsageRollupMonthly.objects.filter(month=month), "month", tag_keys=tag_keys
+        )
         if monthly and day_is_final(end - dt.timedelta(days=1), done[month]):
             return monthly[month]
     daily = UsageRollupDaily.objects.filter(day__gte=month, day__lt=end)
-    by_day, done = _rollup_rows(daily, "day")
-    covered = [day for day in by_day if day_is_final(day, done[day])]
-    out = [row for day in covered for row in by_day[day]]
-    tag_keys = rollup_tag_keys()
-    for key, group in grouped_usage(_raw_rows(month, covered), tag_keys):
+    if by_day:
+        per_day, done = _rollup_rows(daily, "day", tag_keys=tag_keys)
+        covered = [day for day in per_day if day_is_final(day, done[day])]
+        out = [row for day in covered for row in per_day[day]]
+    else:
+        covered = sorted(covered_days(UsageRollupDaily, month, end))
+        summed, _ = _rollup_rows(
+            daily.filter(day__in=covered), "day", as_period=month, tag_keys=tag_keys
+        )
+        out = summed.get(month, [])
+    raw_keys = rollup_tag_keys() if tag_keys is None else list(tag_keys)
+    for key, group in grouped_usage(_raw_rows(month, covered), raw_keys):
         out.append(
             UsageRow(
                 key[0],
                 key[1],
                 key[3],
                 key[4],
-                dict(zip(tag_keys, json.loads(key[5]), strict=True)),
+                dict(zip(raw_keys, json.loads(key[5]), strict=True)),
                 group.requests,
                 group.input_tokens,
                 group.output_tokens,

@@ -21,6 +21,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal
 
+from django.conf import settings
 from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
@@ -71,7 +72,11 @@ def _segments(subscriptions: list[Subscription], month: dt.date) -> list[TierSeg
 def _usage_by_subject(month: dt.date) -> dict[str, dict[str, list]]:
     """subject key -> model -> [input + output tokens, cost] for the month so far."""
     usage: dict[str, dict[str, list]] = defaultdict(lambda: defaultdict(lambda: [0, Decimal(0)]))
-    for row in month_to_date_rows(month=month):
+    # Statements need the month per subject and model only: no day, no tag but the customer.
+    rows = month_to_date_rows(
+        month=month, by_day=False, tag_keys=(settings.BILLING_CUSTOMER_TAG_KEY,)
+    )
+    for row in rows:
         for key in row_subject_keys(row):
             acc = usage[key][row.model]
             acc[0] += row.tokens

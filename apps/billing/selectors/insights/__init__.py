@@ -35,6 +35,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from decimal import Decimal
 
+from django.conf import settings
 from django.utils import timezone
 
 from apps.billing.constants import FEATURE_TAG_KEY
@@ -98,7 +99,9 @@ def billing_insights(*, now: dt.datetime | None = None) -> Insights:
     """Spend projection, tier fit and cheaper-model savings (see the module docstring)."""
     now = (now or timezone.now()).astimezone(dt.UTC)
     month = month_start(now.date())
-    daily = month_to_date_rows(month=month)
+    daily = month_to_date_rows(
+        month=month, tag_keys=(settings.BILLING_CUSTOMER_TAG_KEY, FEATURE_TAG_KEY)
+    )
     as_of, elapsed, days_in_month = _elapsed(month, now)
     factor = Decimal(days_in_month) / elapsed
 
@@ -134,7 +137,10 @@ def billing_insights(*, now: dt.datetime | None = None) -> Insights:
         lambda: defaultdict(lambda: defaultdict(int))
     )
     for fit_month in fit_months:
-        for row in month_to_date_rows(month=fit_month):
+        rows = month_to_date_rows(
+            month=fit_month, by_day=False, tag_keys=(settings.BILLING_CUSTOMER_TAG_KEY,)
+        )
+        for row in rows:
             for key in row_subject_keys(row):
                 if key in subscriptions:
                     history[key][fit_month][row.model] += row.tokens
