@@ -63,9 +63,9 @@ class Batch:
 
     events: list[UsageEvent] = field(default_factory=list)
     handles: list[Any] = field(default_factory=list)
-    # Entries that are not events at all, as (payload text, reason): the writer dead-letters
+    # Entries that are not events at all, with the reason and entry id: the writer dead-letters
     # them, and they are acked with the batch (their handles are in `handles`).
-    unreadable: list[tuple[str, str]] = field(default_factory=list)
+    unreadable: list[tuple[str, str, str]] = field(default_factory=list)  # payload, why, id
 
     def __len__(self) -> int:
         return len(self.events) + len(self.unreadable)
@@ -498,7 +498,8 @@ class RedisStreamBuffer:
                     if isinstance(payload, bytes)
                     else str(payload)
                 )
-                batch.unreadable.append((text, f"unreadable event: {exc}"))
+                entry = entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
+                batch.unreadable.append((text, f"unreadable event: {exc}", entry))
                 batch.handles.append(entry_id)
                 continue
             batch.events.append(event)

@@ -82,6 +82,16 @@ class UsageEvent:
 
     @classmethod
     def from_json(cls, raw: bytes | str) -> UsageEvent:
+        """The event in `raw`; ValueError for anything that is not one, whatever is wrong."""
+        try:
+            return cls._from_json(raw)
+        except (TypeError, KeyError, ArithmeticError, AttributeError) as exc:
+            # Decimal("abc") raises InvalidOperation (an ArithmeticError), a missing field
+            # KeyError: callers set unreadable entries aside on ValueError alone.
+            raise ValueError(f"not a usage event: {exc!r}") from exc
+
+    @classmethod
+    def _from_json(cls, raw: bytes | str) -> UsageEvent:
         try:
             data = orjson.loads(raw)
         except orjson.JSONDecodeError:

@@ -10,7 +10,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.db.models import F
 from django.utils import timezone
 
@@ -28,16 +28,18 @@ def usage_dead_letter_record(*, request_id: str, payload: str, error: str) -> No
     # The payload is JSON text, where a NUL is already escaped; the error may quote the row.
     payload = payload.replace("\x00", "")
     error = clean_text(error, 2000)
-    with transaction.atomic():
-        updated = UsageDeadLetter.objects.filter(request_id=request_id).update(
+    try:
+        with transaction.atomic():
+            UsageDeadLetter.objects.create(request_id=request_id, payload=payload, error=error)
+    except IntegrityError:
+        # Already there (refused before, or another writer refused its copy just now).
+        UsageDeadLetter.objects.filter(request_id=request_id).update(
             payload=payload,
             error=error,
             failures=F("failures") + 1,
             last_failed_at=timezone.now(),
             replayed_at=None,
         )
-        if not updated:
-            UsageDeadLetter.objects.create(request_id=request_id, payload=payload, error=error)
     logger.error(
         "usage writer: row %s rejected by the database, dead-lettered: %s", request_id, error
     )

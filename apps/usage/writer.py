@@ -19,7 +19,6 @@ import asyncio
 import contextlib
 import logging
 import time
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -209,17 +208,21 @@ def _dead_letter(event: UsageEvent, exc: BaseException) -> WriteResult:
     return WriteResult(dead_lettered=1)
 
 
-def _dead_letter_unreadable(entries: list[tuple[str, str]]) -> None:
-    """Blocking: keep buffer entries that are not events, under a request id of their own."""
+def _dead_letter_unreadable(entries: list[tuple[str, str, str]]) -> None:
+    """Blocking: keep buffer entries that are not events, as (payload, reason, entry id).
+
+    Keyed on the event's request id when it has one, else on the buffer's entry id, so a
+    batch redelivered after an outage updates the same dead letter instead of adding one.
+    """
     from .services import usage_dead_letter_record
 
-    for payload, reason in entries:
+    for payload, reason, entry_id in entries:
         try:
             request_id = str(orjson.loads(payload).get("request_id") or "")
         except (orjson.JSONDecodeError, AttributeError):
             request_id = ""
         usage_dead_letter_record(
-            request_id=request_id or f"unreadable_{uuid.uuid4().hex}", payload=payload, error=reason
+            request_id=request_id or f"unreadable_{entry_id}", payload=payload, error=reason
         )
         DEAD_LETTERED.inc()
 
@@ -318,7 +321,9 @@ class UsageWriter:
                     if batch.unreadable:
                         await self._run_sync(_dead_letter_unreadable, batch.unreadable)
                     inserted += await self._insert(batch.events)
-                except DatabaseError:
+                except Exception:
+                    # Not written: the buffer keeps the batch (memory batches go back to
+                    # the queue), whatever failed.
                     await self.buffer.release(batch)
                     raise
                 try:

@@ -159,3 +159,11 @@ def test_costs_stay_exact_through_normalisation(tmp_path):
     buffer.put_nowait(event)
     drain_all_sync(buffer)
     assert UsageRecord.objects.get(request_id=event.request_id).cost_usd == Decimal("0.0000360001")
+
+
+def test_an_event_with_an_unreadable_cost_is_set_aside_not_raised():
+    from apps.usage.event import UsageEvent
+
+    raw = make_event().to_json().replace(b'"cost_usd":"0.0000360000"', b'"cost_usd":"abc"')
+    with pytest.raises(ValueError, match="not a usage event"):
+        UsageEvent.from_json(raw)
