@@ -283,14 +283,25 @@ async def run(call: Call, receive, send) -> None:
         await send_json(send, error.status, error.body(), call.request_id, headers)
     finally:
         health.attempt_released(call)  # an attempt cut short (cancelled, crashed) says nothing
-        if call.admission is not None and call.admission.reservation is not None:
-            usage = call.usage or Usage()
-            await get_quota_engine().settle(
-                call.admission,
-                input_tokens=usage.input_tokens,
-                output_tokens=usage.output_tokens,
-                cost_usd=call.cost_usd if call.cost_usd is not None else _cost(call),
-            )
+        await _settle(call)  # a call cut short before its record still gives its reservation back
+
+
+async def _settle(call: Call) -> None:
+    """Replace the call's quota reservation by what it used, once.
+
+    Runs before the usage row is handed to the buffer: a counter seeded from the ledger
+    (`quota_counters_seed`) then never holds a reservation for a row the ledger already has,
+    which would count that request twice.
+    """
+    if call.admission is None or call.admission.reservation is None:
+        return  # nothing reserved, or settled already (the engine settles once)
+    usage = call.usage or Usage()
+    await get_quota_engine().settle(
+        call.admission,
+        input_tokens=usage.input_tokens,
+        output_tokens=usage.output_tokens,
+        cost_usd=call.cost_usd if call.cost_usd is not None else _cost(call),
+    )
 
 
 async def _run_json(call: Call, send) -> None:
@@ -603,5 +614,6 @@ async def _record(call: Call) -> None:
         request_body=call.body if call.log_bodies else None,
         response_body=call.response_body,
     )
+    await _settle(call)
     await get_usage_buffer().put(event)
     metrics.observe_usage(event, team=call.key.team_slug)

@@ -16,11 +16,12 @@ Design (Redis and in-process stores share it):
   Nothing needs a sweeper process, and a counter nobody uses again simply expires.
 - Admission checks every counter first and changes them only if all fit (all or none), and
   returns each counter's usage so the caller can name every broken rule.
-- `seed` sets a counter to usage known from elsewhere (the ledger's month to date when a
-  rule or tier starts applying mid-month). It sets rather than adds, so seeding twice is
-  harmless, and keeps the live reservations on top: a request in flight still settles its
-  `actual - reserved` onto the seeded value, and its ledger row is not written yet, so it is
-  counted exactly once.
+- `seed` raises a counter to usage known from elsewhere (the ledger's month to date when a
+  rule or tier starts applying mid-month), keeping the live reservations on top. It never
+  adds, so seeding twice is harmless, and never lowers: usage settled but not yet written
+  by the usage writer is in the counter only. The proxy settles a request before handing
+  its row to the buffer, so a request's reservation and its ledger row never coexist and
+  nothing is counted twice.
 
 This module has no Django dependency so worker subprocesses and benchmarks can use it bare.
 """
@@ -130,6 +131,7 @@ class CounterSeed(NamedTuple):
     key: str
     value: int  # settled usage; live reservations on the counter are kept on top
     ttl: int  # seconds, as CounterCheck.ttl
+    replace: bool = False  # set exactly (the rule counts something new), not only raise
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,7 +152,7 @@ class CounterStore(Protocol):
         """Current values (settled usage plus live reservations), 0 for missing keys."""
 
     async def seed(self, seeds: list[CounterSeed]) -> None:
-        """Set each counter to `value` plus its live (unexpired) reservations."""
+        """Raise each counter to `value` plus its live (unexpired) reservations (never lower)."""
 
 
 _ids = itertools.count(1)
@@ -239,20 +241,27 @@ return 1
 """
 
 
-# KEYS: per seed, the counter and its reservation set. ARGV: per seed, value and ttl (s).
+# KEYS: per seed, the counter and its reservation set. ARGV: per seed, value, ttl (s) and
+# replace (1: set exactly, 0: only raise).
 SEED_LUA = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 for i = 1, #KEYS / 2 do
   local key, zkey = KEYS[2 * i - 1], KEYS[2 * i]
-  local value, ttl = tonumber(ARGV[2 * i - 1]), tonumber(ARGV[2 * i])
+  local value, ttl = tonumber(ARGV[3 * i - 2]), tonumber(ARGV[3 * i - 1])
+  local replace = ARGV[3 * i] == '1'
   -- Expired reservations were given back already (or will be): drop them, count the rest.
   redis.call('ZREMRANGEBYSCORE', zkey, '-inf', now)
   local held = 0
   for _, member in ipairs(redis.call('ZRANGE', zkey, 0, -1)) do
     held = held + tonumber(string.match(member, ':(%d+)$'))
   end
-  redis.call('SET', key, value + held, 'EX', ttl)
+  -- Never lower: usage settled but not yet written to the ledger is in the counter only.
+  local seeded = value + held
+  if not replace then
+    seeded = math.max(tonumber(redis.call('GET', key) or '0'), seeded)
+  end
+  redis.call('SET', key, seeded, 'EX', ttl)
 end
 return 1
 """
@@ -370,7 +379,7 @@ class AsyncRedisCounterStore:
         args: list[object] = []
         for seed in seeds:
             keys += (seed.key, _zset_key(seed.key))
-            args += (max(0, int(seed.value)), max(1, seed.ttl))
+            args += (max(0, int(seed.value)), max(1, seed.ttl), 1 if seed.replace else 0)
         try:
             await seed_script(keys=keys, args=args)
         except STORE_ERRORS as exc:
@@ -497,4 +506,9 @@ class MemoryCounterStore:
                 live = sum(amount for amount, expires in held.values() if expires > now)
                 for rid in [rid for rid, (_, expires) in held.items() if expires <= now]:
                     del held[rid]
-                self._values[seed.key] = [max(0, int(seed.value)) + live, now + seed.ttl]
+                current = self._values.get(seed.key)
+                counted = current[0] if current is not None and current[1] > now else 0
+                seeded = max(0, int(seed.value)) + live
+                if not seed.replace:
+                    seeded = max(counted, seeded)
+                self._values[seed.key] = [seeded, now + seed.ttl]

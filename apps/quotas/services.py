@@ -50,17 +50,17 @@ def _amount(rule: QuotaRule, usage: UsageTotals) -> int:
     return usd_to_micros(usage.cost_usd)
 
 
-def quota_counters_seed(*, rule_ids: Iterable[str] | None = None) -> int:
+def quota_counters_seed(*, rule_ids: Iterable[str] | None = None, replace: bool = False) -> int:
     """Set this month's counters of the monthly token and cost rules in force (only
     `rule_ids` when given) to the ledger's month to date; returns how many were set.
 
     Runs when a rule or a tier cap starts to apply or changes what it counts mid-month, so
     the whole month's usage counts, including usage made before (or while on an uncapped
-    tier). It sets rather than adds: seeding again gives the same value. Requests in flight
-    keep their reservations on top of the seeded value (`CounterStore.seed`) and settle
-    normally. Usage settled in the seconds before the seed but not yet written by the usage
-    writer is not in the ledger and is dropped from the counter; it reappears at the next
-    seed. Unknown subjects (a team not created yet) are skipped.
+    tier). It never adds: seeding again gives the same value. Requests in flight keep their
+    reservations on top (`CounterStore.seed`). By default a counter is only raised, since
+    usage settled but not yet written by the usage writer is in the counter alone;
+    `replace=True` (a rule now counts something else, so its old value means nothing) sets
+    it exactly. Unknown subjects (a team not created yet) are skipped.
     """
     wanted = None if rule_ids is None else set(rule_ids)
     rules = [
@@ -87,12 +87,12 @@ def quota_counters_seed(*, rule_ids: Iterable[str] | None = None) -> int:
                 continue
             usage = month_to_date(subject=whose, month=month, models=rule.models)
             key = rule.counter_key(subject, None, start)
-            seeds.append(CounterSeed(key, _amount(rule, usage), ttl))
+            seeds.append(CounterSeed(key, _amount(rule, usage), ttl, replace))
     async_to_sync(get_quota_engine().store.seed)(seeds)
     return len(seeds)
 
 
-def quota_counters_seed_on_commit(*, rule_ids: Iterable[str]) -> None:
+def quota_counters_seed_on_commit(*, rule_ids: Iterable[str], replace: bool = False) -> None:
     """Seed these rules' counters (the `quotas.counters_seed` task) once the current
     transaction commits, so the task reads the rules and subscriptions just written."""
     ids = sorted(set(rule_ids))
@@ -100,7 +100,7 @@ def quota_counters_seed_on_commit(*, rule_ids: Iterable[str]) -> None:
         return
     from .tasks import counters_seed  # the tasks module imports this one
 
-    transaction.on_commit(lambda: counters_seed.delay(ids))
+    transaction.on_commit(lambda: counters_seed.delay(ids, replace))
 
 
 def _previous_config(row: QuotaConfigVersion | None) -> QuotaConfig:
@@ -137,7 +137,8 @@ def quota_config_apply(*, yaml_text: str, author=None, note: str = "apply") -> Q
             rule.id
             for rule in config.rules
             if _seeded(rule) and before.get(rule.id) != _counts(rule)
-        ]
+        ],
+        replace=True,
     )
     return row
 

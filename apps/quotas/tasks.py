@@ -13,9 +13,9 @@ from .services import quota_counters_seed
     retry_backoff=True,
     max_retries=3,
 )
-def counters_seed(rule_ids: list[str] | None = None) -> int:
+def counters_seed(rule_ids: list[str] | None = None, replace: bool = False) -> int:
     """Set these rules' monthly counters (all seeded rules when None) to the month to date.
 
     Idempotent: it sets values from the ledger, so a retry or a duplicate run is harmless.
     """
-    return quota_counters_seed(rule_ids=rule_ids)
+    return quota_counters_seed(rule_ids=rule_ids, replace=replace)

@@ -235,3 +235,18 @@ async def test_seed_keeps_live_reservations(store, key_prefix):
     assert await store.read([key]) == [1100]
     await store.settle(admitted.reservation, [40])
     assert await store.read([key]) == [1040]
+
+
+async def test_seed_raises_but_never_lowers_unless_replacing(store, key_prefix):
+    key = f"{key_prefix}tokens"
+    check = CounterCheck(key, 10_000, 500, 3600, True)
+    admitted = await store.admit([check])
+    # Settled, but its row is not written yet: the ledger says 300, the counter knows 500.
+    await store.settle(admitted.reservation, [500])
+    await store.seed([CounterSeed(key, 300, 3600)])
+    assert await store.read([key]) == [500]
+    await store.seed([CounterSeed(key, 800, 3600)])
+    assert await store.read([key]) == [800]
+    # The rule now counts something else: its old value means nothing.
+    await store.seed([CounterSeed(key, 300, 3600, replace=True)])
+    assert await store.read([key]) == [300]

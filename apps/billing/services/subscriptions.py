@@ -72,7 +72,10 @@ def tier_save(*, tier: Tier | None = None, actor=None, **fields) -> Tier:
             subscribers = Subscription.objects.filter(
                 tier=tier, ends_at__isnull=True
             ).select_related("team", "virtual_account")
-            quota_counters_seed_on_commit(rule_ids=[tier_rule_id_for(s) for s in subscribers])
+            # What the cap counts changed: its counters are set anew, not only raised.
+            quota_counters_seed_on_commit(
+                rule_ids=[tier_rule_id_for(s) for s in subscribers], replace=True
+            )
     audit_record(
         actor=actor,
         action="billing.tier_update" if before else "billing.tier_create",
