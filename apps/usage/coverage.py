@@ -1,10 +1,11 @@
 """When a rollup may stand in for raw rows: the one coverage rule every reader applies.
 
 A UTC day's rollup rows answer for that day only when they were computed at least
-`BILLING_EXPORT_SETTLE_SECONDS` after the day ended: a run replaces a day's rows in one
+`BILLING_EXPORT_SETTLE_SECONDS` after the day ended (a run replaces a day's rows in one
 transaction from one GROUP BY, so it holds every usage row committed by then, and the margin
-lets the writer's last rows of the day land first. A day rolled up while still open, or not
-at all, is read from the raw rows. Statements, insights, quota seeding (`month_to_date`) and
+lets the writer's last rows of the day land first), and no row of the day has landed since
+(`UsageLateDay`, marked by the writer, cleared by the next rollup run). A day rolled up while
+still open, not at all, or with late rows waiting is read from the raw rows. Statements, insights, quota seeding (`month_to_date`) and
 the dashboards use this same rule, so no two surfaces can disagree about which days a rollup
 covers.
 """
@@ -12,6 +13,7 @@ covers.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Collection
 
 from django.conf import settings
 from django.db.models import Min, Model
@@ -21,16 +23,27 @@ def day_end(day: dt.date) -> dt.datetime:
     return dt.datetime.combine(day + dt.timedelta(days=1), dt.time.min, tzinfo=dt.UTC)
 
 
-def day_is_final(day: dt.date, computed_at: dt.datetime) -> bool:
-    """Whether a rollup of `day` computed at `computed_at` holds all of that day's rows."""
+def day_is_final(day: dt.date, computed_at: dt.datetime, late: Collection[dt.date] = ()) -> bool:
+    """Whether a rollup of `day` computed at `computed_at` holds all of that day's rows;
+    `late` is `late_days()` of a range holding `day`."""
     settle = dt.timedelta(seconds=settings.BILLING_EXPORT_SETTLE_SECONDS)
-    return computed_at >= day_end(day) + settle
+    return computed_at >= day_end(day) + settle and day not in late
+
+
+def late_days(start: dt.date, end: dt.date) -> set[dt.date]:
+    """Days in [start, end) with rows written after a rollup may have read them."""
+    from .models import UsageLateDay
+
+    return set(
+        UsageLateDay.objects.filter(day__gte=start, day__lt=end).values_list("day", flat=True)
+    )
 
 
 def covered_days(rollup: type[Model], start: dt.date, end: dt.date) -> set[dt.date]:
     """Days in [start, end) that `rollup` (a table with `day` and `computed_at`) answers for."""
     if start >= end:
         return set()
+    late = late_days(start, end)
     runs = (
         rollup.objects.filter(day__gte=start, day__lt=end)
         .order_by()
@@ -38,4 +51,4 @@ def covered_days(rollup: type[Model], start: dt.date, end: dt.date) -> set[dt.da
         .annotate(computed=Min("computed_at"))
         .values_list("day", "computed")
     )
-    return {day for day, computed in runs if day_is_final(day, computed)}
+    return {day for day, computed in runs if day_is_final(day, computed, late)}

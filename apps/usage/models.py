@@ -89,3 +89,20 @@ class UsageDeadLetter(models.Model):
 
     def __str__(self) -> str:
         return f"{self.request_id}: {self.error[:60]}"
+
+
+class UsageLateDay(models.Model):
+    """A past UTC day that received usage rows after it ended (a spool replay, a backlog
+    written after an outage, a dead letter replayed).
+
+    The writer marks the day in the same transaction as the rows, so no rollup of that day
+    is trusted while the mark stands (`apps.usage.coverage`): readers take the day's raw
+    rows instead, and the next scheduled rollup run re-rolls the day and clears the mark.
+    Late rows are therefore never missing from a statement, whichever month they belong to.
+    """
+
+    day = models.DateField(unique=True)
+    marked_at = models.DateTimeField()
+
+    def __str__(self) -> str:
+        return f"{self.day} (late rows since {self.marked_at:%Y-%m-%d %H:%M})"

@@ -12,8 +12,9 @@ counter seeding), right whether or not a rollup has run. Which days a rollup cov
   open) is read from the raw `UsageRecord` rows. A day comes from one source or the other,
   never both, so nothing is counted twice at the boundary. A day without rollup rows is read
   raw, which is right whether the rollup skipped it or it had no usage.
-- Rows written late for a day already rolled up (spool replays after an outage) count once
-  the rollup re-runs that day (the beat re-runs recent days).
+- Rows written late for a day already rolled up (spool replays after an outage, replayed
+  dead letters) mark the day (`UsageLateDay`): it is read raw until the next rollup run
+  re-rolls it, in whichever month it lies.
 - What the rollup cannot answer (an API key or key lineage, a tag key that is not a rollup
   dimension) is read from the raw rows for the whole month.
 - A past month whose monthly rollup ran after the month ended (same margin) is read from the
@@ -35,7 +36,7 @@ from django.db.models.fields.json import KeyTextTransform
 from django.utils import timezone
 
 from apps.billing.models import UsageRollupDaily, UsageRollupMonthly
-from apps.usage.coverage import covered_days, day_is_final
+from apps.usage.coverage import covered_days, day_is_final, late_days
 from apps.usage.grouping import day_bounds, grouped_usage, month_start, next_month, rollup_tag_keys
 from apps.usage.models import UsageRecord
 
@@ -176,7 +177,8 @@ def _rollup_days(rows: QuerySet[UsageRollupDaily]) -> dict[dt.date, UsageTotals]
             int(requests or 0), int(inp or 0), int(out or 0), Decimal(cost or 0)
         )
         done[day] = min(done.get(day, computed_at), computed_at)
-    return {day: total for day, total in totals.items() if day_is_final(day, done[day])}
+    late = late_days(min(totals), max(totals) + dt.timedelta(days=1)) if totals else set()
+    return {day: total for day, total in totals.items() if day_is_final(day, done[day], late)}
 
 
 def month_to_date(
@@ -309,12 +311,18 @@ def month_to_date_rows(
         monthly, done = _rollup_rows(
             UsageRollupMonthly.objects.filter(month=month), "month", tag_keys=tag_keys
         )
-        if monthly and day_is_final(end - dt.timedelta(days=1), done[month]):
+        # Whole-month rows stand only if no day of the month got rows since they were made.
+        if (
+            monthly
+            and day_is_final(end - dt.timedelta(days=1), done[month])
+            and not late_days(month, end)
+        ):
             return monthly[month]
     daily = UsageRollupDaily.objects.filter(day__gte=month, day__lt=end)
     if by_day:
         per_day, done = _rollup_rows(daily, "day", tag_keys=tag_keys)
-        covered = [day for day in per_day if day_is_final(day, done[day])]
+        late = late_days(month, end)
+        covered = [day for day in per_day if day_is_final(day, done[day], late)]
         out = [row for day in covered for row in per_day[day]]
     else:
         covered = sorted(covered_days(UsageRollupDaily, month, end))

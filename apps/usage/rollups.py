@@ -31,7 +31,8 @@ def _today() -> dt.date:
 
 
 def usage_rollups_refresh(*, recent_days: int, today: dt.date | None = None) -> RollupRun:
-    """Refresh every rollup over the current month and the last `recent_days` complete days.
+    """Refresh every rollup over the current month, the last `recent_days` complete days and
+    every day marked late (`UsageLateDay`), then clear those marks.
 
     Today's dashboards rows stay raw (an unfinished day is never served from a rollup);
     billing rolls up today too, since statements and quota seeding read month-to-date.
@@ -39,15 +40,28 @@ def usage_rollups_refresh(*, recent_days: int, today: dt.date | None = None) -> 
     from apps.billing.services.rollups import month_start, usage_rollup_month
     from apps.dashboards.services import dashboard_rollup_days
 
+    from .models import UsageLateDay
+
+    started = timezone.now()
     today = today or _today()
     months = [month_start(today)]
     if today.day <= PREVIOUS_MONTH_DAYS:
         months.insert(0, month_start(today - dt.timedelta(days=PREVIOUS_MONTH_DAYS)))
+    # Days that got rows after they ended are re-rolled too, in whichever month they lie.
+    late = sorted(UsageLateDay.objects.filter(day__lt=today).values_list("day", flat=True))
+    for day in late:
+        if month_start(day) not in months:
+            months.insert(0, month_start(day))
     requests = 0
-    for month in months:
+    for month in sorted(months):
         requests += usage_rollup_month(month=month).requests
     start = today - dt.timedelta(days=recent_days)
     dashboard_rollup_days(start=start, end=today)
+    for day in late:
+        if day < start:
+            dashboard_rollup_days(start=day, end=day + dt.timedelta(days=1))
+    # Only marks older than this run: rows marked meanwhile may have missed its reads.
+    UsageLateDay.objects.filter(day__in=late, marked_at__lt=started).delete()
     return RollupRun(
         months=[f"{month:%Y-%m}" for month in months],
         dashboard_days=(start.isoformat(), today.isoformat()),

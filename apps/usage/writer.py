@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import logging
 import time
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -45,7 +47,7 @@ from apps.usage.buffer import (
     usage_settings,
 )
 from apps.usage.event import UsageEvent
-from apps.usage.models import UsageRecord
+from apps.usage.models import UsageLateDay, UsageRecord
 
 logger = logging.getLogger(__name__)
 
@@ -83,9 +85,32 @@ def _insert_rows(pairs: list[Pair]) -> int:
     rows = {row["request_id"]: row for _, row in pairs}
     if not rows:
         return 0
-    if connection.vendor == "postgresql":
-        return _copy_rows(list(rows.values()))
-    return _bulk_create_rows(rows)
+    with transaction.atomic():
+        if connection.vendor == "postgresql":
+            inserted = _copy_rows(list(rows.values()))
+        else:
+            inserted = _bulk_create_rows(rows)
+        _mark_late_days(rows.values())
+    return inserted
+
+
+def _mark_late_days(rows: Iterable[dict[str, Any]]) -> None:
+    """Mark past days that got rows now, in the rows' transaction (see `UsageLateDay`).
+
+    Nearly every batch holds today's rows only and costs nothing here.
+    """
+    today = timezone.now().astimezone(dt.UTC).date()
+    days = {row["created_at"].astimezone(dt.UTC).date() for row in rows} - {today}
+    days = {day for day in days if day < today}
+    if not days:
+        return
+    now = timezone.now()
+    UsageLateDay.objects.bulk_create(
+        [UsageLateDay(day=day, marked_at=now) for day in sorted(days)],
+        update_conflicts=True,
+        unique_fields=["day"],
+        update_fields=["marked_at"],
+    )
 
 
 # COPY into a per-session temporary table, then one INSERT ... ON CONFLICT DO NOTHING: about
