@@ -143,6 +143,9 @@ class RuleOverview:
     reset_at: datetime
     usages: list[SubjectUsage]
     refusals: RuleRefusals
+    # A rule shared by everyone, whose counter sums the whole organisation: not for a
+    # developer's eyes (their own refusals of it are still listed).
+    counter_hidden: bool = False
 
     @property
     def conditions(self) -> str:
@@ -303,7 +306,8 @@ def quota_overview(*, identity: PortalIdentity, now: datetime | None = None) -> 
     and subject. Team admins see the subjects of the teams they administer (the team, its
     members, its virtual accounts) and themselves, developers only themselves; rules that
     cover none of them are hidden; rules without subjects (everyone) are shown with their
-    shared counter, since they apply to the viewer too. `per` values and refusals come from
+    shared counter to team admins, and without it to developers (it sums the whole
+    organisation), since they apply to the viewer too. `per` values and refusals come from
     the usage rows of the scope.
     """
     now = now or datetime.now(UTC)
@@ -312,6 +316,9 @@ def quota_overview(*, identity: PortalIdentity, now: datetime | None = None) -> 
     scope = usage_scope_for(identity)
     resolved = resolve_subjects({s for rule in config.rules for s in rule.subjects})
     visible = None if scope.everything else _visible_subjects(scope, resolved)
+    # A developer's scope is their own rows: an organisation-wide counter is not theirs.
+    personal = not scope.everything and not scope.team_ids
+    hidden: set[str] = set()
 
     plan: list[tuple[QuotaRule, datetime, datetime, list[tuple[str, str | None]]]] = []
     for rule in config.rules:
@@ -323,6 +330,10 @@ def quota_overview(*, identity: PortalIdentity, now: datetime | None = None) -> 
                 continue
         elif rule.source != "yaml" and visible is not None:
             continue  # a customer's tier cap spans teams: org-wide roles only
+        elif personal:
+            plan.append((rule, start, datetime.fromtimestamp(reset_ts, UTC), []))
+            hidden.add(rule.id)
+            continue
         else:
             subjects = [ANY_SUBJECT]
         pairs: list[tuple[str, str | None]] = []
@@ -352,7 +363,14 @@ def quota_overview(*, identity: PortalIdentity, now: datetime | None = None) -> 
         if rule.per is not None:
             usages.sort(key=lambda usage: -(usage.used or 0))
         rules.append(
-            RuleOverview(rule, start, reset, usages, refusals.get(rule.id, RuleRefusals()))
+            RuleOverview(
+                rule,
+                start,
+                reset,
+                usages,
+                refusals.get(rule.id, RuleRefusals()),
+                counter_hidden=rule.id in hidden,
+            )
         )
     return QuotaOverview(
         version=version,

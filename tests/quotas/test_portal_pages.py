@@ -146,6 +146,25 @@ def test_developer_sees_only_rules_covering_themselves(client, people, suffix):
     assert client.get("/quotas/edit/").status_code == 403
 
 
+def test_developer_sees_an_everyone_rule_without_the_organisations_counter(
+    client, people, suffix
+):
+    text = config_text(suffix) + (
+        f"  - id: everyone-{suffix}\n    when: {{models: ['gpt-4o']}}\n"
+        "    limit_to: 100000\n    unit: requests_per_day\n"
+    )
+    quota_config_apply(yaml_text=text)
+    count_requests(text, {"team:backend"}, 3)
+    client.force_login(people["developer"])
+    page = client.get("/quotas/").content.decode()
+    section = page.split(f'id="rule-everyone-{suffix}"')[1].split("</section>")[0]
+    assert "Shared by everyone" in section and "/ 100,000" not in section
+    client.force_login(people["team_admin"])
+    page = client.get("/quotas/").content.decode()
+    section = page.split(f'id="rule-everyone-{suffix}"')[1].split("</section>")[0]
+    assert "3 / 100,000 requests today" in section
+
+
 def test_a_user_without_a_role_gets_403(client):
     client.force_login(factories.make_user("nobody"))
     assert client.get("/quotas/").status_code == 403
