@@ -223,32 +223,26 @@ class SpoolFile:
         finally:
             os.close(fd)
 
-    def read(self, path: Path) -> list[UsageEvent]:
-        """Complete lines only: a line cut short by a crash was never acknowledged to anyone."""
+    def read(self, path: Path) -> Batch:
+        """Complete lines only: a line cut short by a crash was never acknowledged to anyone.
+
+        A complete line that is not an event comes back in `unreadable`, for the writer to
+        dead-letter (shown and replayable like any refused row) before the file goes.
+        """
+        batch = Batch()
         try:
             data = path.read_bytes()
         except FileNotFoundError:
-            return []
-        lines = data.split(b"\n")[:-1]
-        events: list[UsageEvent] = []
-        rejected: list[bytes] = []
-        for line in lines:
+            return batch
+        for number, line in enumerate(data.split(b"\n")[:-1], start=1):
             if not line.strip():
                 continue
             try:
-                events.append(UsageEvent.from_json(line))
-            except (ValueError, TypeError, KeyError):
-                rejected.append(line)
-        if rejected:
-            # Keep unreadable lines for a human rather than dropping money on the floor.
-            with (self.directory / "rejected.jsonl").open("ab") as out:
-                out.write(b"".join(line + b"\n" for line in rejected))
-                out.flush()
-                os.fsync(out.fileno())
-            logger.error(
-                "usage spool %s: %d unreadable lines kept in rejected.jsonl", path, len(rejected)
-            )
-        return events
+                batch.events.append(UsageEvent.from_json(line))
+            except ValueError as exc:
+                text = line.decode("utf-8", "replace")
+                batch.unreadable.append((text, f"unreadable event: {exc}", f"{path.name}:{number}"))
+        return batch
 
     def remove(self, path: Path) -> None:
         path.unlink(missing_ok=True)

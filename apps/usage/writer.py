@@ -366,7 +366,10 @@ class UsageWriter:
         await asyncio.to_thread(spool.seal, min_age=seal_age)
         fetched = inserted = 0
         for path in await asyncio.to_thread(spool.sealed_files):
-            events = await asyncio.to_thread(spool.read, path)
+            batch = await asyncio.to_thread(spool.read, path)
+            if batch.unreadable:
+                await self._run_sync(_dead_letter_unreadable, batch.unreadable)
+            events = batch.events
             for start in range(0, len(events), self.batch_size):
                 inserted += await self._insert(events[start : start + self.batch_size])
             # Deleted only after every chunk committed; a crash before this re-inserts

@@ -82,7 +82,7 @@ def test_spool_respects_a_live_owner_and_adopts_a_dead_ones_file(tmp_path):
     os.close(owner._fd)
     owner._fd = None
     sealed = replayer.sealed_files()
-    assert len(sealed) == 1 and len(replayer.read(sealed[0])) == 2
+    assert len(sealed) == 1 and len(replayer.read(sealed[0]).events) == 2
 
 
 def test_spool_replay_skips_a_torn_last_line(tmp_path):
@@ -92,4 +92,21 @@ def test_spool_replay_skips_a_torn_last_line(tmp_path):
     (path,) = tmp_path.glob("usage-*.jsonl")
     with path.open("ab") as handle:
         handle.write(make_event().to_json()[:40])  # crash mid-write: never acknowledged
-    assert len(spool.read(path)) == 1
+    assert len(spool.read(path).events) == 1
+
+
+def test_an_unreadable_spool_line_is_dead_lettered_and_the_rest_written(tmp_path):
+    from apps.usage.models import UsageDeadLetter
+
+    spool = SpoolFile(tmp_path)
+    good = [make_event(), make_event()]
+    spool.append(good[:1])
+    spool.close()
+    (path,) = tmp_path.glob("usage-*.jsonl")
+    with path.open("ab") as handle:
+        handle.write(b'{"not": "an event"}\n' + good[1].to_json() + b"\n")
+    assert drain_all_sync(MemoryBuffer(spool_dir=tmp_path)) == 2
+    assert not list(tmp_path.glob("usage-*"))
+    (letter,) = UsageDeadLetter.objects.all()
+    assert letter.payload == '{"not": "an event"}'
+    assert letter.request_id == f"unreadable_{path.name}:2"[:64]
