@@ -25,6 +25,20 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+@pytest.fixture(scope="session")
+def django_db_modify_db_settings(django_db_modify_db_settings_parallel_suffix) -> None:
+    """Between transactional tests the database is flushed with one TRUNCATE while gateway
+    processes started by the tests still poll their catalog and quota rules. A poll holding
+    one table and waiting for another deadlocks with the TRUNCATE; PostgreSQL aborts
+    whichever session's deadlock_timeout runs out first. Waiting longer here makes that the
+    gateway's poll (which just retries), not the test's flush."""
+    from django.conf import settings
+
+    database = settings.DATABASES["default"]
+    if database["ENGINE"].endswith("postgresql"):
+        database.setdefault("OPTIONS", {})["options"] = "-c deadlock_timeout=10s"
+
+
 @pytest.fixture
 def team(db):
     return factories.make_team("Frontend", slug="frontend", default_tags={"cost_center": "cc-200"})
