@@ -60,9 +60,11 @@ def _resolve(
 ) -> Context:
     scope = usage_scope_for(identity)
     team = request.GET.get("team", "")
-    if team.isdigit() and not scope.may_read_team(int(team)):
+    try:
         # As /api/usage: a team outside the scope is refused, not silently dropped.
-        raise PermissionDenied("You may only filter on teams you administer.")
+        scope.check_filters(team_ids=[int(team)] if team.isdigit() else [])
+    except PermissionError as exc:
+        raise PermissionDenied(str(exc)) from exc
     form = FilterForm(request.GET or None, teams=selectors.teams_for_filter(scope=scope))
     if form.is_bound:
         form.is_valid()

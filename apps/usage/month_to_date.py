@@ -248,7 +248,7 @@ def _rollup_rows(
             day, team, va, model = item[:4]
             tags = item[4 : 4 + len(groups)]
             if tag_keys is None:
-                dims = tags[0] if isinstance(tags[0], dict) else {}
+                dims = _present(tags[0] if isinstance(tags[0], dict) else {})
             else:
                 dims = {key: value for key, value in zip(tag_keys, tags, strict=True) if value}
             _add_rollup_row(by_period, done, day, team, va, model, dims, item[4 + len(groups) :])
@@ -258,11 +258,16 @@ def _rollup_rows(
     for day, team, va, model, dims, *rest in rows.order_by().values_list(
         *keys, *fields, "computed_at"
     ):
-        dims = dims if isinstance(dims, dict) else {}
+        dims = _present(dims if isinstance(dims, dict) else {})
         if tag_keys is not None:
             dims = {key: dims[key] for key in tag_keys if dims.get(key)}
         _add_rollup_row(by_period, done, day, team, va, model, dims, rest)
     return by_period, done
+
+
+def _present(dims: dict) -> dict:
+    """Only the tag values a row has: rollup and raw rows then look alike ({} for none)."""
+    return {key: value for key, value in dims.items() if value not in (None, "")}
 
 
 def _add_rollup_row(
@@ -338,7 +343,7 @@ def month_to_date_rows(
                 key[1],
                 key[3],
                 key[4],
-                dict(zip(raw_keys, json.loads(key[5]), strict=True)),
+                _present(dict(zip(raw_keys, json.loads(key[5]), strict=True))),
                 group.requests,
                 group.input_tokens,
                 group.output_tokens,

@@ -7,6 +7,7 @@ from django.shortcuts import redirect, render
 from django.views.decorators.http import require_POST
 
 from apps.accounts.permissions import ADMIN_ONLY, portal_view
+from apps.accounts.selectors import PortalIdentity
 
 from .selectors import usage_dead_letters_open
 from .services import usage_dead_letters_replay
@@ -15,14 +16,14 @@ PAGE_SIZE = 50
 
 
 @portal_view(ADMIN_ONLY)
-def dead_letters(request: HttpRequest, identity) -> HttpResponse:
+def dead_letters(request: HttpRequest, identity: PortalIdentity) -> HttpResponse:
     page = Paginator(usage_dead_letters_open(), PAGE_SIZE).get_page(request.GET.get("page"))
     return render(request, "usage/dead_letters.html", {"page": page})
 
 
 @require_POST
 @portal_view(ADMIN_ONLY)
-def dead_letters_replay(request: HttpRequest, identity) -> HttpResponse:
+def dead_letters_replay(request: HttpRequest, identity: PortalIdentity) -> HttpResponse:
     raw_ids = request.POST.getlist("id")
     ids = [int(value) for value in raw_ids if value.isdigit()] if raw_ids else None
     result = usage_dead_letters_replay(actor=request.user, ids=ids)
