@@ -7,13 +7,18 @@ export DEBUG ?= true
 
 .PHONY: run test env lint bench clean
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml | .env
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --disable-pip-version-check -q --upgrade pip
 	$(PY) -m pip install --disable-pip-version-check -q -e '.[dev]'
 	touch $@
 
 env: $(VENV)/.installed
+
+# The demo's settings, where manage.py reads them too: every README command then works from
+# any shell. Written once, never overwritten; the environment still wins over it.
+.env:
+	printf '# Written by make for the demo; see .env.example for production.\nDEBUG=true\n' > $@
 
 run: env
 	$(PY) manage.py migrate --noinput
