@@ -18,16 +18,15 @@ from collections.abc import Collection
 from django.conf import settings
 from django.db.models import Min, Model
 
-
-def day_end(day: dt.date) -> dt.datetime:
-    return dt.datetime.combine(day + dt.timedelta(days=1), dt.time.min, tzinfo=dt.UTC)
+from .grouping import day_bounds
 
 
 def day_is_final(day: dt.date, computed_at: dt.datetime, late: Collection[dt.date] = ()) -> bool:
     """Whether a rollup of `day` computed at `computed_at` holds all of that day's rows;
     `late` is `late_days()` of a range holding `day`."""
     settle = dt.timedelta(seconds=settings.BILLING_EXPORT_SETTLE_SECONDS)
-    return computed_at >= day_end(day) + settle and day not in late
+    _, end = day_bounds(day, day + dt.timedelta(days=1))
+    return computed_at >= end + settle and day not in late
 
 
 def late_days(start: dt.date, end: dt.date) -> set[dt.date]:

@@ -14,4 +14,4 @@ def usage_dead_letters_open() -> QuerySet[UsageDeadLetter]:
 
 
 def usage_dead_letter_count() -> int:
-    return UsageDeadLetter.objects.filter(replayed_at__isnull=True).count()
+    return usage_dead_letters_open().count()

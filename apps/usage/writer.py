@@ -100,7 +100,7 @@ def _mark_late_days(rows: Iterable[dict[str, Any]]) -> None:
     Nearly every batch holds today's rows only and costs nothing here.
     """
     today = timezone.now().astimezone(dt.UTC).date()
-    days = {row["created_at"].astimezone(dt.UTC).date() for row in rows} - {today}
+    days = {row["created_at"].astimezone(dt.UTC).date() for row in rows}
     days = {day for day in days if day < today}
     if not days:
         return
