@@ -5,12 +5,18 @@ PY := $(VENV)/bin/python
 PORT ?= 8000
 export DEBUG ?= true
 
-.PHONY: run test env lint bench clean
+.PHONY: run test env check lint lock bench clean
 
-$(VENV)/.installed: pyproject.toml | .env
+# Dependencies come only from the hashed lock files (requirements/, written by `make lock`):
+# `make run` installs the runtime lock, everything else adds the dev lock on top.
+$(VENV)/.runtime: requirements/runtime.txt | .env
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --disable-pip-version-check -q --upgrade pip
-	$(PY) -m pip install --disable-pip-version-check -q -e '.[dev]'
+	$(PY) -m pip install --disable-pip-version-check -q --require-hashes -r requirements/runtime.txt
+	$(PY) -m pip install --disable-pip-version-check -q --no-deps --no-build-isolation -e .
+	touch $@
+
+$(VENV)/.installed: requirements/dev.txt $(VENV)/.runtime
+	$(PY) -m pip install --disable-pip-version-check -q --require-hashes -r requirements/dev.txt
 	touch $@
 
 env: $(VENV)/.installed
@@ -20,7 +26,7 @@ env: $(VENV)/.installed
 .env:
 	printf '# Written by make for the demo; see .env.example for production.\nDEBUG=true\n' > $@
 
-run: env
+run: $(VENV)/.runtime
 	$(PY) manage.py migrate --noinput
 	$(PY) manage.py seed_demo
 	$(PY) -m uvicorn gateway_portal.asgi:application --host 127.0.0.1 --port $(PORT) \
@@ -29,9 +35,24 @@ run: env
 test: env
 	$(PY) scripts/run_tests.py
 
-lint: env
+# What CI checks besides the tests: lint, formatting, migrations, the lock.
+check: env
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(PY) manage.py makemigrations --check --dry-run
+	$(PY) scripts/check_lock.py
+
+lint: check
+
+# Re-resolve the lock files after editing the dependencies in pyproject.toml.
+LOCK_FLAGS := --quiet --generate-hashes --allow-unsafe --strip-extras --no-emit-index-url \
+	--no-emit-find-links
+lock: env
+	$(PY) -m piptools compile $(LOCK_FLAGS) --build-deps-for editable \
+		-o requirements/runtime.txt pyproject.toml
+	$(PY) -m piptools compile $(LOCK_FLAGS) --build-deps-for editable --extra dev \
+		-c requirements/runtime.txt -o requirements/dev.txt pyproject.toml
+	$(PY) scripts/check_lock.py --stamp
 
 bench: env
 	$(PY) bench/proxy_bench.py
