@@ -53,6 +53,7 @@ INSTALLED_APPS = [
     "apps.quotas",
     "apps.billing",
     "apps.dashboards",
+    "apps.outbound",
 ]
 
 MIDDLEWARE = [
@@ -216,7 +217,11 @@ UPSTREAM_CONNECT_TIMEOUT = env.float("UPSTREAM_CONNECT_TIMEOUT", default=5.0)
 UPSTREAM_POOL_LIMIT = env.int("UPSTREAM_POOL_LIMIT", default=1000)
 UPSTREAM_POOL_LIMIT_PER_HOST = env.int("UPSTREAM_POOL_LIMIT_PER_HOST", default=0)
 CATALOG_REFRESH_SECONDS = env.float("CATALOG_REFRESH_SECONDS", default=2.0)
-# Upstream base URLs must match one of these hostnames (`*.` wildcards) or networks.
+# Where upstreams may be (apps/outbound, README "Outbound URLs"): host names (`*.` wildcards)
+# that must resolve to public addresses, IP networks (CIDR or one address) allowed even when
+# private, `*` for any public host. Checked on the resolved address at connect time; an empty
+# list allows nothing. No loopback or private range by default: Redis and PostgreSQL live
+# there. The demo (DEBUG) adds the one address its simulator listens on (SIMULATOR_BASE_URL).
 UPSTREAM_ALLOWED_HOSTS = env.list(
     "UPSTREAM_ALLOWED_HOSTS",
     default=[
@@ -231,11 +236,15 @@ UPSTREAM_ALLOWED_HOSTS = env.list(
         "api.mistral.ai",
         "api.jina.ai",
         "api.voyageai.com",
-        "localhost",
-        "127.0.0.0/8",
-        "::1/128",
-    ],
+    ]
+    + (["127.0.0.1"] if DEBUG else []),
 )
+# A deployment's `api_key_env` may name only variables with one of these prefixes or in this
+# list, and never one this module reads (DATABASE_URL, SECRET_KEY, ...): apps/proxy/crypto.py.
+UPSTREAM_API_KEY_ENV_PREFIXES = env.list(
+    "UPSTREAM_API_KEY_ENV_PREFIXES", default=["TOLLGATE_UPSTREAM_"]
+)
+UPSTREAM_API_KEY_ENV_NAMES = env.list("UPSTREAM_API_KEY_ENV_NAMES", default=[])
 # Key for encrypting upstream provider secrets at rest (defaults to one derived from SECRET_KEY).
 UPSTREAM_SECRET_KEY = env.str("UPSTREAM_SECRET_KEY", default="")
 # The simulator is served at /simulator on the gateway itself (turn off in production).

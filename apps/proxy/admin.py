@@ -1,12 +1,13 @@
 from django import forms
-from django.conf import settings
 from django.contrib import admin
 
 from .models import Deployment, GatewayModel
-from .validators import validate_upstream_base_url
 
 
 class DeploymentForm(forms.ModelForm):
+    """base_url and api_key_env are checked by the model fields' validators (the outbound
+    guard, the api_key_env naming rule), which a ModelForm runs."""
+
     base_url = forms.URLField(max_length=500, assume_scheme="https")
 
     class Meta:
@@ -28,11 +29,6 @@ class DeploymentForm(forms.ModelForm):
             "extra",
             "is_active",
         )
-
-    def clean_base_url(self) -> str:
-        url = self.cleaned_data["base_url"]
-        validate_upstream_base_url(url, settings.UPSTREAM_ALLOWED_HOSTS)
-        return url
 
 
 class DeploymentInline(admin.StackedInline):

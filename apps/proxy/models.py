@@ -1,4 +1,9 @@
+from django.conf import settings
 from django.db import models
+
+from apps.outbound.guard import check_url
+
+from .crypto import check_api_key_env
 
 
 class ProviderType(models.TextChoices):
@@ -21,6 +26,11 @@ class RoutingStrategy(models.TextChoices):
     WEIGHTED = "weighted", "Weighted (traffic split by weight)"
     LATENCY = "latency", "Lowest recent latency"
     LEAST_BUSY = "least_busy", "Fewest requests in flight"
+
+
+def validate_upstream_url(value: str) -> None:
+    """The outbound guard on a base URL, against the allowlist as configured when it runs."""
+    check_url(value, settings.UPSTREAM_ALLOWED_HOSTS)
 
 
 class GatewayModel(models.Model):
@@ -55,9 +65,11 @@ class Deployment(models.Model):
     name = models.CharField(max_length=200)
     provider = models.CharField(max_length=20, choices=ProviderType.choices)
     upstream_model = models.CharField(max_length=200)
-    base_url = models.URLField(max_length=500)
+    # The same rules as the YAML loader (services.py): any ModelForm, the admin's included,
+    # and full_clean() refuse what the gateway would refuse to connect to or to read.
+    base_url = models.URLField(max_length=500, validators=[validate_upstream_url])
     api_version = models.CharField(max_length=50, blank=True)
-    api_key_env = models.CharField(max_length=100, blank=True)
+    api_key_env = models.CharField(max_length=100, blank=True, validators=[check_api_key_env])
     api_key_encrypted = models.TextField(blank=True)
     timeout_seconds = models.FloatField(default=60.0)
     priority = models.IntegerField(default=0)

@@ -8,8 +8,10 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import transaction
 
+from apps.outbound.guard import check_url
+
+from .crypto import api_key_env_problem
 from .models import Deployment, GatewayModel, ModelMode, ProviderType, RoutingStrategy
-from .validators import validate_upstream_base_url
 
 MODEL_KEYS = {"name", "mode", "description", "routing_strategy", "is_active", "deployments"}
 DEPLOYMENT_KEYS = {
@@ -69,11 +71,14 @@ def _deployment_fields(where: str, spec: dict) -> dict:
         raise CatalogSpecError(f"{where}: provider must be one of {ProviderType.values}")
     base_url = _expand(str(spec["base_url"]))
     try:
-        validate_upstream_base_url(base_url, settings.UPSTREAM_ALLOWED_HOSTS)
+        check_url(base_url, settings.UPSTREAM_ALLOWED_HOSTS)
     except ValidationError as exc:
         raise CatalogSpecError(f"{where}: {' '.join(exc.messages)}") from exc
     if "api_key" in spec:
         raise CatalogSpecError(f"{where}: plaintext api_key is not accepted; use api_key_env")
+    api_key_env = str(spec.get("api_key_env", ""))
+    if api_key_env and (problem := api_key_env_problem(api_key_env)):
+        raise CatalogSpecError(f"{where}: api_key_env: {problem}")
     prices = spec.get("prices") or {}
     _check_keys(f"{where}.prices", prices, set(PRICE_KEYS))
     fields = {
@@ -81,7 +86,7 @@ def _deployment_fields(where: str, spec: dict) -> dict:
         "upstream_model": str(spec["upstream_model"]),
         "base_url": base_url,
         "api_version": str(spec.get("api_version", "")),
-        "api_key_env": str(spec.get("api_key_env", "")),
+        "api_key_env": api_key_env,
         "api_key_encrypted": str(spec.get("api_key_encrypted", "")),
         "timeout_seconds": float(spec.get("timeout_seconds", 60)),
         "priority": int(spec.get("priority", 0)),

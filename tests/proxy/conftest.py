@@ -89,6 +89,8 @@ def start_gateway(extra_env: dict | None = None, workers: int = 1) -> GatewaySer
         SIMULATOR_MODEL_KNOBS=json.dumps(SIMULATOR_MODEL_KNOBS),
         PROXY_RETRY_BACKOFF="0.01",
         QUOTA_REFRESH_SECONDS="0.2",
+        # An upstream key deployments may name in api_key_env (the TOLLGATE_UPSTREAM_ prefix).
+        TOLLGATE_UPSTREAM_TEST_KEY="sk-test-upstream",
     )
     env.update(extra_env or {})
     command = [

@@ -1,17 +1,21 @@
-"""Upstream secrets encrypted at rest, and the upstream base URL guard."""
+"""Upstream secrets encrypted at rest, and which environment variables may hold them.
+
+The base URL guard moved to apps.outbound (tests/outbound/test_guard.py)."""
 
 import logging
 
 import pytest
 from django.core.exceptions import ValidationError
 
+from apps.proxy import crypto
 from apps.proxy.crypto import (
     SecretDecryptionError,
+    check_api_key_env,
     decrypt_secret,
     encrypt_secret,
     resolve_deployment_api_key,
+    settings_env_names,
 )
-from apps.proxy.validators import validate_upstream_base_url
 
 pytestmark = pytest.mark.embedded
 
@@ -55,79 +59,80 @@ def test_garbage_token_raises(settings, token):
 def test_resolve_api_key(settings, monkeypatch, caplog):
     settings.UPSTREAM_SECRET_KEY = "upstream-key-one"
     token = encrypt_secret(SECRET)
-    monkeypatch.setenv("TOLLGATE_TEST_UPSTREAM_KEY", "from-env")
-    monkeypatch.delenv("TOLLGATE_TEST_MISSING_KEY", raising=False)
+    monkeypatch.setenv("TOLLGATE_UPSTREAM_TEST_KEY", "from-env")
+    monkeypatch.delenv("TOLLGATE_UPSTREAM_MISSING_KEY", raising=False)
 
-    assert resolve_deployment_api_key("TOLLGATE_TEST_UPSTREAM_KEY", token) == "from-env"
+    assert resolve_deployment_api_key("TOLLGATE_UPSTREAM_TEST_KEY", token) == "from-env"
     assert resolve_deployment_api_key("", token) == SECRET
     assert resolve_deployment_api_key("", "") == ""
     with caplog.at_level(logging.WARNING):
-        assert resolve_deployment_api_key("TOLLGATE_TEST_MISSING_KEY", token) == SECRET
-        assert resolve_deployment_api_key("TOLLGATE_TEST_MISSING_KEY", "") == ""
-    assert "TOLLGATE_TEST_MISSING_KEY" in caplog.text
+        assert resolve_deployment_api_key("TOLLGATE_UPSTREAM_MISSING_KEY", token) == SECRET
+        assert resolve_deployment_api_key("TOLLGATE_UPSTREAM_MISSING_KEY", "") == ""
+    assert "TOLLGATE_UPSTREAM_MISSING_KEY" in caplog.text
     assert SECRET not in caplog.text
 
 
-# --- Base URL validation ----------------------------------------------------------------
-
-ALLOWED = ["api.openai.com", "*.openai.azure.com", "127.0.0.0/8", "10.0.0.0/8", "fd00::/8"]
+# --- Which variables api_key_env may name ----------------------------------------------
 
 
-@pytest.mark.parametrize(
-    "url",
-    [
-        "https://api.openai.com/v1",
-        "https://API.OpenAI.com./v1",
-        "https://contoso.openai.azure.com",
-        "https://a.b.openai.azure.com/openai",
-        "http://127.0.0.1:8001/v1",
-        "http://10.20.30.40/v1",
-        "http://[fd00::1]:8000/v1",
-        "http://[::ffff:10.0.0.1]/v1",
-        "http://127.1:9000/v1",
-    ],
-)
-def test_allowed_urls(url):
-    validate_upstream_base_url(url, ALLOWED)
+@pytest.mark.parametrize("name", ["TOLLGATE_UPSTREAM_OPENAI", "TOLLGATE_UPSTREAM_A_B_1", ""])
+def test_api_key_env_with_the_prefix_is_accepted(name):
+    check_api_key_env(name)
 
 
 @pytest.mark.parametrize(
-    ("url", "code"),
-    [
-        ("file:///etc/passwd", "scheme"),
-        ("ftp://api.openai.com/v1", "scheme"),
-        ("gopher://10.0.0.1", "scheme"),
-        ("api.openai.com/v1", "scheme"),
-        ("https://user:pw@api.openai.com/v1", "credentials"),
-        ("https://token@api.openai.com/v1", "credentials"),
-        ("https:///v1", "host"),
-        ("https://api.openai.com:99999/v1", "invalid"),
-        ("https://evil.example.com/v1", "host_not_allowed"),
-        ("https://api.openai.com.evil.com/v1", "host_not_allowed"),
-        ("https://openai.azure.com/v1", "host_not_allowed"),
-        ("https://evilopenai.azure.com/v1", "host_not_allowed"),
-        ("http://169.254.169.254/latest", "host_not_allowed"),
-        ("http://192.168.1.1/v1", "host_not_allowed"),
-        ("http://[::1]/v1", "host_not_allowed"),
-        ("http://2852039166/latest", "host_not_allowed"),
-        ("http://0xa9.0xfe.0xa9.0xfe/latest", "host_not_allowed"),
-    ],
+    "name",
+    ["PATH", "HOME", "OPENAI_API_KEY", "AWS_SECRET_ACCESS_KEY", "tollgate_upstream_lower"],
 )
-def test_rejected_urls(url, code):
-    with pytest.raises(ValidationError) as excinfo:
-        validate_upstream_base_url(url, ALLOWED)
-    assert excinfo.value.code == code
+def test_api_key_env_without_the_prefix_is_refused(name):
+    with pytest.raises(ValidationError, match="UPSTREAM_API_KEY_ENV_PREFIXES") as excinfo:
+        check_api_key_env(name)
+    assert excinfo.value.code == "api_key_env"
 
 
-def test_empty_allow_list_checks_only_scheme_host_and_credentials():
-    validate_upstream_base_url("http://169.254.169.254/v1", [])
-    validate_upstream_base_url("https://anything.example/v1", [])
-    for url in ("file:///etc/passwd", "https://u:p@x.example", "http://"):
-        with pytest.raises(ValidationError):
-            validate_upstream_base_url(url, [])
+@pytest.mark.parametrize("name", ["X-KEY", "A B", "1ABC", "$HOME", "K=V"])
+def test_api_key_env_must_be_a_variable_name(name):
+    with pytest.raises(ValidationError, match="not an environment variable name"):
+        check_api_key_env(name)
 
 
-def test_ip_literal_needs_a_network_not_a_hostname_pattern():
+def test_explicit_names_are_accepted(settings):
+    settings.UPSTREAM_API_KEY_ENV_NAMES = ["OPENAI_API_KEY"]
+    check_api_key_env("OPENAI_API_KEY")
     with pytest.raises(ValidationError):
-        validate_upstream_base_url("http://10.0.0.1/v1", ["*.example.com"])
-    validate_upstream_base_url("http://10.0.0.1/v1", ["10.0.0.1"])
+        check_api_key_env("ANTHROPIC_API_KEY")
+
+
+def test_settings_env_names_are_what_settings_py_reads():
+    names = settings_env_names()
+    for secret in ("DATABASE_URL", "REDIS_URL", "SECRET_KEY", "UPSTREAM_SECRET_KEY", "METRICS_TOKEN",
+                   "CELERY_BROKER_URL", "CELERY_RESULT_BACKEND", "SIMULATOR_BASE_URL"):  # fmt: skip
+        assert secret in names
+    assert "PATH" not in names and "HOME" not in names
+
+
+def test_gateway_settings_are_refused_whatever_the_lists_say(settings):
+    # An operator who widens the lists still cannot point a deployment at the gateway's own
+    # configuration.
+    for name in settings_env_names():
+        settings.UPSTREAM_API_KEY_ENV_PREFIXES = ["", name[:1]]
+        settings.UPSTREAM_API_KEY_ENV_NAMES = [name]
+        with pytest.raises(ValidationError, match="gateway's own settings"):
+            check_api_key_env(name)
+
+
+def test_refused_name_resolves_to_nothing_and_is_logged_once(settings, monkeypatch, caplog):
+    settings.UPSTREAM_SECRET_KEY = "upstream-key-one"
+    token = encrypt_secret(SECRET)
+    database_url = "postgres://tollgate:hunter2@db.internal:5432/tollgate"
+    monkeypatch.setenv("DATABASE_URL", database_url)
+    monkeypatch.setenv("TOLLGATE_UPSTREAM_OK", "sk-ok")
+    monkeypatch.setattr(crypto, "_refusals_logged", set())
+    with caplog.at_level(logging.WARNING, logger="apps.proxy.crypto"):
+        # The encrypted secret is not a fallback either: the row is misconfigured.
+        assert resolve_deployment_api_key("DATABASE_URL", token) == ""
+        assert resolve_deployment_api_key("DATABASE_URL", "") == ""
+        assert resolve_deployment_api_key("TOLLGATE_UPSTREAM_OK", "") == "sk-ok"
+    refusals = [r for r in caplog.records if "DATABASE_URL" in r.getMessage()]
+    assert len(refusals) == 1
+    assert "hunter2" not in caplog.text and SECRET not in caplog.text

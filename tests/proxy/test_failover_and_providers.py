@@ -129,7 +129,7 @@ def anthropic_model(gateway, secret, name="claude-sim"):
                             "provider": "anthropic",
                             "upstream_model": "claude-sim-1",
                             "base_url": gateway.simulator_url,
-                            "api_key_env": "PATH",
+                            "api_key_env": "TOLLGATE_UPSTREAM_TEST_KEY",
                         }
                     ],
                 }
