@@ -1,9 +1,11 @@
 """The /v1 hot path: a plain ASGI app, served in front of Django by gateway_portal.asgi.
 
-Request flow: read and size-check the body -> authenticate the key (in-process cache) ->
-validate the body and the metadata header -> resolve the model from the in-memory catalog ->
-forward through `calls` (failover, streaming) -> hand the usage record to the buffer.
-No database query happens here on a warm worker.
+Request flow: refuse ambiguous credentials -> authenticate the key (in-process cache) ->
+check the content type -> read and size-check the body -> validate the body and the metadata
+header -> resolve the model from the in-memory catalog -> forward through `calls` (failover,
+streaming) -> hand the usage record to the buffer. A request refused after authentication
+makes no upstream call and still leaves a usage row (`refusals`). No database query happens
+here on a warm worker.
 """
 
 import time
@@ -14,13 +16,22 @@ from django.conf import settings
 from apps.usage.models import UsageRecord
 
 from . import calls
-from .auth import KeyInfo, authenticate
+from .auth import KeyInfo, authenticate, presented_secret
 from .catalog import ModelEntry, catalog
-from .errors import BadRequest, Forbidden, GatewayError, MethodNotAllowed, NotFound, PayloadTooLarge
+from .errors import (
+    BadRequest,
+    Forbidden,
+    GatewayError,
+    MethodNotAllowed,
+    NotFound,
+    PayloadTooLarge,
+    Unauthorized,
+)
 from .metadata import HEADER_NAMES, LOG_REQUEST_TAG, merge_tags, parse_metadata_header
 from .providers.base import CHAT, COMPLETION, EMBEDDING, RERANK
+from .refusals import record_refusal
 from .responses import send_json
-from .validation import validate_body
+from .validation import check_content_type, validate_body
 
 POST_ROUTES = {
     "/v1/chat/completions": CHAT,
@@ -78,55 +89,108 @@ def _model_detail(key: KeyInfo, name: str) -> bytes:
     return orjson.dumps(_model_object(entry))
 
 
+def check_one_credential(raw_headers: list[tuple[bytes, bytes]]) -> None:
+    """Refuse a request whose credentials disagree, before anyone picks one of them.
+
+    `dict(scope["headers"])` keeps the last of repeated headers, so two Authorization
+    headers would silently authenticate as the second: the raw list is read instead. The
+    same key sent both as `Authorization: Bearer` and as `x-api-key` is not ambiguous.
+    """
+    authorization = api_key = None
+    for name, value in raw_headers:
+        if name == b"authorization":
+            if authorization is not None:
+                raise _ambiguous("more than one Authorization header")
+            authorization = value
+        elif name == b"x-api-key":
+            if api_key is not None:
+                raise _ambiguous("more than one x-api-key header")
+            api_key = value
+    if authorization is not None and api_key is not None:
+        # Compared as authentication reads them (scheme, case, whitespace): see auth.py.
+        if presented_secret({b"authorization": authorization}) != presented_secret(
+            {b"x-api-key": api_key}
+        ):
+            raise _ambiguous("an Authorization header and a different x-api-key header")
+
+
+def _ambiguous(what: str) -> Unauthorized:
+    return Unauthorized(
+        f"Ambiguous credentials: the request has {what}. Send one API key, once.",
+        code="ambiguous_credentials",
+    )
+
+
 async def app(scope, receive, send) -> None:
     """ASGI entry for every /v1 path."""
     started = time.perf_counter()
     request_id = UsageRecord.new_request_id()
-    headers = dict(scope["headers"])
+    raw_headers = scope["headers"]
+    headers = dict(raw_headers)
     path = scope["path"]
     method = scope["method"]
+    key: KeyInfo | None = None
+    body: object = None
     try:
         kind = POST_ROUTES.get(path)
         if kind is None and not path.startswith("/v1/models"):
             raise NotFound(f"Unknown path {path}.", code="unknown_url")
         if kind is not None and method != "POST":
             raise MethodNotAllowed(f"{method} is not allowed on {path}; use POST.")
+        check_one_credential(raw_headers)
         key = await authenticate(headers)
         await catalog.ensure_loaded()
         if kind is None:
             if method != "GET":
                 raise MethodNotAllowed(f"{method} is not allowed on {path}; use GET.")
             name = path.removeprefix("/v1/models").strip("/")
-            body = _model_detail(key, name) if name else _models_list(key)
-            await send_json(send, 200, body, request_id)
+            listing = _model_detail(key, name) if name else _models_list(key)
+            await send_json(send, 200, listing, request_id)
             return
-        raw = await read_body(receive, headers)
+        # Decided on the header alone: a body not declared as JSON is not read as JSON.
+        check_content_type(headers.get(b"content-type"))
+        body = parse_body(await read_body(receive, headers))
         call = _prepare_call(
-            kind=kind, raw=raw, key=key, headers=headers, request_id=request_id, started=started
+            kind=kind, body=body, key=key, headers=headers, request_id=request_id, started=started
         )
     except calls.ClientGone:
         return
     except GatewayError as error:
+        # Refused after authentication, before any upstream call: the key's ledger shows it.
+        # Model listing is not a call and is not recorded, nor are server-side failures.
+        if key is not None and kind is not None and 400 <= error.status < 500:
+            await record_refusal(
+                error=error,
+                key=key,
+                kind=kind,
+                body=body,
+                headers=headers,
+                request_id=request_id,
+                started=started,
+            )
         await send_json(send, error.status, error.body(), request_id, error.headers)
         return
     await calls.run(call, receive, send)
 
 
+def parse_body(raw: bytes) -> object:
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise BadRequest(
+            "We could not parse the JSON body of your request.", code="invalid_json"
+        ) from None
+
+
 def _prepare_call(
     *,
     kind: str,
-    raw: bytes,
+    body: object,
     key: KeyInfo,
     headers: dict[bytes, bytes],
     request_id: str,
     started: float,
 ) -> "calls.Call":
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        raise BadRequest(
-            "We could not parse the JSON body of your request.", code="invalid_json"
-        ) from None
     body = validate_body(kind, body)
     request_tags: dict[str, str] = {}
     for name in HEADER_NAMES:
