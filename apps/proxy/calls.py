@@ -29,13 +29,16 @@ from .providers.base import (
     CHAT,
     COMPLETION,
     DeploymentInfo,
+    InvalidAnswer,
     UnsupportedRequest,
     Usage,
+    check_answer,
 )
+from .providers.openai import OpenAIStreamRelay
 from .providers.registry import provider_for
 from .responses import send_json
 from .router import deployments_to_try
-from .tokens import estimate_input_tokens, estimate_text_tokens
+from .tokens import estimate_content_tokens, estimate_input_tokens, estimate_text_tokens
 
 logger = logging.getLogger(__name__)
 
@@ -80,7 +83,11 @@ class Call:
 
 @dataclass(slots=True)
 class _Failure:
-    kind: str  # "timeout", "connection", "status"
+    # "timeout", "ttft", "connection", "status"; "invalid_answer" (not the API's shape),
+    # "stream_error" (an error event), "broken" (a stream cut off). Health hears the kind.
+    kind: str
+    # Shown to the client, so it names the deployment by its configured name and never holds
+    # an exception's text: those carry the upstream's address (they go to the log instead).
     detail: str
     status: int = 0
     retry_after: str | None = None
@@ -115,9 +122,31 @@ def _failure_error(failure: _Failure | None) -> UpstreamError:
             status=502,
             code="upstream_unreachable",
         )
+    if failure.kind == "invalid_answer":
+        return UpstreamError(
+            f"The upstream sent an answer that is not valid: {failure.detail}",
+            status=502,
+            code="upstream_invalid_answer",
+        )
+    if failure.kind == "stream_error":
+        return UpstreamError(
+            f"The upstream reported an error: {failure.detail}",
+            status=502,
+            code="upstream_stream_error",
+        )
+    if failure.kind == "broken":
+        return UpstreamError(
+            f"The upstream stream broke off: {failure.detail}",
+            status=502,
+            code="upstream_stream_error",
+        )
     return UpstreamError(
         f"The upstream failed: {failure.detail}", status=502, code="upstream_error"
     )
+
+
+def _invalid_answer(deployment: DeploymentInfo, reason: str) -> _Failure:
+    return _Failure("invalid_answer", f"deployment '{deployment.name}': {reason}")
 
 
 def _client_error_from_upstream(provider, status: int, raw: bytes) -> GatewayError:
@@ -176,11 +205,14 @@ async def _open(
             else:
                 response = await opening
         except upstream.UpstreamTimeout as exc:
-            failure = _Failure("timeout", f"{deployment.name}: {exc}")
+            logger.warning("deployment %s timed out: %s", deployment.name, exc)
+            failure = _Failure("timeout", f"deployment '{deployment.name}'")
             health.attempt_failed(call, "timeout")
             continue
         except upstream.UpstreamConnectionError as exc:
-            failure = _Failure("connection", f"{deployment.name}: {exc}")
+            logger.warning("deployment %s unreachable: %s", deployment.name, exc)
+            reason = type(exc.__cause__ or exc).__name__
+            failure = _Failure("connection", f"deployment '{deployment.name}' ({reason})")
             health.attempt_failed(call, "connection")
             continue
         except TimeoutError:
@@ -310,18 +342,24 @@ async def _run_json(call: Call, send) -> None:
         raw = await upstream.read_body(response)
     except (upstream.UpstreamTimeout, upstream.UpstreamConnectionError) as exc:
         health.attempt_failed(call, "read")
-        raise UpstreamError(f"The upstream failed mid-answer: {exc}") from exc
+        logger.warning("deployment %s failed mid-answer: %s", deployment.name, exc)
+        raise UpstreamError(
+            f"The upstream failed mid-answer: deployment '{deployment.name}'"
+        ) from exc
     call.upstream_ms = (time.perf_counter() - call.upstream_started) * 1000
     try:
-        data = provider.parse(call.kind, orjson.loads(raw), deployment)
-    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        payload, data = _parse_answer(call.kind, provider, deployment, raw)
+    except InvalidAnswer as exc:
         health.attempt_failed(call, "invalid_answer")
-        raise UpstreamError(f"The upstream answered something that is not valid: {exc}") from exc
+        logger.warning("deployment %s sent an invalid answer: %s", deployment.name, exc)
+        raise _failure_error(_invalid_answer(deployment, str(exc))) from exc
     health.attempt_succeeded(call, call.upstream_ms)
     call.status = 200
-    reported = provider.usage(call.kind, data)
+    reported = provider.usage(call.kind, data, payload)
     if reported is None or reported.suspect:
         call.usage = _estimate_usage(call, data, suspect=reported is not None)
+        # The client is told the counts it is billed, not what the upstream claimed.
+        data["usage"] = call.usage.to_openai()
     else:
         call.usage = reported
     if call.log_bodies:
@@ -331,12 +369,33 @@ async def _run_json(call: Call, send) -> None:
     await send_json(send, 200, body, call.request_id, call.response_headers)
 
 
+def _parse_answer(kind: str, provider, deployment: DeploymentInfo, raw: bytes) -> tuple[dict, dict]:
+    """(the upstream's JSON, the OpenAI-shaped answer); InvalidAnswer for anything else."""
+    try:
+        payload = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise InvalidAnswer("the answer is not JSON") from None
+    if not isinstance(payload, dict):
+        raise InvalidAnswer("the answer is not a JSON object")
+    try:
+        data = provider.parse(kind, payload, deployment)
+    except (AttributeError, KeyError, TypeError, ValueError) as exc:
+        # The adapter tripped over a field of the wrong type: the answer's fault.
+        raise InvalidAnswer("a field of the answer has the wrong type") from exc
+    check_answer(kind, data)
+    return payload, data
+
+
 def _estimate_usage(call: Call, data: dict, *, suspect: bool = False) -> Usage:
     """The gateway's own count, for an answer with no usage or with usage not believed."""
     output = 0
-    for choice in data.get("choices") or []:
+    for choice in data.get("choices") or ():
         message = choice.get("message") or {}
-        output += estimate_text_tokens(message.get("content") or choice.get("text") or "")
+        output += estimate_content_tokens(message.get("content") or choice.get("text"))
+        for tool_call in message.get("tool_calls") or ():
+            function = tool_call.get("function") if isinstance(tool_call, dict) else None
+            if isinstance(function, dict):
+                output += estimate_content_tokens(function.get("arguments"))
     return Usage(
         estimate_input_tokens(call.kind, call.body), output, 0, estimated=True, suspect=suspect
     )
@@ -373,12 +432,27 @@ async def _sse_events(content):
         yield event, b"\n".join(data_lines)
 
 
-_NO_EVENTS = (None, b"[DONE]")
+def _read_event(
+    provider, deployment: DeploymentInfo, data: bytes
+) -> tuple[dict, None] | tuple[None, _Failure]:
+    """An upstream stream event's JSON object, or the failure it is instead."""
+    try:
+        parsed = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return None, _invalid_answer(deployment, "a stream event is not JSON")
+    if not isinstance(parsed, dict):
+        return None, _invalid_answer(deployment, "a stream event is not a JSON object")
+    if parsed.get("error") and "choices" not in parsed:
+        # How OpenAI and Anthropic report a failure mid-stream.
+        message = provider.error_message(parsed)[:500]
+        return None, _Failure("stream_error", f"deployment '{deployment.name}': {message}")
+    return parsed, None
 
 
 async def _open_stream(call: Call):
     """Open a stream and wait for its first event before anything is sent to the client, so
-    a deployment silent past its time-to-first-token limit is abandoned for the next one.
+    a deployment silent past its time-to-first-token limit, or answering something that is
+    not an event stream, is abandoned for the next one.
 
     Returns (deployment, provider, response, events) with the first event put back in front.
     """
@@ -395,7 +469,7 @@ async def _open_stream(call: Call):
         try:
             first = await asyncio.wait_for(anext(events), limit)
         except StopAsyncIteration:
-            first = _NO_EVENTS
+            first = None
         except TimeoutError:
             response.release()
             health.attempt_failed(call, "ttft")
@@ -409,14 +483,23 @@ async def _open_stream(call: Call):
             health.attempt_failed(call, "stream")
             failure = _Failure("connection", f"{deployment.name}: {exc.__class__.__name__}")
             continue
+        # An HTML page, a JSON body or broken lines hold no event, or no JSON one.
+        if first is None or first[1] == b"[DONE]":
+            failure = _invalid_answer(deployment, "the stream ended before its first event")
+        else:
+            failure = _read_event(provider, deployment, first[1])[1]
+        if failure is not None:
+            response.release()
+            health.attempt_failed(call, failure.kind)
+            logger.warning("%s; trying the next deployment", failure.detail)
+            continue
         return deployment, provider, response, _prepend(first, events)
 
 
 async def _prepend(first: tuple, events):
     yield first
-    if first is not _NO_EVENTS:
-        async for item in events:
-            yield item
+    async for item in events:
+        yield item
 
 
 async def _run_stream(call: Call, receive, send) -> None:
@@ -424,10 +507,9 @@ async def _run_stream(call: Call, receive, send) -> None:
     deployment, provider, response, events = await _open_stream(call)
     gone = asyncio.Event()
     watcher = asyncio.get_running_loop().create_task(_watch_disconnect(receive, gone))
-    native = provider.openai_native_stream
-    # Native OpenAI streams are relayed chunk by chunk (`_native_chunk`): no translator.
-    translator = None if native else provider.stream_translator(deployment)
-    rewrite_model = deployment.upstream_model != deployment.model_name
+    # Native OpenAI streams are relayed chunk by chunk, as they came; others are translated.
+    relay = OpenAIStreamRelay(deployment) if provider.openai_native_stream else None
+    translator = None if relay is not None else provider.stream_translator(deployment)
     produced: list[str] = []
     call.status = 200
     await send(
@@ -441,7 +523,7 @@ async def _run_stream(call: Call, receive, send) -> None:
             ],
         }
     )
-    failed = False
+    failure: _Failure | None = None
     try:
         async for event, data in events:
             if gone.is_set():
@@ -449,14 +531,14 @@ async def _run_stream(call: Call, receive, send) -> None:
                 break
             if data == b"[DONE]":
                 break
-            try:
-                parsed = orjson.loads(data)
-            except orjson.JSONDecodeError:
-                continue
-            if native:
-                out_chunks = _native_chunk(
-                    call, parsed, data, rewrite_model, client_wants_usage, deployment, produced
-                )
+            parsed, failure = _read_event(provider, deployment, data)
+            if failure is not None:
+                logger.warning("stream from %s: %s", deployment.name, failure.kind)
+                break
+            if relay is not None:
+                _note_chunk(call, parsed, produced)
+                out = relay.feed(parsed, data)
+                out_chunks = [out] if out is not None else []
             else:
                 out_chunks = [
                     _sse(orjson.dumps(chunk))
@@ -465,11 +547,10 @@ async def _run_stream(call: Call, receive, send) -> None:
                 ]
             for chunk in out_chunks:
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
-    except (TimeoutError, OSError, Exception) as exc:
-        # Anything may break mid-stream; the client already has a 200, so it gets an error
-        # event, and the usage produced so far is still billed.
-        failed = True
-        call.error_type = "upstream_stream_error"
+    except Exception as exc:
+        # Anything may break mid-stream (the connection, a translator on an odd event); the
+        # client already has a 200, so it gets an error event, and what was produced is billed.
+        failure = _Failure("broken", f"deployment '{deployment.name}'")
         logger.warning("stream from %s broke: %s", deployment.name, exc.__class__.__name__)
     finally:
         response.release()
@@ -477,15 +558,16 @@ async def _run_stream(call: Call, receive, send) -> None:
     call.upstream_ms = (time.perf_counter() - call.upstream_started) * 1000
     if gone.is_set():
         call.client_disconnected = True
-    _report_stream(call, failed)
-    if translator is not None and translator.usage is not None:
-        call.usage = translator.usage
-    if getattr(translator, "error", None):
-        call.error_type = "upstream_stream_error"
+    error = _failure_error(failure) if failure is not None else None
+    if error is not None:
+        call.error_type = error.code
+    _report_stream(call, failure)
+    stream = relay or translator
+    call.usage = stream.usage
     if call.usage is None or call.usage.suspect:
         call.usage = Usage(
             estimate_input_tokens(call.kind, call.body),
-            sum(estimate_text_tokens(text) for text in produced),
+            estimate_text_tokens("".join(produced)),
             0,
             estimated=True,
             suspect=call.usage is not None,
@@ -493,18 +575,18 @@ async def _run_stream(call: Call, receive, send) -> None:
     if call.log_bodies:
         call.response_body = {"streamed_content": "".join(produced)}
     tail = b""
-    if failed:
-        error = UpstreamError("The upstream stream broke off.", code="upstream_stream_error")
+    if client_wants_usage and not call.client_disconnected:
+        # Exactly one usage chunk, of the counts billed, whatever the upstream sent.
+        tail += _sse(orjson.dumps(stream.usage_chunk(call.usage)))
+    if error is not None:
         tail += _sse(error.body())
-    elif translator is not None and client_wants_usage and not call.client_disconnected:
-        tail += _sse(orjson.dumps(translator.usage_chunk(call.usage)))
     await _record(call)
     await send({"type": "http.response.body", "body": tail + _sse(b"[DONE]"), "more_body": False})
 
 
-def _report_stream(call: Call, failed: bool) -> None:
-    if failed:
-        health.attempt_failed(call, "stream")
+def _report_stream(call: Call, failure: _Failure | None) -> None:
+    if failure is not None:
+        health.attempt_failed(call, failure.kind)
     elif call.client_disconnected:
         health.attempt_released(call)
     else:
@@ -516,43 +598,27 @@ def _report_stream(call: Call, failed: bool) -> None:
 
 
 def _note_chunk(call: Call, chunk: dict, produced: list[str]) -> bool:
-    """Track time to first token and produced text of a translated chunk; keep all."""
+    """Track time to first token and produced text of an OpenAI chunk; keep all."""
     for choice in chunk.get("choices") or ():
-        delta = choice.get("delta") or {}
-        text = delta.get("content") or ""
-        if text or delta.get("tool_calls"):
+        if not isinstance(choice, dict):
+            continue
+        delta = choice.get("delta")
+        delta = delta if isinstance(delta, dict) else {}
+        # Chat chunks carry a delta; legacy completion chunks their text.
+        text = delta.get("content") or choice.get("text") or ""
+        text = text if isinstance(text, str) else ""
+        tool_calls = delta.get("tool_calls")
+        tool_calls = tool_calls if isinstance(tool_calls, list) else ()
+        if text or tool_calls:
             if call.ttft_ms is None:
                 call.ttft_ms = (time.perf_counter() - call.started) * 1000
             produced.append(text)
-            for tool_call in delta.get("tool_calls") or ():
-                produced.append((tool_call.get("function") or {}).get("arguments") or "")
+            for tool_call in tool_calls:
+                function = tool_call.get("function") if isinstance(tool_call, dict) else None
+                arguments = function.get("arguments") if isinstance(function, dict) else None
+                if isinstance(arguments, str):
+                    produced.append(arguments)
     return True
-
-
-def _native_chunk(
-    call: Call,
-    parsed: dict,
-    data: bytes,
-    rewrite_model: bool,
-    client_wants_usage: bool,
-    deployment: DeploymentInfo,
-    produced: list[str],
-) -> list[bytes]:
-    usage = parsed.get("usage")
-    if usage:
-        call.usage = Usage.from_openai(usage)
-    _note_chunk(call, parsed, produced)
-    changed = False
-    if rewrite_model and "model" in parsed:
-        parsed["model"] = deployment.model_name
-        changed = True
-    if usage is not None and not client_wants_usage:
-        # We asked the upstream for usage; a client that did not ask never sees it.
-        if not parsed.get("choices"):
-            return []
-        parsed.pop("usage", None)
-        changed = True
-    return [_sse(orjson.dumps(parsed) if changed else data)]
 
 
 def _cost(call: Call) -> Decimal:

@@ -95,11 +95,13 @@ def observe_usage(event: UsageEvent, *, team: str) -> None:
     """Count one finished request (called beside the usage record, once per request)."""
     model, deployment = event.model, event.deployment or "none"
     REQUESTS.labels(model, deployment, team, str(event.status_code)).inc()
-    if event.input_tokens:
+    # A counter refuses a negative step (ValueError, a 500 to the client); the proxy never
+    # bills one, but this is the hot path's last line, so only positive figures count.
+    if event.input_tokens > 0:
         INPUT_TOKENS.labels(model, deployment, team).inc(event.input_tokens)
-    if event.output_tokens:
+    if event.output_tokens > 0:
         OUTPUT_TOKENS.labels(model, deployment, team).inc(event.output_tokens)
-    if event.cost_usd:
+    if event.cost_usd is not None and event.cost_usd > 0:
         COST.labels(model, deployment, team).inc(float(event.cost_usd))
     if event.status_code == 200:
         LATENCY.labels(model, deployment).observe(event.latency_ms / 1000)

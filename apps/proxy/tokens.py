@@ -12,8 +12,14 @@ def _content_text(content: object) -> str:
     if isinstance(content, str):
         return content
     if isinstance(content, list):
-        return " ".join(part.get("text", "") for part in content if isinstance(part, dict))
+        texts = [part.get("text") for part in content if isinstance(part, dict)]
+        return " ".join(text for text in texts if isinstance(text, str))
     return ""
+
+
+def estimate_content_tokens(content: object) -> int:
+    """Tokens of a message content (text, or a list of parts); anything else counts 0."""
+    return estimate_text_tokens(_content_text(content))
 
 
 def estimate_messages_tokens(messages: list) -> int:

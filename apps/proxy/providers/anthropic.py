@@ -7,6 +7,7 @@ import time
 from apps.proxy.providers.base import (
     CHAT,
     DeploymentInfo,
+    InvalidAnswer,
     Provider,
     StreamTranslator,
     UnsupportedRequest,
@@ -35,20 +36,21 @@ def _finish_reason(stop_reason: str | None) -> str:
 
 
 def _usage(raw: object) -> Usage:
-    # OpenAI's prompt_tokens include cached tokens; Anthropic reports them apart.
+    """Usage from an Anthropic `usage` object: suspect unless both main counts are believable.
+
+    OpenAI's prompt_tokens include cached tokens; Anthropic reports them apart.
+    """
     if not isinstance(raw, dict):
         return Usage(suspect=True)
-    names = (
-        "input_tokens",
-        "output_tokens",
-        "cache_read_input_tokens",
-        "cache_creation_input_tokens",
+    fresh, output = (sane_token_count(raw.get(name)) for name in ("input_tokens", "output_tokens"))
+    # Cache counts are left out (or null) when no cache was used: they count as 0.
+    cache_read, cache_write = (
+        0 if raw.get(name) is None else sane_token_count(raw[name])
+        for name in ("cache_read_input_tokens", "cache_creation_input_tokens")
     )
-    counts = [sane_token_count(raw.get(name) or 0) for name in names]
-    if None in counts:
+    if fresh is None or output is None or cache_read is None or cache_write is None:
         return Usage(suspect=True)
-    fresh, output, cache_read, cache_write = counts
-    return Usage.from_counts(fresh + cache_read + cache_write, output, cache_read)  # type: ignore[operator]
+    return Usage.from_counts(fresh + cache_read + cache_write, output, cache_read)
 
 
 def _text_of(content: object, where: str) -> str:
@@ -242,7 +244,8 @@ class AnthropicStreamTranslator(StreamTranslator):
         if kind == "message_start":
             message = data.get("message") or {}
             self.chunk_id = "chatcmpl-" + str(message.get("id") or "")
-            self.usage = _usage(message.get("usage") or {})
+            raw = message.get("usage")
+            self.usage = _usage(raw) if raw else None
             return [self._chunk({"role": "assistant", "content": ""})]
         if kind == "content_block_start":
             block = data.get("content_block") or {}
@@ -272,9 +275,12 @@ class AnthropicStreamTranslator(StreamTranslator):
             # thinking and signature deltas have no OpenAI counterpart.
             return []
         if kind == "message_delta":
-            raw = data.get("usage") or {}
-            if raw:
-                usage = self.usage or Usage()
+            raw = data.get("usage")
+            if raw and not isinstance(raw, dict):
+                self.usage = Usage(suspect=True)
+            elif raw:
+                # Counts given here but none at the start: the input count is unknown.
+                usage = self.usage or Usage(suspect=raw.get("input_tokens") is None)
                 if raw.get("output_tokens") is not None:
                     output = sane_token_count(raw["output_tokens"])
                     usage.suspect = usage.suspect or output is None
@@ -363,9 +369,17 @@ class AnthropicProvider(Provider):
     def parse(self, kind: str, data: dict, deployment: DeploymentInfo) -> dict:
         texts: list[str] = []
         tool_calls: list[dict] = []
-        for block in data.get("content") or []:
+        content = data.get("content")
+        if not isinstance(content, list):
+            raise InvalidAnswer("the answer has no 'content' list")
+        for block in content:
+            if not isinstance(block, dict):
+                raise InvalidAnswer("a content block is not an object")
             if block.get("type") == "text":
-                texts.append(block.get("text") or "")
+                text = block.get("text") or ""
+                if not isinstance(text, str):
+                    raise InvalidAnswer("a text block's text is not a string")
+                texts.append(text)
             elif block.get("type") == "tool_use":
                 tool_calls.append(
                     {
@@ -380,7 +394,9 @@ class AnthropicProvider(Provider):
         message: dict = {"role": "assistant", "content": "".join(texts) if texts else None}
         if tool_calls:
             message["tool_calls"] = tool_calls
-        usage = _usage(data.get("usage") or {})
+        # Unbelievable or missing counts read as zeros here; `usage` tells the proxy why.
+        raw_usage = data.get("usage")
+        usage = _usage(raw_usage) if raw_usage else Usage()
         return {
             "id": "chatcmpl-" + str(data.get("id") or ""),
             "object": "chat.completion",
@@ -396,6 +412,16 @@ class AnthropicProvider(Provider):
             ],
             "usage": usage.to_openai(),
         }
+
+    def usage(
+        self, kind: str, openai_data: dict, upstream_data: dict | None = None
+    ) -> Usage | None:
+        # `parse` cannot put unbelievable counts in OpenAI's shape, so they are read from the
+        # Messages answer itself when the proxy has it.
+        if upstream_data is None:
+            return super().usage(kind, openai_data)
+        raw = upstream_data.get("usage")
+        return _usage(raw) if raw else None
 
     def stream_translator(self, deployment: DeploymentInfo) -> StreamTranslator:
         return AnthropicStreamTranslator(deployment)

@@ -51,13 +51,33 @@ class UpstreamRequest:
     json: dict
 
 
+class InvalidAnswer(Exception):
+    """An upstream's answer is not of the shape its API promises; the message says how.
+
+    Messages are fixed texts (never the answer's bytes), so they may be shown to the client.
+    """
+
+
+# Usage keys read in order: OpenAI's names first, the Responses-style names as fallbacks.
+_PROMPT_KEYS = ("prompt_tokens", "input_tokens")
+_COMPLETION_KEYS = ("completion_tokens", "output_tokens")
+_MISSING = object()
+
+
+def _first_present(raw: dict, names: tuple[str, ...], default: object = _MISSING) -> object:
+    for name in names:
+        if name in raw:
+            return raw[name]
+    return default
+
+
 @dataclass
 class Usage:
     """Token counts as OpenAI reports them: `input_tokens` includes the cached ones.
 
     `suspect` marks counts an upstream reported that are not believable (negative, not
-    whole numbers, beyond `MAX_TOKENS_PER_REQUEST`): the proxy then bills its own estimate
-    instead, and the row is flagged so finance can see it.
+    whole numbers, beyond `MAX_TOKENS_PER_REQUEST`, null, more cached than input): the proxy
+    then bills its own estimate instead, and the row is flagged so finance can see it.
     """
 
     input_tokens: int = 0
@@ -72,18 +92,27 @@ class Usage:
         sane = [0 if value is None else sane_token_count(value) for value in counts]
         if None in sane:
             return cls(suspect=True)
-        return cls(*sane)  # type: ignore[arg-type]
+        usage = cls(*sane)  # type: ignore[arg-type]
+        if usage.cached_tokens > usage.input_tokens:
+            return cls(suspect=True)
+        return usage
 
     @classmethod
     def from_openai(cls, raw: object) -> "Usage":
-        """Counts from an OpenAI `usage` object (`input_tokens`/`output_tokens` as fallbacks)."""
+        """Counts from an OpenAI `usage` object (`input_tokens`/`output_tokens` as fallbacks).
+
+        The prompt count must be there and the completion count must not be null (it may be
+        missing: embeddings and rerank report none); a missing or null cached count is 0.
+        """
         if not isinstance(raw, dict):
+            return cls(suspect=True)
+        prompt = _first_present(raw, _PROMPT_KEYS)
+        completion = _first_present(raw, _COMPLETION_KEYS, 0)
+        if prompt is _MISSING or prompt is None or completion is None:
             return cls(suspect=True)
         details = raw.get("prompt_tokens_details")
         return cls.from_counts(
-            raw.get("prompt_tokens") or raw.get("input_tokens"),
-            raw.get("completion_tokens") or raw.get("output_tokens"),
-            details.get("cached_tokens") if isinstance(details, dict) else None,
+            prompt, completion, details.get("cached_tokens") if isinstance(details, dict) else None
         )
 
     def to_openai(self) -> dict:
@@ -94,6 +123,52 @@ class Usage:
             "total_tokens": self.input_tokens + self.output_tokens,
             "prompt_tokens_details": {"cached_tokens": self.cached_tokens},
         }
+
+
+def usage_chunk(chunk_id: str, created: int, model: str, usage: Usage) -> dict:
+    """OpenAI's final usage chunk of a stream: empty `choices`, the usage object."""
+    return {
+        "id": chunk_id,
+        "object": "chat.completion.chunk",
+        "created": created,
+        "model": model,
+        "choices": [],
+        "usage": usage.to_openai(),
+    }
+
+
+# The list each kind of OpenAI answer carries its results in.
+_ITEMS_KEY = {CHAT: "choices", COMPLETION: "choices", EMBEDDING: "data", RERANK: "results"}
+
+
+def check_answer(kind: str, data: object) -> None:
+    """Raise InvalidAnswer unless `data` has the OpenAI shape of a `kind` answer.
+
+    Checked on what `Provider.parse` returns, so one check covers every adapter, and the
+    proxy never sends a 200 it could not have parsed itself (nor trips over one: a 500).
+    """
+    if not isinstance(data, dict):
+        raise InvalidAnswer("the answer is not a JSON object")
+    key = _ITEMS_KEY[kind]
+    items = data.get(key)
+    if not isinstance(items, list):
+        if "error" in data:
+            raise InvalidAnswer("the answer is an error object")
+        raise InvalidAnswer(f"the answer has no '{key}' list")
+    for item in items:
+        if not isinstance(item, dict):
+            raise InvalidAnswer(f"an item of '{key}' is not an object")
+        if kind == CHAT:
+            message = item.get("message")
+            if not isinstance(message, dict):
+                raise InvalidAnswer("a choice has no message object")
+            content = message.get("content")
+            if content is not None and not isinstance(content, str | list):
+                raise InvalidAnswer("a message content is neither text nor a list of parts")
+            if not isinstance(message.get("tool_calls") or [], list):
+                raise InvalidAnswer("a message's tool_calls is not a list")
+        elif kind == COMPLETION and not isinstance(item.get("text"), str):
+            raise InvalidAnswer("a choice has no text")
 
 
 class StreamTranslator:
@@ -118,15 +193,7 @@ class StreamTranslator:
 
         Pass `usage` to send counts the proxy estimated itself; with neither, counts are zero.
         """
-        usage = usage or self.usage or Usage()
-        return {
-            "id": self.chunk_id,
-            "object": "chat.completion.chunk",
-            "created": self.created,
-            "model": self.model,
-            "choices": [],
-            "usage": usage.to_openai(),
-        }
+        return usage_chunk(self.chunk_id, self.created, self.model, usage or self.usage or Usage())
 
 
 class Provider:
@@ -143,8 +210,14 @@ class Provider:
         """Upstream JSON answer -> OpenAI-shaped JSON answer (the client-facing model name)."""
         raise NotImplementedError
 
-    def usage(self, kind: str, openai_data: dict) -> Usage | None:
-        """Usage from an OpenAI-shaped answer; None when it carries none."""
+    def usage(
+        self, kind: str, openai_data: dict, upstream_data: dict | None = None
+    ) -> Usage | None:
+        """Usage of an answer; None when it carries none.
+
+        Read from the OpenAI-shaped answer (`parse`'s result); an adapter whose translation
+        cannot carry unbelievable counts reads them from `upstream_data` instead.
+        """
         raw = openai_data.get("usage")
         return Usage.from_openai(raw) if raw else None
 

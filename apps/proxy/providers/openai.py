@@ -2,6 +2,8 @@
 
 import time
 
+import orjson
+
 from apps.proxy.providers.base import (
     CHAT,
     COMPLETION,
@@ -13,7 +15,9 @@ from apps.proxy.providers.base import (
     UnsupportedRequest,
     UpstreamRequest,
     Usage,
+    usage_chunk,
 )
+from apps.usage.capture import sane_token_count
 
 _PATHS = {
     CHAT: "/chat/completions",
@@ -54,20 +58,28 @@ def normalize_rerank(data: dict, model_name: str) -> dict:
             result["document"] = document if isinstance(document, dict) else {"text": document}
         results.append(result)
 
-    meta = data.get("meta") or {}
-    billed = meta.get("billed_units") or {}
+    meta = _mapping(data.get("meta"))
+    billed = _mapping(meta.get("billed_units"))
     raw_usage = data.get("usage") or {}
-    tokens = int(
-        raw_usage.get("prompt_tokens")
-        or raw_usage.get("total_tokens")
-        or billed.get("input_tokens")
-        or (meta.get("tokens") or {}).get("input_tokens")
-        or 0
-    )
+    if isinstance(raw_usage, dict):
+        tokens = (
+            raw_usage.get("prompt_tokens")
+            or raw_usage.get("total_tokens")
+            or billed.get("input_tokens")
+            or _mapping(meta.get("tokens")).get("input_tokens")
+            or 0
+        )
+    else:
+        tokens = raw_usage
+    # An unbelievable count is passed on as it came, for `Usage.from_openai` to flag.
+    count = sane_token_count(tokens)
+    if count is not None:
+        tokens = count
     usage: dict = {"prompt_tokens": tokens, "total_tokens": tokens}
-    if billed.get("search_units") is not None:
+    search_units = sane_token_count(billed.get("search_units"))
+    if search_units is not None:
         # Cohere bills rerank per search unit, not per token; keep it for pricing rules.
-        usage["search_units"] = int(billed["search_units"])
+        usage["search_units"] = search_units
     return {
         "id": str(data.get("id") or ""),
         "object": "list",
@@ -75,6 +87,60 @@ def normalize_rerank(data: dict, model_name: str) -> dict:
         "results": results,
         "usage": usage,
     }
+
+
+def _mapping(value: object) -> dict:
+    return value if isinstance(value, dict) else {}
+
+
+class OpenAIStreamRelay:
+    """Relays an OpenAI-native stream chunk by chunk, as the upstream's bytes when unchanged.
+
+    Usage is taken out of the stream: the upstream is always asked for it (`upstream_body`),
+    and the proxy ends the stream with one usage chunk of the counts it bills
+    (`usage_chunk`) when, and only when, the client asked for usage.
+    """
+
+    def __init__(self, deployment: DeploymentInfo) -> None:
+        self.usage: Usage | None = None
+        self.reported: dict | None = None  # the upstream's own usage object, as it came
+        self.model = deployment.model_name
+        self.rename = deployment.upstream_model != deployment.model_name
+        self.chunk_id = ""
+        self.created = 0
+
+    def feed(self, chunk: dict, raw: bytes) -> bytes | None:
+        """The SSE bytes to send for one upstream chunk (None: nothing to send)."""
+        if not self.chunk_id:
+            self.chunk_id = str(chunk.get("id") or "")
+            created = chunk.get("created")
+            self.created = created if isinstance(created, int) else int(time.time())
+            if not self.rename and isinstance(chunk.get("model"), str):
+                self.model = chunk["model"]
+        changed = False
+        if self.rename and "model" in chunk:
+            chunk["model"] = self.model
+            changed = True
+        usage = chunk.get("usage")
+        if usage is not None:
+            if usage:
+                # Some servers repeat cumulative usage on every chunk; the last one wins.
+                self.usage = Usage.from_openai(usage)
+                self.reported = usage if isinstance(usage, dict) else None
+            if not chunk.get("choices"):
+                return None
+            del chunk["usage"]
+            changed = True
+        return b"data: " + (orjson.dumps(chunk) if changed else raw) + b"\n\n"
+
+    def usage_chunk(self, usage: Usage) -> dict:
+        """The final usage chunk for the counts billed, `usage`."""
+        chunk = usage_chunk(self.chunk_id, self.created, self.model, usage)
+        if usage is self.usage and self.reported is not None:
+            # The upstream's counts are billed: pass its object on, with the details
+            # (reasoning tokens, audio tokens...) the proxy does not model.
+            chunk["usage"] = self.reported
+        return chunk
 
 
 class OpenAIStreamTranslator(StreamTranslator):
