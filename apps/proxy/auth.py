@@ -5,13 +5,21 @@ cache, then, on a miss, with one async query. Revocations drop cache entries (se
 `invalidate`, fed by `key_events.listen_forever`), and entries expire after
 settings.KEY_CACHE_TTL so any change is re-read. The time a key was last used is kept in
 memory (`last_used`) and written in batches by `key_events.flush_last_used`.
+
+While the database cannot be reached a key is still admitted if this worker knew it (its
+expired cache entry) or the Redis key mirror does (`key_mirror`: what a worker started
+during the outage relies on); other keys get a 503. The outage is logged once when it
+starts, in a summary every minute and once when it ends (`key_store_log`).
 """
 
+import dataclasses
 import logging
 import time
+import typing
 from dataclasses import dataclass
 from datetime import datetime
 
+import orjson
 from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db import DatabaseError, connection
@@ -19,7 +27,9 @@ from django.db import DatabaseError, connection
 from apps.accounts.models import ApiKey
 from apps.accounts.secrets import hash_secret
 
+from . import key_mirror
 from .errors import GatewayError, Unauthorized
+from .outage_log import OutageLog
 
 logger = logging.getLogger(__name__)
 
@@ -104,6 +114,40 @@ def key_info_from_row(key: ApiKey) -> KeyInfo:
 
 def _ts(moment: datetime | None) -> float | None:
     return moment.timestamp() if moment is not None else None
+
+
+# Bumped when KeyInfo's fields change: a worker ignores mirror records of another version
+# (the key then counts as unknown until the database is back).
+KEY_INFO_VERSION = 1
+# Fields held as frozensets or tuples, which JSON brings back as lists.
+_COLLECTION_FIELDS = {
+    field.name: typing.get_origin(field.type)
+    for field in dataclasses.fields(KeyInfo)
+    if typing.get_origin(field.type) in (frozenset, tuple)
+}
+
+
+def key_info_dumps(info: KeyInfo) -> bytes:
+    """KeyInfo as JSON for the key mirror (no secret in it: the mirror is keyed by the hash)."""
+    fields = {field.name: getattr(info, field.name) for field in dataclasses.fields(KeyInfo)}
+    return orjson.dumps({"version": KEY_INFO_VERSION, "info": fields}, default=sorted)
+
+
+def key_info_loads(record: bytes | None) -> KeyInfo | None:
+    """A KeyInfo from `key_info_dumps`; None for no record or one this code cannot read."""
+    if record is None:
+        return None
+    try:
+        data = orjson.loads(record)
+        if data.get("version") != KEY_INFO_VERSION:
+            return None
+        fields = data["info"]
+        for name, kind in _COLLECTION_FIELDS.items():
+            fields[name] = kind(fields[name])
+        return KeyInfo(**fields)
+    except (orjson.JSONDecodeError, AttributeError, KeyError, TypeError, ValueError):
+        logger.warning("ignoring an unreadable key mirror record")
+        return None
 
 
 class KeyCache:
@@ -204,6 +248,58 @@ def _load_sync(key_hash: str) -> KeyInfo | None:
 
 _load = sync_to_async(_load_sync)
 
+# After a failed lookup the database is left alone for this long: while it is down (or its
+# host black-holed, up to the connect timeout per attempt) a cache miss goes straight to the
+# fallbacks instead of each one waiting for the database to fail again.
+_DATABASE_RETRY_AFTER = 1.0
+_database_retry_at = 0.0
+key_store_log = OutageLog(
+    "key store",
+    logger=logger,
+    consequence=(
+        "serving the keys this worker or the Redis key mirror knows, refusing others with 503"
+        if settings.REDIS_URL
+        else "serving the keys this worker knows, refusing others with 503"
+    ),
+)
+
+
+async def _look_up(key_hash: str) -> KeyInfo | None:
+    """The key's info from the database (cached, and mirrored) or, if it is down, a fallback."""
+    global _database_retry_at
+    if time.monotonic() >= _database_retry_at:
+        generation = key_cache.generation
+        read_started = time.monotonic()
+        try:
+            info = await _load(key_hash)
+        except DatabaseError as exc:
+            _database_retry_at = time.monotonic() + _DATABASE_RETRY_AFTER
+            key_store_log.failed(exc)
+        else:
+            key_store_log.ok()
+            key_cache.put(key_hash, info, generation)
+            if info is not None and generation == key_cache.generation:
+                key_mirror.remember(key_hash, key_info_dumps(info), read_started)
+            return info
+    return await _look_up_without_database(key_hash)
+
+
+async def _look_up_without_database(key_hash: str) -> KeyInfo:
+    # Revocations that reached this worker still apply: they dropped the cache entry, and
+    # the portal wrote the revoked state to the mirror.
+    info = key_cache.stale(key_hash)
+    if info is not None:
+        key_store_log.note("served from this worker's cache")
+        return info
+    generation = key_cache.generation
+    info = key_info_loads(await key_mirror.read(key_hash))
+    if info is None:
+        key_store_log.note("refused (unknown to the cache and the mirror)")
+        raise KeyStoreUnavailable("The gateway cannot verify API keys right now; retry shortly.")
+    key_cache.put(key_hash, info, generation)
+    key_store_log.note("served from the mirror")
+    return info
+
 
 async def authenticate(headers: dict[bytes, bytes]) -> KeyInfo:
     """Return the key's info or raise Unauthorized (never echoing the presented token)."""
@@ -216,20 +312,7 @@ async def authenticate(headers: dict[bytes, bytes]) -> KeyInfo:
     key_hash = hash_secret(secret)
     hit, info = key_cache.get(key_hash)
     if not hit:
-        generation = key_cache.generation
-        try:
-            info = await _load(key_hash)
-        except DatabaseError:
-            # Database down: keep serving keys we already know (revocations that reached us
-            # still apply); unknown keys cannot be checked, so they are refused with a 503.
-            info = key_cache.stale(key_hash)
-            if info is None:
-                logger.warning("key lookup failed: database unreachable")
-                raise KeyStoreUnavailable(
-                    "The gateway cannot verify API keys right now; retry shortly."
-                ) from None
-        else:
-            key_cache.put(key_hash, info, generation)
+        info = await _look_up(key_hash)
     if info is None:
         raise Unauthorized("Incorrect API key provided.")
     now = time.time()

@@ -2,7 +2,9 @@
 
 Publishing side (portal, sync): after a key is revoked, rotated or edited, the service calls
 `publish_invalidation` from `transaction.on_commit`; it publishes `{"key_hash": ...}` (or
-`{"team_id": ...}` when team-wide settings change) on settings.KEY_EVENTS_CHANNEL.
+`{"team_id": ...}` when team-wide settings change) on settings.KEY_EVENTS_CHANNEL. In the
+same Redis pipeline, just before, it writes the keys' new state to the key mirror (see
+`key_mirror`), so a worker started while the database is down cannot admit a revoked key.
 
 Listening side (each gateway worker, async): `listen_forever` subscribes to the channel and
 drops the named entries from the worker's `key_cache`. Whenever it (re)subscribes it clears
@@ -27,7 +29,9 @@ from django.db.models import Q
 
 from apps.accounts.models import ApiKey
 
-from .auth import KeyCache, key_cache, last_used
+from . import key_mirror
+from .auth import KeyCache, key_cache, key_info_dumps, key_info_from_row, last_used
+from .outage_log import OutageLog
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +62,24 @@ def apply_event(event: dict, cache: KeyCache = key_cache) -> None:
         cache.invalidate()
 
 
+def _mirror_records(key_hashes: list[str], team_id: int | None) -> dict[str, bytes | None]:
+    """The changed keys' state as committed, for the key mirror (None: the key is gone)."""
+    records: dict[str, bytes | None] = dict.fromkeys(key_hashes)
+    rows = ApiKey.objects.select_related("team", "user", "virtual_account")
+    condition = Q(key_hash__in=key_hashes)
+    if team_id is not None:
+        condition |= Q(team_id=team_id)
+    try:
+        for row in rows.filter(condition):
+            records[row.key_hash] = key_info_dumps(key_info_from_row(row))
+    except DatabaseError:
+        # Just after the commit, so unlikely; drop the named keys from the mirror instead.
+        # A team's other keys keep their old state there until a worker re-reads them.
+        logger.warning("could not read the changed keys; removing them from the key mirror")
+        return dict.fromkeys(key_hashes)
+    return records
+
+
 def publish_invalidation(*, key_hashes: list[str] = (), team_id: int | None = None) -> None:
     """Tell every worker to forget these keys (sync; call it from `transaction.on_commit`)."""
     events: list[dict] = [{"key_hash": h} for h in key_hashes]
@@ -68,14 +90,25 @@ def publish_invalidation(*, key_hashes: list[str] = (), team_id: int | None = No
         apply_event(event)
     if not settings.REDIS_URL or not events:
         return
+    records = _mirror_records(list(key_hashes), team_id)
     try:
         with _client().pipeline(transaction=False) as pipe:
+            key_mirror.queue_portal_writes(pipe, records)
             for event in events:
                 pipe.publish(settings.KEY_EVENTS_CHANNEL, orjson.dumps(event))
             pipe.execute()
     except redis.RedisError:
-        # The change is committed; workers still re-read the key within KEY_CACHE_TTL.
+        # The change is committed; workers still re-read the key within KEY_CACHE_TTL, and
+        # mirror what they read (a worker's first read after the change rewrites the entry).
         logger.exception("could not publish key invalidation; workers rely on the cache TTL")
+
+
+listener_log = OutageLog(
+    "key-events listener", logger=logger, consequence="reconnecting; cached keys are re-read"
+)
+last_used_log = OutageLog(
+    "last-used flush", logger=logger, consequence="keeping the times for the next flush"
+)
 
 
 async def listen_forever(
@@ -102,7 +135,10 @@ async def listen_forever(
                         # before, since events published in between are lost.
                         cache.invalidate()
                         backoff = 0.1
-                        logger.info("listening for key events on %s", channel)
+                        if listener_log.down:
+                            listener_log.ok()
+                        else:
+                            logger.info("listening for key events on %s", channel)
                     elif message["type"] == "message":
                         try:
                             apply_event(orjson.loads(message["data"]), cache)
@@ -116,7 +152,7 @@ async def listen_forever(
         except asyncio.CancelledError:
             raise
         except (redis.RedisError, OSError) as exc:
-            logger.warning("key-events listener disconnected (%s); reconnecting", exc)
+            listener_log.failed(exc)
             # Events may be missed from now on: do not trust entries read before.
             cache.invalidate()
         finally:
@@ -148,10 +184,11 @@ async def flush_last_used() -> int:
         return 0
     try:
         await sync_to_async(_write_last_used)(pending)
-    except DatabaseError:
-        logger.warning("could not write last-used times; keeping them for the next flush")
+    except DatabaseError as exc:
+        last_used_log.failed(exc)
         last_used.restore(pending)
         return 0
+    last_used_log.ok()
     return len(pending)
 
 
@@ -161,5 +198,5 @@ async def flush_last_used_forever(interval: float | None = None) -> None:
         await asyncio.sleep(interval)
         try:
             await flush_last_used()
-        except Exception:  # never let the flusher die; the next round retries
-            logger.exception("last-used flush failed")
+        except Exception as exc:  # never let the flusher die; the next round retries
+            last_used_log.failed(exc)

@@ -312,6 +312,11 @@ class AsyncRedisCounterStore:
             client.register_script(SEED_LUA),
         )
 
+    def client(self) -> Redis:
+        """The running loop's client, for other small hot-path reads and writes to share its
+        pool (the proxy's key mirror) instead of opening one more."""
+        return self._clients.get()[0]
+
     def _check_up(self) -> None:
         if time.monotonic() < self._down_until:
             raise CounterStoreUnavailable("counter store marked down after a recent failure")
