@@ -4,14 +4,34 @@ Each app contributes a Router from its `api.py`; they are mounted here. Errors u
 `{"error": {"message", "type", "code"}}` shape as the /v1 gateway API.
 """
 
+import json
+
 from django.http import HttpRequest, HttpResponse
 from ninja import NinjaAPI
 from ninja.errors import AuthenticationError, HttpError, ValidationError
+from ninja.renderers import JSONRenderer
 
 from apps.billing.api import router as billing_router
 from apps.quotas.api import router as quotas_router
 
-api = NinjaAPI(title="Tollgate API", version="1.0", docs_url="/docs", urls_namespace="api")
+
+class Utf8JSONRenderer(JSONRenderer):
+    """JSON as real UTF-8 (tag keys and values in any script), not `\\u00e9` escapes."""
+
+    def render(self, request: HttpRequest, data, *, response_status: int) -> bytes:
+        text = json.dumps(data, cls=self.encoder_class, ensure_ascii=False)
+        # A lone surrogate (only possible inside a JSON string) goes out as the same
+        # `\udXXX` escape the default renderer writes, instead of failing to encode.
+        return text.encode("utf-8", "backslashreplace")
+
+
+api = NinjaAPI(
+    title="Tollgate API",
+    version="1.0",
+    docs_url="/docs",
+    urls_namespace="api",
+    renderer=Utf8JSONRenderer(),
+)
 
 
 def error_response(

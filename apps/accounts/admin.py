@@ -1,5 +1,7 @@
+from django import forms
 from django.contrib import admin, messages
 
+from .exceptions import TagsError
 from .models import (
     ApiKey,
     AuditLog,
@@ -9,7 +11,17 @@ from .models import (
     Team,
     VirtualAccount,
 )
-from .services import api_key_revoke
+from .services import api_key_revoke, validate_tags
+
+
+class DefaultTagsAdminForm(forms.ModelForm):
+    """The admin edits rows directly, so default tags get the services' rule here."""
+
+    def clean_default_tags(self):
+        try:
+            return validate_tags(self.cleaned_data.get("default_tags"))
+        except TagsError as exc:
+            raise forms.ValidationError(str(exc)) from exc
 
 
 class MembershipInline(admin.TabularInline):
@@ -19,6 +31,7 @@ class MembershipInline(admin.TabularInline):
 
 @admin.register(Team)
 class TeamAdmin(admin.ModelAdmin):
+    form = DefaultTagsAdminForm
     list_display = ("name", "slug", "created_at")
     search_fields = ("name", "slug")
     prepopulated_fields = {"slug": ("name",)}
@@ -27,6 +40,7 @@ class TeamAdmin(admin.ModelAdmin):
 
 @admin.register(VirtualAccount)
 class VirtualAccountAdmin(admin.ModelAdmin):
+    form = DefaultTagsAdminForm
     list_display = ("name", "team", "is_active", "created_at")
     list_filter = ("team", "is_active")
     search_fields = ("name",)

@@ -3,11 +3,21 @@
 import json
 
 from django import forms
-from django.core.validators import RegexValidator
+
+from apps.usage.tags import tag_key_problem, tags_problem
 
 from .constants import Role
 
-TAG_KEY = RegexValidator(r"^[A-Za-z0-9_.:-]{1,64}$", "Letters, digits and _ . : - only.")
+
+def _tag_error(problem: str) -> forms.ValidationError:
+    return forms.ValidationError(f"{problem[0].upper()}{problem[1:]}.")
+
+
+def validate_tag_key(key: str) -> None:
+    """A tag key by the one rule (`apps.usage.tags`): any text but control characters."""
+    problem = tag_key_problem(key)
+    if problem:
+        raise _tag_error(problem)
 
 
 class JSONTagsField(forms.CharField):
@@ -21,7 +31,7 @@ class JSONTagsField(forms.CharField):
 
     def prepare_value(self, value):
         if isinstance(value, dict):
-            return json.dumps(value, indent=None) if value else ""
+            return json.dumps(value, ensure_ascii=False) if value else ""
         return value
 
     def to_python(self, value):
@@ -34,10 +44,9 @@ class JSONTagsField(forms.CharField):
             raise forms.ValidationError(f"Not valid JSON: {exc.msg}.") from exc
         if not isinstance(parsed, dict):
             raise forms.ValidationError('Enter a JSON object, e.g. {"feature": "search"}.')
-        for key, item in parsed.items():
-            if not isinstance(item, str):
-                raise forms.ValidationError(f"The value of {key!r} must be a string.")
-            TAG_KEY(key)
+        problem = tags_problem(parsed)
+        if problem:
+            raise _tag_error(problem)
         return parsed
 
 
@@ -56,7 +65,7 @@ class TagKeyListField(forms.CharField):
     def to_python(self, value):
         keys = [part.strip() for part in (value or "").split(",") if part.strip()]
         for key in keys:
-            TAG_KEY(key)
+            validate_tag_key(key)
         return list(dict.fromkeys(keys))
 
 
@@ -229,7 +238,7 @@ class VirtualAccountEditForm(forms.Form):
 
 
 class TagDefinitionForm(ChoicesFormMixin, forms.Form):
-    key = forms.CharField(max_length=64, validators=[TAG_KEY])
+    key = forms.CharField(max_length=64, validators=[validate_tag_key])
     description = forms.CharField(widget=forms.Textarea(attrs={"rows": 2}))
     owner_team = forms.ChoiceField(required=False)
 

@@ -5,6 +5,9 @@ Chargeback CSV: one row per group, then a `TOTAL` row. Money is USD (`currency` 
 so it can differ from the sum of the rounded cells by a few millionths. Tokens are integers.
 Cells that a spreadsheet would run as a formula (starting with = + - @ tab or CR) are
 prefixed with a single quote (OWASP CSV injection).
+
+Text is UTF-8 as is: a tag `équipe` is `équipe` in CSV cells, NDJSON and JSON, never
+`\u00e9quipe` (see `gateway_portal.csv_stream` on the byte-order mark).
 """
 
 from __future__ import annotations
@@ -102,7 +105,8 @@ def usage_groups_csv(groups: Iterable[UsageGroup], query: UsageQuery) -> Streami
 
 def usage_groups_ndjson(groups: Iterable[UsageGroup], query: UsageQuery) -> StreamingHttpResponse:
     body = (
-        json.dumps(group_record(group, query), cls=DjangoJSONEncoder) + "\n" for group in groups
+        json.dumps(group_record(group, query), cls=DjangoJSONEncoder, ensure_ascii=False) + "\n"
+        for group in groups
     )
     return _response(body, NDJSON)
 
@@ -151,7 +155,7 @@ def usage_rows_csv(rows: Iterable[dict]) -> Iterator[str]:
     def cells() -> Iterator[list[object]]:
         for row in rows:
             record = row_record(row)
-            record["tags"] = json.dumps(record["tags"], sort_keys=True)
+            record["tags"] = json.dumps(record["tags"], sort_keys=True, ensure_ascii=False)
             yield [record[field] for field in ROW_FIELDS]
 
     return _csv_stream(list(ROW_FIELDS), cells())
@@ -159,7 +163,7 @@ def usage_rows_csv(rows: Iterable[dict]) -> Iterator[str]:
 
 def usage_rows_ndjson(rows: Iterable[dict]) -> Iterator[str]:
     for row in rows:
-        yield json.dumps(row_record(row), cls=DjangoJSONEncoder) + "\n"
+        yield json.dumps(row_record(row), cls=DjangoJSONEncoder, ensure_ascii=False) + "\n"
 
 
 def rows_response(body: Iterator[str], fmt: str) -> StreamingHttpResponse:

@@ -17,6 +17,7 @@ from django.utils import timezone
 from django.utils.dateparse import parse_date, parse_datetime
 
 from apps.accounts.models import TagDefinition, Team, VirtualAccount
+from apps.usage.tags import control_character, tag_key_problem
 
 from .exceptions import UsageQueryError
 from .services.rollups import day_bounds, next_month, rollup_tag_keys
@@ -33,7 +34,6 @@ DIMENSIONS = {
 }
 GRANULARITIES = ("hour", "day", "month")
 METRICS = ("requests", "tokens", "cost", "latency", "error_rate")
-TAG_KEY_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:-]{0,63}$")
 DATE_RE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 STATUS_CLASSES = {"success": (0, 400), "error": (400, 1000)}
 
@@ -113,11 +113,22 @@ def known_tag_keys() -> set[str]:
 
 
 def _tag_key(key: str, *, name: str) -> str:
-    if not TAG_KEY_RE.match(key):
-        raise UsageQueryError(
-            f"{name}: malformed tag key '{key}' (letters, digits, _ . : - ; at most 64)"
-        )
+    """Any tag key the metadata header accepts (`apps.usage.tags`); it reaches SQL only as a
+    bound parameter, so quotes, dots, `$` or backslashes in it are plain text."""
+    problem = tag_key_problem(key)
+    if problem:
+        raise UsageQueryError(f"{name}: {problem}")
     return key
+
+
+def _no_control_characters(params: Mapping[str, str]) -> None:
+    # No stored value holds one (the metadata header refuses them), and PostgreSQL refuses
+    # NUL in a query parameter: a 400 here, not a database error.
+    for name, value in params.items():
+        for text in (name, value):
+            control = control_character(text)
+            if control:
+                raise UsageQueryError(f"{name!r}: contains the control character {control}")
 
 
 def parse_group_by(value: str | None) -> tuple[Dim, ...]:
@@ -148,6 +159,7 @@ def parse_usage_query(
     default_group_by: str = "",
     require_start: bool = True,
 ) -> UsageQuery:
+    _no_control_characters(params)
     now = timezone.now()
     start = parse_time(params["start"], name="start") if params.get("start") else None
     end = parse_time(params["end"], name="end", end=True) if params.get("end") else None

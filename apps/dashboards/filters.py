@@ -7,10 +7,10 @@ Both are resolved once per request (filters by `forms.FilterForm`, the scope by
 from __future__ import annotations
 
 import datetime as dt
-import re
 from dataclasses import dataclass
 
-TAG_KEY_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:-]{0,63}$")
+from apps.usage.tags import tag_key_problem
+
 # Ranges up to this many days are bucketed by hour, longer ones by day.
 HOURLY_MAX_DAYS = 2
 DEFAULT_DAYS = 30
@@ -67,5 +67,5 @@ def dimension_tag_key(dimension: str) -> str | None:
 def is_valid_dimension(dimension: str) -> bool:
     key = dimension_tag_key(dimension)
     if key is not None:
-        return bool(TAG_KEY_RE.match(key))
+        return tag_key_problem(key) is None
     return dimension in COLUMN_DIMENSIONS

@@ -6,17 +6,20 @@ import datetime as dt
 
 from django import forms
 
+from apps.usage.tags import control_character, tag_key_problem
+
 from .datasets import DEFAULT_TOP, PERCENTILE_CHOICES, RANK_METRICS, PageOptions
-from .filters import (
-    MAX_DAYS,
-    TAG_KEY_RE,
-    DashboardFilters,
-    default_filters,
-    is_valid_dimension,
-)
+from .filters import MAX_DAYS, DashboardFilters, default_filters, is_valid_dimension
 
 # The filter parameters shared by every page (the tabs carry them from page to page).
 FILTER_PARAMS = ("start", "end", "team", "model", "tag")
+
+
+def _no_control_character(value: str) -> None:
+    # No tag value holds one (`apps.usage.tags`), so such a filter could only match nothing.
+    control = control_character(value)
+    if control:
+        raise forms.ValidationError(f"A tag value cannot contain the control character {control}.")
 
 
 class FilterForm(forms.Form):
@@ -45,11 +48,13 @@ class FilterForm(forms.Form):
         text = self.cleaned_data.get("tag", "").strip()
         if not text:
             return None
+        # The first "=" splits: a key holding "=" is filtered through the tag explorer.
         key, sep, value = text.partition("=")
-        key = key.strip()
-        if not sep or not TAG_KEY_RE.match(key):
+        key, value = key.strip(), value.strip()
+        if not sep or tag_key_problem(key):
             raise forms.ValidationError("Write a tag filter as key=value.")
-        return key, value.strip()
+        _no_control_character(value)
+        return key, value
 
     def clean_group(self) -> str:
         group = self.cleaned_data.get("group", "")
@@ -59,9 +64,14 @@ class FilterForm(forms.Form):
 
     def clean_key(self) -> str:
         key = self.cleaned_data.get("key", "").strip()
-        if key and not TAG_KEY_RE.match(key):
+        if key and tag_key_problem(key):
             raise forms.ValidationError("Not a valid tag key.")
         return key
+
+    def clean_value(self) -> str:
+        value = self.cleaned_data.get("value", "")
+        _no_control_character(value)
+        return value
 
     def clean(self):
         data = super().clean()

@@ -2,12 +2,12 @@
 
 import orjson
 
+from apps.usage.tags import tags_problem
+
 from .errors import BadRequest
 
 MAX_HEADER_BYTES = 8 * 1024
 MAX_KEYS = 32
-MAX_KEY_CHARS = 64
-MAX_VALUE_CHARS = 256
 LOG_REQUEST_TAG = "log_request"
 HEADER_NAMES = (b"x-gateway-metadata", b"x-tfy-metadata")
 
@@ -23,25 +23,27 @@ def parse_metadata_header(raw: bytes | None) -> dict[str, str]:
     if len(raw) > MAX_HEADER_BYTES:
         raise _invalid(f"X-Gateway-Metadata is {len(raw)} bytes; the limit is {MAX_HEADER_BYTES}")
     try:
+        # orjson decodes the bytes as UTF-8 itself and refuses lone surrogates.
         tags = orjson.loads(raw)
     except orjson.JSONDecodeError:
-        raise _invalid("X-Gateway-Metadata is not valid JSON") from None
+        raise _invalid(f"X-Gateway-Metadata is not {_what_is_wrong(raw)}") from None
     if not isinstance(tags, dict):
         raise _invalid("X-Gateway-Metadata must be a JSON object of string keys to string values")
     if len(tags) > MAX_KEYS:
         raise _invalid(f"X-Gateway-Metadata has {len(tags)} keys; the limit is {MAX_KEYS}")
-    for key, value in tags.items():
-        if not key or len(key) > MAX_KEY_CHARS:
-            raise _invalid(f"metadata key {key[:80]!r} must be 1 to {MAX_KEY_CHARS} characters")
-        if not isinstance(value, str):
-            raise _invalid(
-                f"metadata value for {key!r} must be a string, not {type(value).__name__}"
-            )
-        if len(value) > MAX_VALUE_CHARS:
-            raise _invalid(
-                f"metadata value for {key!r} is longer than {MAX_VALUE_CHARS} characters"
-            )
+    problem = tags_problem(tags, what="metadata", json_text=raw)
+    if problem:
+        raise _invalid(f"X-Gateway-Metadata: {problem}")
     return tags
+
+
+def _what_is_wrong(raw: bytes) -> str:
+    """Only on the error path: tell bytes that are not text from text that is not JSON."""
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return "UTF-8 text"
+    return "valid JSON"
 
 
 def merge_tags(

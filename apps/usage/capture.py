@@ -19,8 +19,9 @@ from typing import Any
 # upstream, and charging it would lock the caller out of their quota for the month.
 MAX_TOKENS_PER_REQUEST = 10_000_000
 
-# C0 controls, DEL and C1 controls. Tab, CR and LF go too: none belongs in a tag or label.
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+# C0 controls and DEL, the characters the metadata header refuses (apps.usage.tags). Tab, CR
+# and LF go too: none belongs in a tag or label. Any other Unicode is kept, as sent.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def sane_token_count(value: object) -> int | None:

@@ -16,10 +16,10 @@ from decimal import Decimal
 from django.conf import settings
 from django.db import connection
 from django.db.models import Count, Q, QuerySet, Sum
-from django.db.models.fields.json import KeyTextTransform
 from django.db.models.functions import TruncDay
 
 from apps.usage.models import UsageRecord
+from apps.usage.tags import TagText
 
 _SUBJECT_FIELDS = ("team_id", "user_id", "virtual_account_id", "model")
 _SUM_FIELDS = ("input_tokens", "output_tokens", "cached_tokens")
@@ -75,7 +75,7 @@ def dims_key(values: Iterable[object]) -> str:
 
 def _grouped_sql(rows: QuerySet[UsageRecord], keys: list[str]) -> Iterator[tuple]:
     """One GROUP BY in the database; tag values through `tags->>'key'` (PostgreSQL)."""
-    tags = {f"tag_{i}": KeyTextTransform(key, "tags") for i, key in enumerate(keys)}
+    tags = {f"tag_{i}": TagText(key) for i, key in enumerate(keys)}
     grouped = (
         rows.order_by()
         .annotate(period=TruncDay("created_at", tzinfo=dt.UTC), **tags)

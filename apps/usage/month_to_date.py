@@ -32,13 +32,13 @@ from decimal import Decimal
 
 from django.db import connection
 from django.db.models import Count, DateField, Min, Q, QuerySet, Sum, Value
-from django.db.models.fields.json import KeyTextTransform
 from django.utils import timezone
 
 from apps.billing.models import UsageRollupDaily, UsageRollupMonthly
 from apps.usage.coverage import covered_days, day_is_final, late_days
 from apps.usage.grouping import day_bounds, grouped_usage, month_start, next_month, rollup_tag_keys
 from apps.usage.models import UsageRecord
+from apps.usage.tags import TagText, tag_equals
 
 
 @dataclass(frozen=True)
@@ -69,10 +69,7 @@ class UsageSubject:
     def raw_filter(self) -> Q:
         q = Q(**self._columns())
         for key, value in self.tags:
-            if connection.vendor == "postgresql":
-                q &= Q(tags__contains={key: value})  # `@>` uses the GIN index on tags
-            else:
-                q &= Q(**{f"tags__{key}": value})  # SQLite: a JSON key-path lookup
+            q &= tag_equals(key, value)
         return q
 
     def rollup_filter(self) -> Q | None:
@@ -83,7 +80,10 @@ class UsageSubject:
         keys = set(rollup_tag_keys())
         if any(key not in keys for key, _ in self.tags):
             return None
-        return Q(**columns, **{f"dims__{key}": value for key, value in self.tags})
+        q = Q(**columns)
+        for key, value in self.tags:
+            q &= tag_equals(key, value, "dims")
+        return q
 
 
 @dataclass(frozen=True)
@@ -234,7 +234,7 @@ def _rollup_rows(
             groups: tuple[str, ...] = ("dims", "dims_key")
         else:
             rows = rows.annotate(
-                **{f"_tag{i}": KeyTextTransform(key, "dims") for i, key in enumerate(tag_keys)}
+                **{f"_tag{i}": TagText(key, "dims") for i, key in enumerate(tag_keys)}
             )
             groups = tuple(f"_tag{i}" for i in range(len(tag_keys)))
         keys = (period, "team_id", "virtual_account_id", "model", *groups)

@@ -3,21 +3,21 @@
 from django.db import transaction
 
 from apps.proxy.key_events import publish_invalidation
+from apps.usage.tags import tag_key_problem, tags_problem
 
 from ..exceptions import TagsError
 from ..models import ApiKey, Membership, Team, VirtualAccount
 
-MAX_TAG_KEY_CHARS = 64
-
 
 def validate_tags(tags: object) -> dict[str, str]:
+    """Default tags (team, virtual account, key): the same rule as the metadata header."""
     if tags is None:
         return {}
     if not isinstance(tags, dict):
         raise TagsError("tags must be a JSON object")
-    for key, value in tags.items():
-        if not isinstance(key, str) or not isinstance(value, str):
-            raise TagsError("tag keys and values must be strings")
+    problem = tags_problem(tags)
+    if problem:
+        raise TagsError(problem)
     return dict(tags)
 
 
@@ -31,8 +31,9 @@ def validate_tag_keys(keys: object, *, what: str = "tag keys") -> list[str]:
         if not isinstance(key, str) or not key.strip():
             raise TagsError(f"{what} must be non-empty strings")
         key = key.strip()
-        if len(key) > MAX_TAG_KEY_CHARS:
-            raise TagsError(f"tag key {key[:80]!r} is longer than {MAX_TAG_KEY_CHARS} characters")
+        problem = tag_key_problem(key)
+        if problem:
+            raise TagsError(problem)
         if key not in cleaned:
             cleaned.append(key)
     return cleaned

@@ -28,6 +28,11 @@ CSV_HEADER = [
 ]
 
 
+def _json_cell(value: object) -> str:
+    # Real UTF-8 (a tag key `équipe` stays readable), not \u escapes.
+    return "" if value is None else json.dumps(value, default=str, ensure_ascii=False)
+
+
 def _csv_lines(rows: Iterable) -> Iterator[str]:
     writer = csv.writer(Echo())
     yield writer.writerow(CSV_HEADER)
@@ -43,8 +48,8 @@ def _csv_lines(rows: Iterable) -> Iterator[str]:
                     row.object_id,
                     row.object_repr,
                     row.team_id or "",
-                    json.dumps(row.before, default=str) if row.before is not None else "",
-                    json.dumps(row.after, default=str) if row.after is not None else "",
+                    _json_cell(row.before),
+                    _json_cell(row.after),
                 )
             ]
         )

@@ -8,15 +8,13 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Iterable
 
-from django.db import connection
-from django.db.models import Model, Q, QuerySet, TextField
-from django.db.models.fields.json import KeyTextTransform
-from django.db.models.functions import Cast
+from django.db.models import Model, Q, QuerySet
 from django.utils import timezone
 
 from apps.usage.coverage import covered_days
 from apps.usage.models import UsageRecord
 from apps.usage.scope import UsageScope
+from apps.usage.tags import tag_equals
 
 from ..filters import DashboardFilters
 
@@ -36,15 +34,8 @@ def filtered(
         qs = qs.filter(model=filters.model)
     if filters.tags and tags_field is None:
         raise ValueError("tag filters need a table with tags")
-    for i, (key, value) in enumerate(filters.tags):
-        if connection.vendor == "postgresql":
-            # Containment uses the GIN index on the JSON column.
-            qs = qs.filter(**{f"{tags_field}__contains": {key: value}})
-        else:
-            # Cast: SQLite would otherwise compare the value as JSON and reject plain text.
-            alias = f"_ftag{i}"
-            text = Cast(KeyTextTransform(key, tags_field), TextField())
-            qs = qs.alias(**{alias: text}).filter(**{alias: value})
+    for key, value in filters.tags:
+        qs = qs.filter(tag_equals(key, value, tags_field))
     return qs
 
 

@@ -18,12 +18,12 @@ from dataclasses import dataclass, replace
 from decimal import Decimal
 
 from django.db.models import F, Model, QuerySet
-from django.db.models.fields.json import KeyTextTransform
 from django.db.models.functions import TruncDay, TruncHour
 
 from apps.billing.models import UsageRollupDaily
 from apps.billing.services.rollups import rollup_tag_keys
 from apps.usage.scope import UsageScope
+from apps.usage.tags import TagText
 
 from ..aggregates import RAW_SUMS, ROLLUP_SUMS, group_text, summed_cost
 from ..filters import DashboardFilters, dimension_tag_key
@@ -88,7 +88,7 @@ _TAG_COLUMNS = {k: v for k, v in RAW_COLUMNS.items() if k in {"team", "user", "v
 def dimension_expr(dimension: str, *, columns: dict[str, str], tags_field: str | None):
     key = dimension_tag_key(dimension)
     if key is not None:
-        return KeyTextTransform(key, tags_field)
+        return TagText(key, tags_field)
     return F(columns[dimension])
 
 

@@ -16,7 +16,6 @@ from decimal import Decimal
 
 from django.db import transaction
 from django.db.models import Count, Q, QuerySet
-from django.db.models.fields.json import KeyTextTransform
 from django.db.models.functions import TruncDay
 from django.utils import timezone
 
@@ -30,6 +29,7 @@ from apps.dashboards.models import (
     UsageCubeDaily,
 )
 from apps.usage.models import UsageRecord
+from apps.usage.tags import TagText
 
 INSERT_BATCH = 2000
 CUBE_FIELDS = (
@@ -148,7 +148,7 @@ def _tag_usage(
     for key in keys:
         groups = (
             _rows(low, high)
-            .annotate(_tag=KeyTextTransform(key, "tags"))
+            .annotate(_tag=TagText(key))
             .values("_day", "team_id", "user_id", "virtual_account_id", "_tag")
             .annotate(**RAW_SUMS)
         )
@@ -187,7 +187,7 @@ def _tag_histograms(
 ) -> list[TagLatencyHistogramDaily]:
     rows = []
     for key in keys:
-        tagged = _rows(low, high).annotate(_tag=KeyTextTransform(key, "tags"))
+        tagged = _rows(low, high).annotate(_tag=TagText(key))
         rows.extend(
             TagLatencyHistogramDaily(
                 tag_key=key, tag_value=hkey[2][:256], **_histogram_fields(hkey, latency, ttft, now)
