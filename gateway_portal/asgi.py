@@ -1,10 +1,12 @@
 """ASGI entry point.
 
 A small dispatcher sits in front of Django: `/v1` goes straight to the proxy's plain ASGI
-app (no Django middleware on the hot path), `/simulator` to the built-in upstream
-simulator, everything else to the Django portal. The dispatcher also runs the lifespan:
-it loads the model catalog, starts and drains the usage writer, listens for key
-invalidations and flushes keys' last-used times.
+app (no Django middleware on the hot path), `/metrics` to the Prometheus endpoint,
+`/simulator` to the built-in upstream simulator, everything else to the Django portal.
+Django never sees those three, so the dispatcher applies its ALLOWED_HOSTS check to them
+(`gateway_portal.security.host_allowed`, cached per host value). The dispatcher also runs
+the lifespan: it loads the model catalog, starts and drains the usage writer, listens for
+key invalidations and flushes keys' last-used times.
 """
 
 import asyncio
@@ -23,9 +25,11 @@ from apps.proxy import key_events, metrics, upstream  # noqa: E402
 from apps.proxy.app import app as proxy_app  # noqa: E402
 from apps.proxy.catalog import catalog  # noqa: E402
 from apps.proxy.health import board as health_board  # noqa: E402
+from apps.proxy.outage_log import OutageLog  # noqa: E402
 from apps.proxy.simulator.app import create_app as create_simulator  # noqa: E402
 from apps.quotas.engine import get_quota_engine  # noqa: E402
 from apps.usage.writer import UsageWriter  # noqa: E402
+from gateway_portal.security import host_allowed, send_invalid_host  # noqa: E402
 
 logger = logging.getLogger("tollgate.asgi")
 simulator_app = create_simulator(prefix="/simulator") if settings.SIMULATOR_MOUNTED else None
@@ -38,12 +42,18 @@ _last_used_flusher: list[asyncio.Task] = []
 async def _refresh_quotas_forever() -> None:
     """Quota config changes reach every worker within QUOTA_REFRESH_SECONDS (one query)."""
     engine = get_quota_engine()
+    # A database outage is logged when it starts, each minute and when it ends, not per try.
+    outage = OutageLog(
+        "quota config refresh", logger=logger, consequence="keeping the current rules"
+    )
     while True:
         try:
             if await engine.refresh():
                 logger.info("quota config version %s active", engine.version)
-        except Exception:  # keep enforcing the last good rules
-            logger.exception("quota config refresh failed; keeping the current rules")
+        except Exception as exc:  # keep enforcing the last good rules
+            outage.failed(exc)
+        else:
+            outage.ok()
         await asyncio.sleep(settings.QUOTA_REFRESH_SECONDS)
 
 
@@ -86,13 +96,19 @@ async def application(scope, receive, send) -> None:
     if scope["type"] == "http":
         path = scope["path"]
         if path.startswith("/v1/"):
-            await proxy_app(scope, receive, send)
-            return
-        if path == "/metrics":
-            await metrics.endpoint(scope, receive, send)
-            return
-        if simulator_app is not None and path.startswith("/simulator/"):
-            await simulator_app(scope, receive, send)
+            app = proxy_app
+        elif path == "/metrics":
+            app = metrics.endpoint
+        elif simulator_app is not None and path.startswith("/simulator/"):
+            app = simulator_app
+        else:
+            app = None
+        if app is not None:
+            # Django checks ALLOWED_HOSTS only for what it serves itself.
+            if host_allowed(scope):
+                await app(scope, receive, send)
+            else:
+                await send_invalid_host(scope, send)
             return
     elif scope["type"] == "lifespan":
         await _lifespan(receive, send)

@@ -58,6 +58,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "gateway_portal.security.content_security_policy",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -147,6 +148,13 @@ LOGOUT_REDIRECT_URL = "login"
 SESSION_COOKIE_HTTPONLY = True
 SESSION_COOKIE_SECURE = env.bool("SESSION_COOKIE_SECURE", default=False)
 CSRF_COOKIE_SECURE = env.bool("CSRF_COOKIE_SECURE", default=False)
+# Sent on every portal page; each directive's reason is in the README ("Page security policy").
+CONTENT_SECURITY_POLICY = env.str(
+    "CONTENT_SECURITY_POLICY",
+    default="default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
+    "img-src 'self' data: blob:; connect-src 'self'; frame-ancestors 'none'; base-uri 'self'; "
+    "form-action 'self'; object-src 'none'",
+)
 
 REST_FRAMEWORK = {
     # DRF tokens (`manage.py drf_create_token USER`) for scripts and runbooks, the session
@@ -309,8 +317,9 @@ HEALTH_SYNC_SECONDS = env.float("HEALTH_SYNC_SECONDS", default=0.5)
 HEALTH_STATE_TTL_SECONDS = env.float("HEALTH_STATE_TTL_SECONDS", default=600.0)
 HEALTH_STATS_WINDOW_SECONDS = env.float("HEALTH_STATS_WINDOW_SECONDS", default=60.0)
 HEALTH_REDIS_PREFIX = env.str("HEALTH_REDIS_PREFIX", default="tollgate:health")
-# GET /metrics: a bearer token, or clients from these networks (loopback by default). Behind
-# a reverse proxy on the same host every client looks local: empty the list, use the token.
+# GET /metrics: the bearer token, from every address, when one is set (loopback is no proof:
+# a DNS-rebinding page or a reverse proxy on the same host looks local); without a token,
+# clients from these networks (loopback by default).
 METRICS_TOKEN = env.str("METRICS_TOKEN", default="")
 METRICS_ALLOWED_NETWORKS = env.list("METRICS_ALLOWED_NETWORKS", default=["127.0.0.0/8", "::1/128"])
 # Tag keys whose values become metric labels, each capped at so many distinct values.

@@ -39,6 +39,7 @@ from .selectors.insights import billing_insights
 from .selectors.usage import (
     MAX_PAGE,
     RowCursor,
+    cursor_binding,
     usage_grouped,
     usage_rows_page,
 )
@@ -65,7 +66,10 @@ ids, `model`, `deployment`, `provider`, `request_type`, `is_stream`, `status_cod
 latencies in ms, `attempts`, `client_disconnected`, `tags` (object; JSON text in CSV). Rows
 come in (`inserted_at`, `id`) order. Resume from the last `next_cursor` (JSON body, or the
 `X-Next-Cursor` header for CSV/NDJSON) to load each row exactly once, late rows included;
-rows are handed out once they are BILLING_EXPORT_SETTLE_SECONDS (default 120 s) old.
+rows are handed out once they are BILLING_EXPORT_SETTLE_SECONDS (default 120 s) old. A cursor
+is signed and bound to the caller's scope and the row filters (range, team, user, virtual
+account, model, status, tags): replayed by another caller, with other filters, or altered,
+it is refused with a 400.
 """
 
 
@@ -176,13 +180,15 @@ def usage(request: HttpRequest, params: Query[UsageParams]):
 
 
 def _rows(scope: UsageScope, query: UsageQuery, params: UsageParams):
+    # A cursor resumes only the export it came from: same scope, same row filters.
+    binding = cursor_binding(scope=scope, query=query)
     cursor = None
     if params.cursor:
-        cursor = RowCursor.decode(params.cursor)
+        cursor = RowCursor.decode(params.cursor, binding=binding)
     elif params.updated_since:
         cursor = RowCursor.after(parse_time(params.updated_since, name="updated_since"))
     page = usage_rows_page(scope=scope, query=query, cursor=cursor, limit=params.limit)
-    next_cursor = page.next_cursor.encode() if page.next_cursor else None
+    next_cursor = page.next_cursor.encode(binding=binding) if page.next_cursor else None
     if params.format == "json":
         return {
             "schema_version": EXPORT_SCHEMA_VERSION,

@@ -257,16 +257,21 @@ def _networks(spec: tuple[str, ...]) -> tuple:
 
 
 def allowed(scope: dict) -> bool:
-    """A matching bearer token (METRICS_TOKEN), or a client in METRICS_ALLOWED_NETWORKS."""
+    """With METRICS_TOKEN set, that bearer token from any address; without, a client in
+    METRICS_ALLOWED_NETWORKS.
+
+    A configured token is required from loopback too: a page in a browser on the gateway's
+    host (DNS rebinding) or a local reverse proxy both reach us from 127.0.0.1.
+    """
     token = settings.METRICS_TOKEN
     if token:
         for name, value in scope.get("headers") or ():
             if name == b"authorization":
                 given = value.decode("latin-1")
-                if given[:7].lower() == "bearer " and hmac.compare_digest(
+                return given[:7].lower() == "bearer " and hmac.compare_digest(
                     given[7:].strip().encode(), token.encode()
-                ):
-                    return True
+                )
+        return False
     client = scope.get("client")
     if not client:
         return False

@@ -71,8 +71,10 @@ def test_every_dashboard_renders_its_graphs(browser, screenshots, live_server, u
         page.goto(origin + path.format(today=today))
         expected = page.locator(".js-plot").count()
         assert expected >= 1, name
+        # A function, not an expression: Playwright re-evals an expression on every poll,
+        # which the page's CSP (no 'unsafe-eval') refuses.
         page.wait_for_function(
-            f"document.querySelectorAll('.js-plotly-plot .main-svg').length >= {expected}"
+            f"() => document.querySelectorAll('.js-plotly-plot .main-svg').length >= {expected}"
         )
         plots = page.evaluate(POINTS_PER_PLOT)
         assert all(p["svg"] >= 1 and p["points"] > 0 for p in plots), (name, plots)

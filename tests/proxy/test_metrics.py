@@ -104,7 +104,8 @@ def test_access_needs_a_token_or_an_allowed_network(settings):
     assert not metrics.allowed(outside)
     assert not metrics.allowed({**outside, "headers": [(b"authorization", b"Bearer nope")]})
     assert metrics.allowed({**outside, "headers": [(b"authorization", b"Bearer s3cret")]})
-    assert metrics.allowed({"client": ("10.1.2.3", 5000), "headers": []})
+    # With a token configured the network list no longer admits anyone without it.
+    assert not metrics.allowed({"client": ("10.1.2.3", 5000), "headers": []})
     settings.METRICS_TOKEN = ""
     settings.METRICS_ALLOWED_NETWORKS = ["127.0.0.0/8", "::1/128"]
     assert metrics.allowed({"client": ("127.0.0.1", 1), "headers": []})

@@ -239,7 +239,7 @@ def test_save_and_rollback_create_versions(client, people, suffix):
         (2, people["admin"], "portal edit"),
     ]
     page = client.get("/quotas/edit/").content.decode()
-    assert "limit_to: 6000" in page and "Roll back to v1" in page and "confirm(" in page
+    assert "limit_to: 6000" in page and "Roll back to v1" in page and "data-confirm=" in page
     assert client.get("/quotas/versions/1/rollback/").status_code == 405
     response = client.post("/quotas/versions/1/rollback/", follow=True)
     assert "now version 3" in response.content.decode()

@@ -8,9 +8,8 @@ percentile_cont and sums decimals as floats.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import datetime as dt
+import hashlib
 import json
 import math
 from collections.abc import Iterator
@@ -19,9 +18,9 @@ from decimal import Decimal
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
+from django.core import signing
 from django.db import connection
 from django.db.models import Aggregate, Count, FloatField, Q, QuerySet, Sum
-from django.db.models.fields.json import KeyTextTransform
 from django.db.models.functions import TruncDay, TruncHour, TruncMonth
 from django.utils import timezone
 
@@ -30,6 +29,7 @@ from apps.billing.exceptions import UsageQueryError
 from apps.billing.usage_query import Dim, UsageQuery
 from apps.usage.models import UsageRecord
 from apps.usage.scope import UsageScope
+from apps.usage.tags import TagText, tag_equals
 
 PERCENTILES = (("latency_p50_ms", 0.5), ("latency_p90_ms", 0.9), ("latency_p99_ms", 0.99))
 _TRUNC = {"hour": TruncHour, "day": TruncDay, "month": TruncMonth}
@@ -75,13 +75,7 @@ def _filtered(*, scope: UsageScope, query: UsageQuery) -> QuerySet[UsageRecord]:
     if status:
         rows = rows.filter(status)
     for key, value in query.tags:
-        if connection.vendor == "postgresql":
-            # `@>` uses the GIN index on tags.
-            rows = rows.filter(tags__contains={key: value})
-        else:
-            # SQLite: a key-path lookup (JSON_EXTRACT); the text-transform form compares the
-            # value as JSON there and fails on plain strings.
-            rows = rows.filter(**{f"tags__{key}": value})
+        rows = rows.filter(tag_equals(key, value))
     return rows
 
 
@@ -121,7 +115,7 @@ def _dim_aliases(dims: tuple[Dim, ...]) -> tuple[list[str], dict]:
     names, annotations = [], {}
     for i, dim in enumerate(dims):
         if dim.tag:
-            annotations[f"_g{i}"] = KeyTextTransform(dim.tag, "tags")
+            annotations[f"_g{i}"] = TagText(dim.tag)
             names.append(f"_g{i}")
         else:
             names.append(dim.column)
@@ -298,28 +292,70 @@ def dim_columns(query: UsageQuery) -> list[str]:
 # --- Raw rows (incremental export) --------------------------------------------------------
 
 
+# Salt of the cursor signature: a value signed for another purpose never passes as a cursor.
+CURSOR_SALT = "tollgate.billing.usage-rows-cursor"
+
+
+def cursor_binding(*, scope: UsageScope, query: UsageQuery) -> str:
+    """A fingerprint of who reads which rows: the caller's scope and the query's row filters.
+
+    A cursor carries it under its signature, so it resumes only the export it came from: not
+    another team's (or anyone with another scope), not the same caller with other filters.
+    Filters that do not choose rows (format, limit, grouping) are left out; ids are sorted so
+    `team=1,2` and `team=2,1` are one export.
+    """
+    parts = [
+        [scope.everything, sorted(scope.team_ids), scope.user_id, scope.virtual_account_id],
+        query.start.isoformat() if query.start else None,
+        query.end.isoformat() if query.end else None,
+        sorted(query.team_ids),
+        sorted(query.user_ids),
+        sorted(query.virtual_account_ids),
+        sorted(query.models),
+        sorted(query.status_codes),
+        list(query.status_range) if query.status_range else None,
+        sorted(query.tags),
+    ]
+    raw = json.dumps(parts, separators=(",", ":")).encode()
+    return hashlib.sha256(raw).hexdigest()[:32]
+
+
 @dataclass(frozen=True)
 class RowCursor:
-    """Position after the last row handed out: (inserted_at, id) in export order."""
+    """Position after the last row handed out: (inserted_at, id) in export order.
+
+    On the wire it is signed (django.core.signing, SECRET_KEY, CURSOR_SALT) together with the
+    `cursor_binding` of the export, so a client can neither forge a position nor replay it
+    under another scope or other filters.
+    """
 
     inserted_at: dt.datetime
     id: int
 
-    def encode(self) -> str:
-        raw = json.dumps({"i": self.inserted_at.isoformat(), "id": self.id}).encode()
-        return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+    def encode(self, *, binding: str) -> str:
+        payload = {"i": self.inserted_at.isoformat(), "id": self.id, "b": binding}
+        # Signer, not signing.dumps: no timestamp in it, so the same position and binding
+        # always give the same cursor (an empty page hands back the one it was given).
+        return signing.Signer(salt=CURSOR_SALT).sign_object(payload)
 
     @classmethod
-    def decode(cls, token: str) -> RowCursor:
+    def decode(cls, token: str, *, binding: str) -> RowCursor:
         try:
-            raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
-            data = json.loads(raw)
+            data = signing.Signer(salt=CURSOR_SALT).unsign_object(token)
             moment = dt.datetime.fromisoformat(data["i"])
             if timezone.is_naive(moment):
                 raise ValueError("naive")
-            return cls(moment, int(data["id"]))
-        except (ValueError, KeyError, TypeError, binascii.Error) as error:
-            raise UsageQueryError("cursor: not a cursor returned by this API") from error
+            cursor, bound_to = cls(moment, int(data["id"])), data["b"]
+        except (signing.BadSignature, ValueError, KeyError, TypeError) as error:
+            raise UsageQueryError(
+                "cursor: not a cursor returned by this API (altered or truncated)"
+            ) from error
+        if bound_to != binding:
+            raise UsageQueryError(
+                "cursor: it belongs to another caller or to other filters; resume with the "
+                "caller and filters it came from, or start again without a cursor"
+            )
+        return cursor
 
     @classmethod
     def after(cls, moment: dt.datetime) -> RowCursor:
