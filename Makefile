@@ -26,11 +26,11 @@ env: $(VENV)/.installed
 .env:
 	printf '# Written by make for the demo; see .env.example for production.\nDEBUG=true\n' > $@
 
+# The gateway and a Celery worker with beat (filesystem broker, log in var/log/celery.log).
 run: $(VENV)/.runtime
 	$(PY) manage.py migrate --noinput
 	$(PY) manage.py seed_demo
-	$(PY) -m uvicorn gateway_portal.asgi:application --host 127.0.0.1 --port $(PORT) \
-		--loop uvloop --http httptools --no-access-log
+	$(PY) scripts/run_demo.py --port $(PORT)
 
 test: env
 	$(PY) scripts/run_tests.py

@@ -117,8 +117,25 @@ else:
 
 CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default=REDIS_URL)
 CELERY_RESULT_BACKEND = env.str("CELERY_RESULT_BACKEND", default="")
-# With no broker, tasks run eagerly in-process so the embedded demo needs no other service.
+# With no broker, tasks run eagerly in the process that queues them. The embedded web process
+# relies on it: its quota counters live in its own memory, so the counter seed it queues after
+# a tier or rule change must run there, not in a worker.
 CELERY_TASK_ALWAYS_EAGER = not CELERY_BROKER_URL
+# `filesystem://` is kombu's folder transport, which `make run` (scripts/run_demo.py) gives the
+# demo's worker and beat so the schedule runs without Redis. A message is a file; producers
+# write to the folder the worker reads, so in and out are the same folder. Nothing reads
+# results on it.
+FILESYSTEM_BROKER_DIR = Path(env.str("FILESYSTEM_BROKER_DIR", default=str(VAR_DIR / "celery")))
+if CELERY_BROKER_URL.startswith("filesystem://"):
+    CELERY_BROKER_TRANSPORT_OPTIONS = {
+        "data_folder_in": str(FILESYSTEM_BROKER_DIR / "messages"),
+        "data_folder_out": str(FILESYSTEM_BROKER_DIR / "messages"),
+        "control_folder": str(FILESYSTEM_BROKER_DIR / "control"),
+    }
+    CELERY_TASK_IGNORE_RESULT = True
+    # kombu writes into these folders but never creates them.
+    for _folder in ("messages", "control"):
+        (FILESYSTEM_BROKER_DIR / _folder).mkdir(parents=True, exist_ok=True)
 CELERY_TASK_EAGER_PROPAGATES = True
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TIMEZONE = "UTC"

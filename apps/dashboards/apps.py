@@ -9,7 +9,7 @@ class DashboardsConfig(AppConfig):
 
     def seed_demo(self, stdout) -> None:
         """Called by `manage.py seed_demo`: a month of synthetic usage so charts are not empty,
-        rolled up as the beat task would (which `make run` does not start)."""
+        rolled up here, so the charts show before the worker `make run` starts rolls it up."""
         import datetime as dt
 
         from django.conf import settings
