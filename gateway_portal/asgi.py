@@ -71,6 +71,8 @@ async def _lifespan(receive, send) -> None:
             _background.append(loop.create_task(_refresh_quotas_forever()))
             if settings.REDIS_URL:
                 _background.append(loop.create_task(key_events.listen_forever()))
+            else:  # embedded mode: the CLI and other workers write the key change log
+                _background.append(loop.create_task(key_events.poll_changes_forever()))
             _last_used_flusher.append(loop.create_task(key_events.flush_last_used_forever()))
             if settings.USAGE_WRITER_IN_PROCESS or not settings.REDIS_URL:
                 await usage_writer.start()

@@ -210,6 +210,8 @@ WHITENOISE_USE_FINDERS = True
 API_KEY_PREFIX = env.str("API_KEY_PREFIX", default="tg_live_")
 # Seconds a verified key stays in a worker's in-process cache before it is re-read.
 KEY_CACHE_TTL = env.float("KEY_CACHE_TTL", default=30.0)
+# Seconds between an embedded-mode worker's reads of the key change log (no Redis pub/sub).
+KEY_CHANGE_POLL_SECONDS = env.float("KEY_CHANGE_POLL_SECONDS", default=0.5)
 # Seconds a verified key stays in the Redis key mirror, read only while the database is down
 # (a worker started during an outage admits the keys it holds; see apps/proxy/key_mirror.py).
 KEY_MIRROR_TTL = env.int("KEY_MIRROR_TTL", default=86_400)

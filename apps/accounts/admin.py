@@ -1,5 +1,7 @@
 from django import forms
 from django.contrib import admin, messages
+from django.contrib.auth import admin as auth_admin
+from django.contrib.auth import get_user_model
 
 from .exceptions import TagsError
 from .models import (
@@ -12,6 +14,7 @@ from .models import (
     VirtualAccount,
 )
 from .services import api_key_revoke, validate_tags
+from .services._common import invalidate_after_commit
 
 
 class DefaultTagsAdminForm(forms.ModelForm):
@@ -37,6 +40,13 @@ class TeamAdmin(admin.ModelAdmin):
     prepopulated_fields = {"slug": ("name",)}
     inlines = [MembershipInline]
 
+    def save_model(self, request, obj, form, change) -> None:
+        super().save_model(request, obj, form, change)
+        # Saved past the services: gateways copy the team's tags and settings into each of
+        # its cached keys, so they must re-read them.
+        if change:
+            invalidate_after_commit(team_id=obj.pk)
+
 
 @admin.register(VirtualAccount)
 class VirtualAccountAdmin(admin.ModelAdmin):
@@ -44,6 +54,24 @@ class VirtualAccountAdmin(admin.ModelAdmin):
     list_display = ("name", "team", "is_active", "created_at")
     list_filter = ("team", "is_active")
     search_fields = ("name",)
+
+    def save_model(self, request, obj, form, change) -> None:
+        super().save_model(request, obj, form, change)
+        # Saved past the services: its keys' cached copies hold its tags and active flag.
+        invalidate_after_commit(key_hashes=list(obj.api_keys.values_list("key_hash", flat=True)))
+
+
+User = get_user_model()
+admin.site.unregister(User)
+
+
+@admin.register(User)
+class UserAdmin(auth_admin.UserAdmin):
+    """Django's user admin; deactivating someone here stops their keys on every gateway."""
+
+    def save_model(self, request, obj, form, change) -> None:
+        super().save_model(request, obj, form, change)
+        invalidate_after_commit(key_hashes=list(obj.api_keys.values_list("key_hash", flat=True)))
 
 
 @admin.register(ApiKey)

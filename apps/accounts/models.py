@@ -264,3 +264,26 @@ class AuditLog(models.Model):
 
     def __str__(self) -> str:
         return f"{self.created_at:%Y-%m-%d %H:%M:%S} {self.actor_label} {self.action} {self.object_repr}"
+
+
+class KeyChange(models.Model):
+    """One entry of the key change log that embedded-mode gateways poll (no Redis pub/sub).
+
+    Written by `apps.proxy.key_events.publish_invalidation` after a change commits: the
+    changed keys' hashes, or the team whose settings every key of it copies. Each gateway
+    worker reads the rows past the last id it saw and drops those keys from its cache.
+    `team_id` is a plain column, not a foreign key, so the log outlives what it names.
+    Rows older than an hour are deleted by the same writer.
+    """
+
+    key_hashes = models.JSONField(default=list, blank=True)
+    team_id = models.BigIntegerField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        ordering = ["id"]
+
+    def __str__(self) -> str:
+        named = f"team {self.team_id}" if self.team_id is not None else ""
+        keys = f"{len(self.key_hashes)} key(s)" if self.key_hashes else ""
+        return f"key change {self.pk}: " + ", ".join(part for part in (keys, named) if part)

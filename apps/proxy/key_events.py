@@ -1,33 +1,40 @@
 """Key changes reaching every gateway worker, and last-used times written in batches.
 
-Publishing side (portal, sync): after a key is revoked, rotated or edited, the service calls
-`publish_invalidation` from `transaction.on_commit`; it publishes `{"key_hash": ...}` (or
-`{"team_id": ...}` when team-wide settings change) on settings.KEY_EVENTS_CHANNEL. In the
-same Redis pipeline, just before, it writes the keys' new state to the key mirror (see
+Publishing side (portal, CLI, admin; sync): after a key is revoked, rotated or edited, the
+service (or the admin's save_model, for rows it saves itself) calls `publish_invalidation`
+from `transaction.on_commit`. It names the keys by hash (or the team, when team-wide
+settings change) and drops them from this process's cache at once. With Redis it then
+publishes `{"key_hash": ...}` / `{"team_id": ...}` on settings.KEY_EVENTS_CHANNEL; in the
+same pipeline, just before, it writes the keys' new state to the key mirror (see
 `key_mirror`), so a worker started while the database is down cannot admit a revoked key.
+Without Redis (embedded mode) it appends one row to the key change log (`accounts.KeyChange`)
+instead, since the CLI or a second worker is another process.
 
-Listening side (each gateway worker, async): `listen_forever` subscribes to the channel and
-drops the named entries from the worker's `key_cache`. Whenever it (re)subscribes it clears
-the whole cache, because events published while it was away are lost; the cache TTL bounds
-staleness in the meantime. Without Redis (embedded mode) portal and gateway share one
-process, so the cache is invalidated directly.
+Listening side (each gateway worker, async), with Redis: `listen_forever` subscribes to the
+channel and drops the named entries from the worker's `key_cache`. Whenever it (re)subscribes
+it clears the whole cache, because events published while it was away are lost; the cache
+TTL bounds staleness in the meantime. Without Redis: `poll_changes_forever` reads the log rows
+past the last id it saw every KEY_CHANGE_POLL_SECONDS (one primary-key range query) and
+applies them the same way. The log is durable, so a poll that fails is simply caught up by
+the next one. Only one of the two runs in a worker, so no event is applied twice.
 """
 
 import asyncio
 import contextlib
 import logging
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import orjson
 import redis
 import redis.asyncio as aioredis
 from asgiref.sync import sync_to_async
 from django.conf import settings
-from django.db import DatabaseError, connection
-from django.db.models import Q
+from django.db import DatabaseError, connection, transaction
+from django.db.models import Max, Q
+from django.utils import timezone
 
-from apps.accounts.models import ApiKey
+from apps.accounts.models import ApiKey, KeyChange
 
 from . import key_mirror
 from .auth import KeyCache, key_cache, key_info_dumps, key_info_from_row, last_used
@@ -40,6 +47,14 @@ logger = logging.getLogger(__name__)
 _PING_EVERY = 5.0
 _DEAD_AFTER = 15.0
 _MAX_BACKOFF = 5.0
+
+# Seconds rows stay in the key change log (embedded mode). A worker that could not read the
+# log for half as long clears its whole cache, since rows it never saw may be gone.
+CHANGE_LOG_KEPT_FOR = 3600.0
+# A change-log id skipped over by a poll is looked for again this long: on PostgreSQL ids are
+# taken at insert and become visible at commit, so a lower id can appear after a higher one.
+_HOLE_WAIT = 10.0
+_MAX_HOLES = 1000
 
 _sync_client: redis.Redis | None = None
 
@@ -88,7 +103,10 @@ def publish_invalidation(*, key_hashes: list[str] = (), team_id: int | None = No
     # This process may serve /v1 too (embedded mode, or one uvicorn for both): apply at once.
     for event in events:
         apply_event(event)
-    if not settings.REDIS_URL or not events:
+    if not events:
+        return
+    if not settings.REDIS_URL:
+        _change_log_append(list(key_hashes), team_id)
         return
     records = _mirror_records(list(key_hashes), team_id)
     try:
@@ -101,6 +119,20 @@ def publish_invalidation(*, key_hashes: list[str] = (), team_id: int | None = No
         # The change is committed; workers still re-read the key within KEY_CACHE_TTL, and
         # mirror what they read (a worker's first read after the change rewrites the entry).
         logger.exception("could not publish key invalidation; workers rely on the cache TTL")
+
+
+def _change_log_append(key_hashes: list[str], team_id: int | None) -> None:
+    """Embedded mode: the other processes' pollers learn of the change from this row."""
+    cutoff = timezone.now() - timedelta(seconds=CHANGE_LOG_KEPT_FOR)
+    try:
+        with transaction.atomic():
+            KeyChange.objects.create(key_hashes=key_hashes, team_id=team_id)
+            # Pruned by the writer (key changes are rare) rather than by a beat task, because
+            # embedded mode (`make run`) runs no Celery beat.
+            KeyChange.objects.filter(created_at__lt=cutoff).delete()
+    except DatabaseError:
+        # The change is committed; other processes re-read the key within KEY_CACHE_TTL.
+        logger.exception("could not write the key change log; workers rely on the cache TTL")
 
 
 listener_log = OutageLog(
@@ -161,6 +193,95 @@ async def listen_forever(
                 await client.aclose()
         await asyncio.sleep(backoff)
         backoff = min(backoff * 2, _MAX_BACKOFF)
+
+
+change_log_log = OutageLog(
+    "key change log", logger=logger, consequence="changes apply once it can be read again"
+)
+
+
+def _latest_change_id() -> int:
+    try:
+        return KeyChange.objects.aggregate(top=Max("id"))["top"] or 0
+    except DatabaseError:
+        # Outside Django's request cycle nobody else resets a broken connection.
+        connection.close()
+        raise
+
+
+def _changes_after(after: int, holes: list[int]) -> list[tuple[int, list, int | None]]:
+    condition = Q(id__gt=after)
+    if holes:
+        condition |= Q(id__in=holes)
+    try:
+        rows = KeyChange.objects.filter(condition).order_by("id")
+        return list(rows.values_list("id", "key_hashes", "team_id"))
+    except DatabaseError:
+        connection.close()
+        raise
+
+
+class KeyChangePoller:
+    """Applies the key change log to one worker's key cache (embedded mode, no Redis)."""
+
+    def __init__(self, cache: KeyCache = key_cache) -> None:
+        self.cache = cache
+        self.last_seen: int | None = None
+        self._holes: dict[int, float] = {}  # id skipped over -> monotonic time to give up
+        self._last_read = time.monotonic()
+
+    async def poll(self) -> int:
+        """One round: the number of change rows applied. Raises DatabaseError when down."""
+        now = time.monotonic()
+        if self.last_seen is None:
+            self.last_seen = await sync_to_async(_latest_change_id)()
+            # Entries read before the starting point was known may predate changes before it.
+            self.cache.invalidate()
+            self._last_read = now
+            logger.info("following the key change log from id %s", self.last_seen)
+            return 0
+        rows = await sync_to_async(_changes_after)(self.last_seen, list(self._holes))
+        if now - self._last_read > CHANGE_LOG_KEPT_FOR / 2:
+            # Unread for long enough that rows may have been pruned unseen.
+            self.cache.invalidate()
+        self._last_read = now
+        for change_id, key_hashes, team_id in rows:
+            for key_hash in key_hashes:
+                apply_event({"key_hash": key_hash}, self.cache)
+            if team_id is not None:
+                apply_event({"team_id": team_id}, self.cache)
+            self._holes.pop(change_id, None)
+        new_ids = {row[0] for row in rows if row[0] > self.last_seen}
+        if new_ids:
+            top = max(new_ids)
+            skipped = [i for i in range(self.last_seen + 1, top) if i not in new_ids]
+            if len(self._holes) + len(skipped) > _MAX_HOLES:
+                # Far more gaps than concurrent writers explain: stop tracking, trust nothing.
+                self._holes.clear()
+                self.cache.invalidate()
+            else:
+                self._holes.update(dict.fromkeys(skipped, now + _HOLE_WAIT))
+            self.last_seen = top
+        for change_id, give_up in list(self._holes.items()):
+            if give_up < now:
+                del self._holes[change_id]  # a rolled-back insert, not a late commit
+        return len(rows)
+
+
+async def poll_changes_forever(
+    *, interval: float | None = None, cache: KeyCache = key_cache
+) -> None:
+    """Run in each embedded-mode gateway worker for its lifetime, instead of `listen_forever`."""
+    interval = interval if interval is not None else settings.KEY_CHANGE_POLL_SECONDS
+    poller = KeyChangePoller(cache)
+    while True:
+        try:
+            await poller.poll()
+        except Exception as exc:  # never let the poller die; the next round catches up
+            change_log_log.failed(exc)
+        else:
+            change_log_log.ok()
+        await asyncio.sleep(interval)
 
 
 def _write_last_used(pending: dict[int, float]) -> None:
