@@ -1,0 +1,190 @@
+"""Every command block of the README, run the way a newcomer runs it: from a fresh shell.
+
+The checkout is copied to a temporary folder (sharing this .venv), set up as `make run` sets
+it up (the `.env` make writes, migrate, seed_demo), and each command is then run with an
+empty environment (`env -i`, PATH and HOME only), so a command that works only because the
+developer exported something fails here. `make` lines are checked with `make -n` (their
+targets are what CI itself runs); the Python block is run against a served gateway.
+A README line this test does not know how to run fails it, so new commands get covered.
+"""
+
+import os
+import re
+import shlex
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+README = ROOT / "README.md"
+EMBEDDED = bool(os.environ.get("TOLLGATE_EMBEDDED_TESTS"))
+
+# The whole file is about the default (embedded) settings, so it runs once, in that pass.
+pytestmark = [
+    pytest.mark.embedded,
+    pytest.mark.skipif(not EMBEDDED, reason="runs once, in the embedded pass"),
+]
+
+PLACEHOLDER_PREFIX = "tg_live_AbCd1234"
+
+
+def blocks(language: str) -> list[str]:
+    return re.findall(rf"^```{language}\n(.*?)^```", README.read_text(), re.M | re.S)
+
+
+def sh_commands() -> list[str]:
+    commands = []
+    for block in blocks("sh"):
+        for line in block.splitlines():
+            stripped = line.strip()
+            if stripped and not stripped.startswith("#"):
+                commands.append(line)
+    return commands
+
+
+def _strip_comment(line: str) -> str:
+    # The README's comments follow the command after whitespace; no command quotes a `#`.
+    return re.sub(r"\s+#\s.*$", "", line).strip()
+
+
+def variants(command: str) -> list[str]:
+    """`[--team frontend]` is an optional part: run the command without it and with it."""
+    optional = re.search(r"\s\[([^\]]+)\]", command)
+    if not optional:
+        return [command]
+    without = command[: optional.start()] + command[optional.end() :]
+    with_part = command[: optional.start()] + " " + optional.group(1) + command[optional.end() :]
+    return [*variants(without), *variants(with_part)]
+
+
+@pytest.fixture(scope="module")
+def port() -> str:
+    """The demo's port: `PORT=... make run` seeds the simulator's URL with it and serves it."""
+    return str(_free_port())
+
+
+@pytest.fixture(scope="module")
+def checkout(tmp_path_factory, port) -> Path:
+    """A copy of the working tree with the demo's `.env` and a seeded database."""
+    copy = tmp_path_factory.mktemp("newcomer") / "tollgate"
+    files = subprocess.run(
+        ["git", "ls-files", "-co", "--exclude-standard", "-z"],
+        cwd=ROOT,
+        capture_output=True,
+        check=True,
+    ).stdout.split(b"\0")
+    for name in filter(None, files):
+        source = ROOT / name.decode()
+        if source.is_file():
+            target = copy / name.decode()
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target)
+    (copy / ".venv").symlink_to(sys.prefix)
+    # What `make` writes before anything else (the Makefile's `.env` rule).
+    subprocess.run(["make", "-s", ".env"], cwd=copy, env=fresh_env(copy), check=True)
+    # What `make run` does before serving; fewer synthetic rows, the same code.
+    for step in (["migrate", "--noinput", "-v0"], ["seed_demo"]):
+        command = shlex.join([".venv/bin/python", "manage.py", *step])
+        run(copy, command, DEMO_USAGE_ROWS="300", PORT=port)
+    return copy
+
+
+def fresh_env(home: Path, **extra: str) -> dict[str, str]:
+    return {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": str(home), **extra}
+
+
+def run(checkout: Path, command: str, **extra: str) -> subprocess.CompletedProcess:
+    result = subprocess.run(
+        ["bash", "-c", command],
+        cwd=checkout,
+        env=fresh_env(checkout, **extra),
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert result.returncode == 0, (
+        f"{command!r} failed:\n{result.stdout[-2000:]}\n{result.stderr[-3000:]}"
+    )
+    return result
+
+
+def test_the_readme_shows_commands_at_all():
+    commands = sh_commands()
+    assert any(c.startswith("make run") for c in commands)
+    assert any("issue_key" in c for c in commands)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_the_readme_python_example_runs_against_the_demo(checkout, port):
+    key = run(checkout, ".venv/bin/python manage.py issue_key --user dev").stdout.split()[-1]
+    server = subprocess.Popen(
+        [
+            ".venv/bin/python",
+            "-m",
+            "uvicorn",
+            "gateway_portal.asgi:application",
+            "--port",
+            str(port),
+        ],
+        cwd=checkout,
+        env=fresh_env(checkout, PORT=port),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 40
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if server.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"the demo did not start: {server.stderr.read().decode()[-2000:]}")
+            time.sleep(0.2)
+        (example,) = blocks("python")
+        script = example.replace("tg_live_...", key).replace("127.0.0.1:8000", f"127.0.0.1:{port}")
+        (checkout / "example.py").write_text(script)
+        output = run(checkout, ".venv/bin/python example.py").stdout
+        assert "CompletionUsage(" in output and "total_tokens=" in output
+        assert len(output.splitlines()) > 2  # the streamed text came before the usage
+    finally:
+        server.terminate()
+        server.wait(15)
+
+
+def test_every_readme_shell_command_works_from_a_fresh_shell(checkout):
+    issued_prefix = ""
+    unknown = []
+    for line in sh_commands():
+        command = _strip_comment(line)
+        if command.startswith("make "):
+            # The targets CI runs for real; here: they exist and make can plan them.
+            run(checkout, f"make -n {command.removeprefix('make ')}")
+            continue
+        if not command.startswith(".venv/bin/python manage.py "):
+            unknown.append(command)
+            continue
+        for variant in variants(command):
+            if PLACEHOLDER_PREFIX in variant:
+                assert issued_prefix, "the README uses a key prefix before issuing a key"
+                variant = variant.replace(PLACEHOLDER_PREFIX, issued_prefix)
+            output = run(checkout, variant).stdout
+            if " issue_key " in variant or " keys rotate " in variant:
+                key = output.strip().splitlines()[-1]
+                assert key.startswith("tg_live_"), output
+                issued_prefix = key[: len(PLACEHOLDER_PREFIX)]
+    assert not unknown, f"README commands this test cannot run yet: {unknown}"
+    exported = checkout / "models.yaml"
+    assert "demo-chat" in exported.read_text()
