@@ -146,9 +146,7 @@ def test_developer_sees_only_rules_covering_themselves(client, people, suffix):
     assert client.get("/quotas/edit/").status_code == 403
 
 
-def test_developer_sees_an_everyone_rule_without_the_organisations_counter(
-    client, people, suffix
-):
+def test_developer_sees_an_everyone_rule_without_the_organisations_counter(client, people, suffix):
     text = config_text(suffix) + (
         f"  - id: everyone-{suffix}\n    when: {{models: ['gpt-4o']}}\n"
         "    limit_to: 100000\n    unit: requests_per_day\n"
