@@ -35,6 +35,13 @@ run: $(VENV)/.runtime
 test: env
 	$(PY) scripts/run_tests.py
 
+# The production process list (deploy/Procfile) on this machine: PostgreSQL, Redis (AOF),
+# migrate and seed, two gateway instances, a Celery worker and beat, HAProxy on STACK_PORT.
+STACK_PORT ?= 8080
+.PHONY: stack
+stack: $(VENV)/.runtime
+	$(PY) scripts/run_stack.py --port $(STACK_PORT)
+
 # What CI checks besides the tests: lint, formatting, migrations, the lock.
 check: env
 	$(VENV)/bin/ruff check .

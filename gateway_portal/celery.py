@@ -8,4 +8,5 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "gateway_portal.settings")
 
 app = Celery("gateway_portal")
 app.config_from_object("django.conf:settings", namespace="CELERY")
+app.conf.beat_scheduler = "gateway_portal.beat_lock:SingleBeatScheduler"  # one beat sends
 app.autodiscover_tasks()

@@ -139,6 +139,8 @@ if CELERY_BROKER_URL.startswith("filesystem://"):
 CELERY_TASK_EAGER_PROPAGATES = True
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TIMEZONE = "UTC"
+# TTL of the lease of the one beat that sends the schedule (gateway_portal/beat_lock.py).
+BEAT_LOCK_TTL_SECONDS = env.float("BEAT_LOCK_TTL_SECONDS", default=30.0)
 # Every beat schedule, in this one block. Each task is idempotent, so overlaps are safe.
 CELERY_BEAT_SCHEDULE: dict = {
     # Key lifecycle (apps/accounts/tasks.py).
