@@ -524,6 +524,7 @@ async def _run_stream(call: Call, receive, send) -> None:
         }
     )
     failure: _Failure | None = None
+    cancelled = False
     try:
         async for event, data in events:
             if gone.is_set():
@@ -547,6 +548,10 @@ async def _run_stream(call: Call, receive, send) -> None:
                 ]
             for chunk in out_chunks:
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
+    except asyncio.CancelledError:
+        # The server stopped waiting (its drain limit at shutdown ran out): what the client
+        # received is still billed below, before the cancellation goes on.
+        cancelled = True
     except Exception as exc:
         # Anything may break mid-stream (the connection, a translator on an odd event); the
         # client already has a 200, so it gets an error event, and what was produced is billed.
@@ -561,7 +566,10 @@ async def _run_stream(call: Call, receive, send) -> None:
     error = _failure_error(failure) if failure is not None else None
     if error is not None:
         call.error_type = error.code
-    _report_stream(call, failure)
+    if cancelled:
+        health.attempt_released(call)  # cut by us, not by the deployment: says nothing of it
+    else:
+        _report_stream(call, failure)
     stream = relay or translator
     call.usage = stream.usage
     if call.usage is None or call.usage.suspect:
@@ -574,6 +582,10 @@ async def _run_stream(call: Call, receive, send) -> None:
         )
     if call.log_bodies:
         call.response_body = {"streamed_content": "".join(produced)}
+    if cancelled:
+        call.error_type = "stream_cancelled"
+        await _record(call)
+        raise asyncio.CancelledError
     tail = b""
     if client_wants_usage and not call.client_disconnected:
         # Exactly one usage chunk, of the counts billed, whatever the upstream sent.
