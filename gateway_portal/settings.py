@@ -153,9 +153,20 @@ CELERY_BEAT_SCHEDULE: dict = {
         "task": "usage.rollups_refresh",
         "schedule": env.float("USAGE_ROLLUP_INTERVAL_SECONDS", default=30 * 60.0),
     },
+    # The raw usage table's coming monthly partitions (PostgreSQL), then retention: raw rows
+    # and logged bodies past their days (apps/usage/partitions.py, apps/usage/retention.py).
+    "usage.partitions_maintain": {"task": "usage.partitions_maintain", "schedule": 6 * 3600.0},
+    "usage.retention_prune": {"task": "usage.retention_prune", "schedule": 24 * 3600.0},
 }
 # Complete days each rollup run re-rolls for the dashboards (late usage rows land within them).
 USAGE_ROLLUP_RECENT_DAYS = env.int("USAGE_ROLLUP_RECENT_DAYS", default=2)
+# Raw usage rows go a whole UTC month at a time once its last day is this old (0: kept);
+# rollups, statements and dashboards stay. At least 62, and finance needs a year plus.
+USAGE_RAW_RETENTION_DAYS = env.int("USAGE_RAW_RETENTION_DAYS", default=400)
+# Logged request and response bodies are set to NULL after this many days (0: kept).
+USAGE_BODY_RETENTION_DAYS = env.int("USAGE_BODY_RETENTION_DAYS", default=30)
+# Monthly partitions kept created ahead of this month (PostgreSQL).
+USAGE_PARTITIONS_AHEAD_MONTHS = env.int("USAGE_PARTITIONS_AHEAD_MONTHS", default=3)
 
 # --- Auth and portal -----------------------------------------------------------
 AUTH_PASSWORD_VALIDATORS = [

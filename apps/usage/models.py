@@ -15,9 +15,19 @@ class UsageRecord(models.Model):
     non-negative and bounded; an upstream count outside the bound is replaced by the
     gateway's estimate and the row is flagged `usage_suspect`. The table keeps the name it
     had when the proxy owned it.
+
+    On PostgreSQL the table is partitioned by month of `created_at` (migration 0004,
+    `apps.usage.partitions`), and a unique index on a partitioned table must hold the
+    partition key: uniqueness is (`request_id`, `created_at`), and the primary key is
+    (`id`, `created_at`). Both are as strong as the old keys here: a request's `created_at`
+    is fixed when the proxy captures it and travels with the event through the buffer, the
+    spool and dead-letter replays, so a replayed copy always collides with the first; and
+    only the table's own sequence hands out ids. SQLite (embedded mode) keeps one table and
+    also a unique index on `request_id` alone, outside this model state (migration 0004;
+    `tests/usage/test_partitions.py` checks it survives later migrations).
     """
 
-    request_id = models.CharField(max_length=64, unique=True)
+    request_id = models.CharField(max_length=64)
     created_at = models.DateTimeField(db_index=True)
     # When the row reached the database: the watermark for incremental exports.
     inserted_at = models.DateTimeField(auto_now_add=True, db_index=True)
@@ -55,7 +65,20 @@ class UsageRecord(models.Model):
     class Meta:
         db_table = "proxy_usagerecord"
         ordering = ["-created_at"]
-        indexes = [models.Index(fields=["team_id", "created_at"], name="usage_team_time")]
+        constraints = [
+            models.UniqueConstraint(fields=["request_id", "created_at"], name="usage_request_once")
+        ]
+        indexes = [
+            models.Index(fields=["team_id", "created_at"], name="usage_team_time"),
+            # Only rows that logged a body: body retention finds the old ones without reading
+            # every row, and a gateway that logs no bodies pays nothing for it.
+            models.Index(
+                fields=["created_at"],
+                name="usage_logged_bodies",
+                condition=models.Q(request_body__isnull=False)
+                | models.Q(response_body__isnull=False),
+            ),
+        ]
 
     def __str__(self) -> str:
         return f"{self.request_id} {self.model} {self.status_code}"

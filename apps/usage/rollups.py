@@ -10,9 +10,14 @@ and re-runs after an outage are safe and pick up rows that arrived late (spool r
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from dataclasses import dataclass
 
 from django.utils import timezone
+
+from .retention import raw_cutoff
+
+logger = logging.getLogger(__name__)
 
 # Spooled rows replayed after an outage land a few days late at most; re-roll the previous
 # month during this many first days of a month so its statements pick them up.
@@ -49,6 +54,14 @@ def usage_rollups_refresh(*, recent_days: int, today: dt.date | None = None) -> 
         months.insert(0, month_start(today - dt.timedelta(days=PREVIOUS_MONTH_DAYS)))
     # Days that got rows after they ended are re-rolled too, in whichever month they lie.
     late = sorted(UsageLateDay.objects.filter(day__lt=today).values_list("day", flat=True))
+    # Except days past the raw retention: their raw rows may be gone, and a re-roll would
+    # replace their rollups with the few late rows left (`apps.usage.retention`).
+    expired = raw_cutoff(today)
+    if expired is not None and late and late[0] < expired:
+        stale = [day for day in late if day < expired]
+        logger.warning("usage rollups: late rows for %d day(s) past retention ignored", len(stale))
+        UsageLateDay.objects.filter(day__in=stale).delete()
+        late = late[len(stale) :]
     for day in late:
         if month_start(day) not in months:
             months.insert(0, month_start(day))

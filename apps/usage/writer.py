@@ -126,9 +126,12 @@ _CREATE_STAGE = (
     f"SELECT {_NAMES} FROM {_TABLE} WITH NO DATA"
 )
 _COPY = f"COPY {_STAGE} ({_NAMES}) FROM STDIN"
+# The conflict target is the table's unique key, (request_id, created_at): on the monthly
+# partitions (migration 0004) a unique key must hold the partition key. A copy of an event
+# carries the created_at the proxy captured (`UsageEvent`), so a replay still collides.
 _MERGE = (
     f"INSERT INTO {_TABLE} ({_NAMES}) "  # noqa: S608
-    f"SELECT {_NAMES} FROM {_STAGE} ON CONFLICT (request_id) DO NOTHING"
+    f"SELECT {_NAMES} FROM {_STAGE} ON CONFLICT (request_id, created_at) DO NOTHING"
 )
 _JSON_COLUMNS = frozenset(
     field.column

@@ -1,0 +1,237 @@
+"""The raw usage table becomes partitioned by month of `created_at` on PostgreSQL.
+
+Model state (the same for every database): `request_id` is no longer unique on its own;
+(`request_id`, `created_at`) is (`usage_request_once`), because a unique index on a
+partitioned table must hold the partition key; a partial index on `created_at` finds rows
+that logged a body (`usage_logged_bodies`, for body retention).
+
+PostgreSQL: inside this migration's transaction, with the old table locked, a partitioned
+table with the same columns, defaults and checks is made, with one partition per month that
+has rows, this month and the next three, and a DEFAULT partition that catches any row no
+partition holds (the writer never fails for a missing month). The rows are copied across
+with one INSERT ... SELECT (ids kept), the old table is dropped, and then the primary key
+(`id`, `created_at`), the constraint and every index of the model are built, under their
+Django names, on the full partitions (faster than filling indexed tables). The cost grows
+with the table: the README ("Usage retention and partitions") gives the measured time; the
+table is locked for all of it, writers keep their rows in the buffer meanwhile.
+
+SQLite (embedded mode) keeps one plain table: the state changes are applied as they are, and
+a unique index on `request_id` alone is kept besides (the writer's ON CONFLICT there names
+that column).
+
+Self-contained on purpose (no import from `apps.usage.partitions`): a migration must keep
+doing what it did when later code changes. Partitions are named like the maintenance task
+names them, but the task reads bounds from the catalogue, not from names.
+"""
+
+import datetime as dt
+
+from django.db import migrations, models
+from django.db.migrations.operations.base import Operation
+from django.utils import timezone
+
+MONTHS_AHEAD = 3
+SQLITE_UNIQUE_REQUEST_ID = "usage_request_id_once"
+TAGS_GIN = "proxy_usagerecord_tags_gin"
+OLD_UNIQUE = "proxy_usagerecord_request_id_key"
+
+STATE_OPERATIONS = [
+    migrations.AlterField(
+        model_name="usagerecord",
+        name="request_id",
+        field=models.CharField(max_length=64),
+    ),
+    migrations.AddIndex(
+        model_name="usagerecord",
+        index=models.Index(
+            condition=models.Q(
+                ("request_body__isnull", False), ("response_body__isnull", False), _connector="OR"
+            ),
+            fields=["created_at"],
+            name="usage_logged_bodies",
+        ),
+    ),
+    migrations.AddConstraint(
+        model_name="usagerecord",
+        constraint=models.UniqueConstraint(
+            fields=("request_id", "created_at"), name="usage_request_once"
+        ),
+    ),
+]
+
+
+def _next_month(month: dt.date) -> dt.date:
+    return (month.replace(day=28) + dt.timedelta(days=4)).replace(day=1)
+
+
+def _utc(day: dt.date) -> str:
+    # A timestamptz literal with its zone, so the session's TimeZone cannot shift a bound.
+    return dt.datetime.combine(day, dt.time.min, tzinfo=dt.UTC).isoformat()
+
+
+def _months_with_rows(cursor, table: str) -> list[dt.date]:
+    """First days of the UTC months holding rows: one index probe per month, not a scan."""
+    months = []
+    cursor.execute(f"SELECT min(created_at) FROM {table}")  # noqa: S608
+    (first,) = cursor.fetchone()
+    while first is not None:
+        month = first.astimezone(dt.UTC).date().replace(day=1)
+        months.append(month)
+        cursor.execute(
+            f"SELECT min(created_at) FROM {table} WHERE created_at >= %s",  # noqa: S608
+            [dt.datetime.combine(_next_month(month), dt.time.min, tzinfo=dt.UTC)],
+        )
+        (first,) = cursor.fetchone()
+    return months
+
+
+def _columns(cursor, table: str) -> str:
+    cursor.execute(
+        "SELECT attname FROM pg_attribute WHERE attrelid = %s::regclass AND attnum > 0 "
+        "AND NOT attisdropped ORDER BY attnum",
+        [table],
+    )
+    return ", ".join(f'"{name}"' for (name,) in cursor.fetchall())
+
+
+def _create_indexes(schema_editor, model, *, keys: list[str]) -> None:
+    """`keys` (primary key and unique SQL), then every constraint and index of `model` under
+    Django's names, then proxy 0002's GIN index on tags (PostgreSQL only, so not in state)."""
+    table = model._meta.db_table
+    for statement in keys:
+        schema_editor.execute(statement)
+    for constraint in model._meta.constraints:
+        schema_editor.execute(constraint.create_sql(model, schema_editor))
+    for statement in schema_editor._model_indexes_sql(model):
+        schema_editor.execute(statement)
+    schema_editor.execute(f"CREATE INDEX {TAGS_GIN} ON {table} USING gin (tags jsonb_path_ops)")
+
+
+def _restart_identity(schema_editor, table: str) -> None:
+    with schema_editor.connection.cursor() as cursor:
+        cursor.execute(f"SELECT coalesce(max(id), 0) + 1 FROM {table}")  # noqa: S608
+        (start,) = cursor.fetchone()
+    schema_editor.execute(
+        f"ALTER TABLE {table} ALTER COLUMN id ADD GENERATED BY DEFAULT AS IDENTITY "
+        f"(START WITH {int(start)})"
+    )
+
+
+def partition_forwards(schema_editor, model) -> None:
+    """PostgreSQL: today's table (any size) into monthly partitions; `model` is the new state."""
+    table = model._meta.db_table
+    old = f"{table}_unpartitioned"
+    execute = schema_editor.execute
+    # Index builds over millions of rows go several times faster with more sort memory.
+    execute("SET LOCAL maintenance_work_mem = '256MB'")
+    execute(f"LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE")
+    execute(f"ALTER TABLE {table} RENAME TO {old}")
+    # Columns, NOT NULLs, defaults and CHECKs as they are; not the identity, nor the indexes
+    # (their names are still the old table's until it is dropped).
+    execute(
+        f"CREATE TABLE {table} (LIKE {old} INCLUDING DEFAULTS INCLUDING CONSTRAINTS "
+        "INCLUDING STORAGE) PARTITION BY RANGE (created_at)"
+    )
+    with schema_editor.connection.cursor() as cursor:
+        months = set(_months_with_rows(cursor, old))
+        columns = _columns(cursor, old)
+    this_month = timezone.now().astimezone(dt.UTC).date().replace(day=1)
+    month = this_month
+    for _ in range(MONTHS_AHEAD + 1):
+        months.add(month)
+        month = _next_month(month)
+    for month in sorted(months):
+        execute(
+            f"CREATE TABLE {table}_p{month:%Y_%m} PARTITION OF {table} "
+            f"FOR VALUES FROM ('{_utc(month)}') TO ('{_utc(_next_month(month))}')"
+        )
+    execute(f"CREATE TABLE {table}_default PARTITION OF {table} DEFAULT")
+    execute(f"INSERT INTO {table} ({columns}) SELECT {columns} FROM {old}")  # noqa: S608
+    execute(f"DROP TABLE {old}")
+    _restart_identity(schema_editor, table)
+    # The partition key must be in the primary key; ids stay unique because only the
+    # table's identity hands them out.
+    keys = [f"ALTER TABLE {table} ADD CONSTRAINT {table}_pkey PRIMARY KEY (id, created_at)"]
+    _create_indexes(schema_editor, model, keys=keys)
+    execute(f"ANALYZE {table}")
+
+
+def partition_backwards(schema_editor, model) -> None:
+    """PostgreSQL: back to one plain table; `model` is the old state (unique request_id).
+
+    Fails, changing nothing, if one request id has rows at two times (the old unique key
+    cannot hold them).
+    """
+    table = model._meta.db_table
+    parted = f"{table}_partitioned"
+    execute = schema_editor.execute
+    execute("SET LOCAL maintenance_work_mem = '256MB'")
+    execute(f"LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE")
+    execute(f"ALTER TABLE {table} RENAME TO {parted}")
+    execute(
+        f"CREATE TABLE {table} (LIKE {parted} INCLUDING DEFAULTS INCLUDING CONSTRAINTS "
+        "INCLUDING STORAGE)"
+    )
+    with schema_editor.connection.cursor() as cursor:
+        columns = _columns(cursor, parted)
+    execute(f"INSERT INTO {table} ({columns}) SELECT {columns} FROM {parted}")  # noqa: S608
+    execute(f"DROP TABLE {parted}")  # with every partition
+    _restart_identity(schema_editor, table)
+    keys = [
+        f"ALTER TABLE {table} ADD CONSTRAINT {table}_pkey PRIMARY KEY (id)",
+        f"ALTER TABLE {table} ADD CONSTRAINT {OLD_UNIQUE} UNIQUE (request_id)",
+    ]
+    _create_indexes(schema_editor, model, keys=keys)
+
+
+class PartitionUsageRecord(Operation):
+    """The state changes above, applied per database: monthly partitions on PostgreSQL, the
+    plain operations plus a unique index on `request_id` on SQLite."""
+
+    reversible = True
+    reduces_to_sql = False
+
+    def state_forwards(self, app_label, state):
+        for operation in STATE_OPERATIONS:
+            operation.state_forwards(app_label, state)
+
+    def database_forwards(self, app_label, schema_editor, from_state, to_state):
+        vendor = schema_editor.connection.vendor
+        if vendor == "postgresql":
+            partition_forwards(schema_editor, to_state.apps.get_model(app_label, "UsageRecord"))
+            return
+        state = from_state
+        for operation in STATE_OPERATIONS:
+            new_state = state.clone()
+            operation.state_forwards(app_label, new_state)
+            operation.database_forwards(app_label, schema_editor, state, new_state)
+            state = new_state
+        table = to_state.apps.get_model(app_label, "UsageRecord")._meta.db_table
+        schema_editor.execute(
+            f"CREATE UNIQUE INDEX {SQLITE_UNIQUE_REQUEST_ID} ON {table} (request_id)"
+        )
+
+    def database_backwards(self, app_label, schema_editor, from_state, to_state):
+        vendor = schema_editor.connection.vendor
+        if vendor == "postgresql":
+            partition_backwards(schema_editor, to_state.apps.get_model(app_label, "UsageRecord"))
+            return
+        schema_editor.execute(f"DROP INDEX IF EXISTS {SQLITE_UNIQUE_REQUEST_ID}")
+        states = [to_state]
+        for operation in STATE_OPERATIONS:
+            new_state = states[-1].clone()
+            operation.state_forwards(app_label, new_state)
+            states.append(new_state)
+        for index in reversed(range(len(STATE_OPERATIONS))):
+            STATE_OPERATIONS[index].database_backwards(
+                app_label, schema_editor, states[index + 1], states[index]
+            )
+
+    def describe(self):
+        return "Partition UsageRecord by month on PostgreSQL (request_id unique with created_at)"
+
+
+class Migration(migrations.Migration):
+    dependencies = [("usage", "0003_late_days")]
+
+    operations = [PartitionUsageRecord()]
