@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import environ
-from run_tests import _initdb, ensure_redis_server, free_port, pg_bin
+from run_tests import _initdb, ensure_debian_binary, ensure_redis_server, free_port, pg_bin
 
 ROOT = Path(__file__).resolve().parent.parent
 PROCFILE = ROOT / "deploy" / "Procfile"
@@ -56,15 +56,7 @@ def read_procfile(path: Path = PROCFILE) -> dict[str, str]:
 
 
 def ensure_haproxy() -> str:
-    found = shutil.which("haproxy")
-    if found:
-        return found
-    if os.geteuid() == 0 and shutil.which("apt-get"):
-        print("haproxy missing: installing it with apt-get", flush=True)
-        subprocess.run(["apt-get", "update", "-qq"], check=False)
-        subprocess.run(["apt-get", "install", "-y", "-qq", "haproxy"], check=True)
-        return shutil.which("haproxy") or "/usr/sbin/haproxy"
-    sys.exit("haproxy is not installed and cannot be installed (not root)")
+    return ensure_debian_binary("haproxy", "haproxy", "/usr/sbin/haproxy")
 
 
 def wait_until(ready, child: subprocess.Popen, name: str, log: Path) -> None:

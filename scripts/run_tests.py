@@ -24,16 +24,21 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def ensure_redis_server() -> str:
-    found = shutil.which("redis-server")
+def ensure_debian_binary(name: str, package: str, fallback: str) -> str:
+    """The path of `name`, installing its Debian `package` first when missing and root."""
+    found = shutil.which(name)
     if found:
         return found
     if os.geteuid() == 0 and shutil.which("apt-get"):
-        print("redis-server missing: installing it with apt-get", flush=True)
+        print(f"{name} missing: installing it with apt-get", flush=True)
         subprocess.run(["apt-get", "update", "-qq"], check=False)
-        subprocess.run(["apt-get", "install", "-y", "-qq", "redis-server"], check=True)
-        return shutil.which("redis-server") or "/usr/bin/redis-server"
-    sys.exit("redis-server is not installed and cannot be installed (not root)")
+        subprocess.run(["apt-get", "install", "-y", "-qq", package], check=True)
+        return shutil.which(name) or fallback
+    sys.exit(f"{name} is not installed and cannot be installed (not root)")
+
+
+def ensure_redis_server() -> str:
+    return ensure_debian_binary("redis-server", "redis-server", "/usr/bin/redis-server")
 
 
 def pg_bin(name: str) -> str:
