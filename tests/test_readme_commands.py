@@ -32,6 +32,7 @@ pytestmark = [
 ]
 
 PLACEHOLDER_PREFIX = "tg_live_AbCd1234"
+DEPLOY_TESTS = ROOT / "tests" / "deploy"
 
 
 def blocks(language: str) -> list[str]:
@@ -172,6 +173,13 @@ def test_every_readme_shell_command_works_from_a_fresh_shell(checkout):
         if command.startswith("make "):
             # The targets CI runs for real; here: they exist and make can plan them.
             run(checkout, f"make -n {command.removeprefix('make ')}")
+            continue
+        runbook = re.fullmatch(r'echo "([^"]+)" \| socat stdio \$LB_ADMIN_SOCKET', command)
+        if runbook:
+            # HAProxy's runtime API on a production balancer: the scale-out test sends these
+            # very commands to its HAProxy while it replaces an instance under load.
+            sent = "".join(path.read_text() for path in DEPLOY_TESTS.glob("*.py"))
+            assert f'"{runbook.group(1)}"' in sent, command
             continue
         if not command.startswith(".venv/bin/python manage.py "):
             unknown.append(command)
