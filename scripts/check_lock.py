@@ -14,6 +14,7 @@ import json
 import re
 import sys
 import tomllib
+from functools import cache
 from pathlib import Path
 
 from packaging.requirements import Requirement
@@ -25,6 +26,7 @@ STAMP = "# pyproject-dependencies-sha256: "
 PIN = re.compile(r"^([A-Za-z0-9._-]+)==([^\s\\;]+)")
 
 
+@cache
 def _project() -> dict:
     return tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
 

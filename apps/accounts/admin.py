@@ -13,8 +13,7 @@ from .models import (
     Team,
     VirtualAccount,
 )
-from .services import api_key_revoke, validate_tags
-from .services._common import invalidate_after_commit
+from .services import api_key_revoke, invalidate_after_commit, validate_tags
 
 
 class DefaultTagsAdminForm(forms.ModelForm):
@@ -58,7 +57,8 @@ class VirtualAccountAdmin(admin.ModelAdmin):
     def save_model(self, request, obj, form, change) -> None:
         super().save_model(request, obj, form, change)
         # Saved past the services: its keys' cached copies hold its tags and active flag.
-        invalidate_after_commit(key_hashes=list(obj.api_keys.values_list("key_hash", flat=True)))
+        if change:
+            _invalidate_keys_of(obj)
 
 
 User = get_user_model()
@@ -71,7 +71,13 @@ class UserAdmin(auth_admin.UserAdmin):
 
     def save_model(self, request, obj, form, change) -> None:
         super().save_model(request, obj, form, change)
-        invalidate_after_commit(key_hashes=list(obj.api_keys.values_list("key_hash", flat=True)))
+        if change:  # a new user has no keys yet
+            _invalidate_keys_of(obj)
+
+
+def _invalidate_keys_of(owner) -> None:
+    """Gateways re-read the cached keys of a user or virtual account saved here."""
+    invalidate_after_commit(key_hashes=list(owner.api_keys.values_list("key_hash", flat=True)))
 
 
 @admin.register(ApiKey)

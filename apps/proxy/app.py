@@ -27,7 +27,7 @@ from .errors import (
     PayloadTooLarge,
     Unauthorized,
 )
-from .metadata import HEADER_NAMES, LOG_REQUEST_TAG, merge_tags, parse_metadata_header
+from .metadata import LOG_REQUEST_TAG, metadata_header, parse_metadata_header
 from .providers.base import CHAT, COMPLETION, EMBEDDING, RERANK
 from .refusals import record_refusal
 from .responses import send_json
@@ -192,11 +192,7 @@ def _prepare_call(
     started: float,
 ) -> "calls.Call":
     body = validate_body(kind, body)
-    request_tags: dict[str, str] = {}
-    for name in HEADER_NAMES:
-        if name in headers:
-            request_tags = parse_metadata_header(headers[name])
-            break
+    request_tags = parse_metadata_header(metadata_header(headers))
     model_name = body["model"]
     entry = catalog.models.get(model_name)
     if entry is None:
@@ -213,13 +209,7 @@ def _prepare_call(
             param="model",
             code="wrong_model_mode",
         )
-    tags = merge_tags(
-        team_defaults=key.team_tags,
-        owner_defaults=key.owner_tags,
-        key_defaults=key.key_tags,
-        request_tags=request_tags,
-        enforced_keys=key.enforced_tag_keys,
-    )
+    tags = key.tags_with(request_tags)
     for required in key.required_tag_keys:
         if not tags.get(required):
             raise BadRequest(

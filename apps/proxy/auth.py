@@ -18,6 +18,7 @@ import time
 import typing
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 import orjson
 from asgiref.sync import sync_to_async
@@ -29,6 +30,7 @@ from apps.accounts.secrets import hash_secret
 
 from . import key_mirror
 from .errors import GatewayError, Unauthorized
+from .metadata import merge_tags
 from .outage_log import OutageLog
 
 logger = logging.getLogger(__name__)
@@ -70,6 +72,26 @@ class KeyInfo:
     # POSIX timestamps: cheaper to compare per request than aware datetimes.
     expires_ts: float | None
     revoked_ts: float | None
+
+    def tags_with(self, request_tags: dict[str, str]) -> dict[str, str]:
+        """A request's tags over the team's, virtual account's and key's defaults."""
+        return merge_tags(
+            team_defaults=self.team_tags,
+            owner_defaults=self.owner_tags,
+            key_defaults=self.key_tags,
+            request_tags=request_tags,
+            enforced_keys=self.enforced_tag_keys,
+        )
+
+    def attribution(self) -> dict[str, Any]:
+        """Who a usage row of this key is charged to (UsageEvent's fields)."""
+        return {
+            "api_key_id": self.id,
+            "key_lineage_id": self.lineage_id,
+            "user_id": self.user_id,
+            "team_id": self.team_id,
+            "virtual_account_id": self.virtual_account_id,
+        }
 
     def may_use(self, model: str) -> bool:
         return not self.allowed_models or model in self.allowed_models
@@ -278,7 +300,7 @@ async def _look_up(key_hash: str) -> KeyInfo | None:
         else:
             key_store_log.ok()
             key_cache.put(key_hash, info, generation)
-            if info is not None and generation == key_cache.generation:
+            if info is not None and generation == key_cache.generation and key_mirror.enabled():
                 key_mirror.remember(key_hash, key_info_dumps(info), read_started)
             return info
     return await _look_up_without_database(key_hash)

@@ -8,6 +8,7 @@ batches, in the usage writer.
 import asyncio
 import logging
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -93,20 +94,25 @@ class _Failure:
     retry_after: str | None = None
 
 
+# A failure's kind -> what the client is told: (message before the detail, status, code).
+_FAILURE_ERRORS: dict[str, tuple[str, int, str]] = {
+    "ttft": ("No upstream sent a first token in time", 504, "upstream_timeout"),
+    "timeout": ("The upstream timed out", 504, "upstream_timeout"),
+    "connection": ("Could not reach the upstream", 502, "upstream_unreachable"),
+    "invalid_answer": (
+        "The upstream sent an answer that is not valid",
+        502,
+        "upstream_invalid_answer",
+    ),
+    "stream_error": ("The upstream reported an error", 502, "upstream_stream_error"),
+    "broken": ("The upstream stream broke off", 502, "upstream_stream_error"),
+}
+
+
 def _failure_error(failure: _Failure | None) -> UpstreamError:
     if failure is None:
         return UpstreamError(
             "No deployment is configured for this model.", status=503, code="no_deployment"
-        )
-    if failure.kind == "ttft":
-        return UpstreamError(
-            f"No upstream sent a first token in time: {failure.detail}",
-            status=504,
-            code="upstream_timeout",
-        )
-    if failure.kind == "timeout":
-        return UpstreamError(
-            f"The upstream timed out: {failure.detail}", status=504, code="upstream_timeout"
         )
     if failure.kind == "status" and failure.status == 429:
         headers = {"retry-after": failure.retry_after} if failure.retry_after else None
@@ -116,33 +122,10 @@ def _failure_error(failure: _Failure | None) -> UpstreamError:
             code="upstream_rate_limited",
             headers=headers,
         )
-    if failure.kind == "connection":
-        return UpstreamError(
-            f"Could not reach the upstream: {failure.detail}",
-            status=502,
-            code="upstream_unreachable",
-        )
-    if failure.kind == "invalid_answer":
-        return UpstreamError(
-            f"The upstream sent an answer that is not valid: {failure.detail}",
-            status=502,
-            code="upstream_invalid_answer",
-        )
-    if failure.kind == "stream_error":
-        return UpstreamError(
-            f"The upstream reported an error: {failure.detail}",
-            status=502,
-            code="upstream_stream_error",
-        )
-    if failure.kind == "broken":
-        return UpstreamError(
-            f"The upstream stream broke off: {failure.detail}",
-            status=502,
-            code="upstream_stream_error",
-        )
-    return UpstreamError(
-        f"The upstream failed: {failure.detail}", status=502, code="upstream_error"
+    message, status, code = _FAILURE_ERRORS.get(
+        failure.kind, ("The upstream failed", 502, "upstream_error")
     )
+    return UpstreamError(f"{message}: {failure.detail}", status=status, code=code)
 
 
 def _invalid_answer(deployment: DeploymentInfo, reason: str) -> _Failure:
@@ -392,10 +375,7 @@ def _estimate_usage(call: Call, data: dict, *, suspect: bool = False) -> Usage:
     for choice in data.get("choices") or ():
         message = choice.get("message") or {}
         output += estimate_content_tokens(message.get("content") or choice.get("text"))
-        for tool_call in message.get("tool_calls") or ():
-            function = tool_call.get("function") if isinstance(tool_call, dict) else None
-            if isinstance(function, dict):
-                output += estimate_content_tokens(function.get("arguments"))
+        output += sum(map(estimate_text_tokens, _tool_arguments(message.get("tool_calls"))))
     return Usage(
         estimate_input_tokens(call.kind, call.body), output, 0, estimated=True, suspect=suspect
     )
@@ -572,16 +552,17 @@ async def _run_stream(call: Call, receive, send) -> None:
         _report_stream(call, failure)
     stream = relay or translator
     call.usage = stream.usage
+    streamed = "".join(produced)
     if call.usage is None or call.usage.suspect:
         call.usage = Usage(
             estimate_input_tokens(call.kind, call.body),
-            estimate_text_tokens("".join(produced)),
+            estimate_text_tokens(streamed),
             0,
             estimated=True,
             suspect=call.usage is not None,
         )
     if call.log_bodies:
-        call.response_body = {"streamed_content": "".join(produced)}
+        call.response_body = {"streamed_content": streamed}
     if cancelled:
         call.error_type = "stream_cancelled"
         await _record(call)
@@ -625,12 +606,17 @@ def _note_chunk(call: Call, chunk: dict, produced: list[str]) -> bool:
             if call.ttft_ms is None:
                 call.ttft_ms = (time.perf_counter() - call.started) * 1000
             produced.append(text)
-            for tool_call in tool_calls:
-                function = tool_call.get("function") if isinstance(tool_call, dict) else None
-                arguments = function.get("arguments") if isinstance(function, dict) else None
-                if isinstance(arguments, str):
-                    produced.append(arguments)
+            produced.extend(_tool_arguments(tool_calls))
     return True
+
+
+def _tool_arguments(tool_calls: object) -> Iterator[str]:
+    """The argument strings of OpenAI tool calls (whole or streamed), skipping odd entries."""
+    for tool_call in tool_calls if isinstance(tool_calls, list) else ():
+        function = tool_call.get("function") if isinstance(tool_call, dict) else None
+        arguments = function.get("arguments") if isinstance(function, dict) else None
+        if isinstance(arguments, str):
+            yield arguments
 
 
 def _cost(call: Call) -> Decimal:
@@ -661,11 +647,7 @@ async def _record(call: Call) -> None:
     event = UsageEvent(
         request_id=call.request_id,
         created_at=call.created_at,
-        api_key_id=call.key.id,
-        key_lineage_id=call.key.lineage_id,
-        user_id=call.key.user_id,
-        team_id=call.key.team_id,
-        virtual_account_id=call.key.virtual_account_id,
+        **call.key.attribution(),
         end_user=call.end_user[:256],
         model=call.model.name,
         deployment=deployment.name if deployment else "",

@@ -13,8 +13,8 @@ key itself. Embedded mode (no Redis) has no snapshot.
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass
-from datetime import date
 from decimal import Decimal
 from typing import Any
 
@@ -31,7 +31,7 @@ from .errors import GatewayError
 from .key_mirror import redis_client
 from .models import Deployment, GatewayModel
 from .outage_log import STORE_ERRORS, OutageLog
-from .pricing import Price, PriceBook
+from .pricing import PriceBook
 from .providers.base import DeploymentInfo
 
 logger = logging.getLogger(__name__)
@@ -49,6 +49,11 @@ SNAPSHOT_VERSION = 1
 # The fingerprint of a catalog loaded from the snapshot: matches no database state, so the
 # first refresh that reaches the database reloads it.
 _FROM_SNAPSHOT = ("snapshot",)
+
+
+CATALOG_UNAVAILABLE = "The gateway cannot load its model catalog right now; retry shortly."
+# After a failed first load, requests are refused at once for this long (see ensure_loaded).
+LOAD_RETRY_SECONDS = 1.0
 
 
 class CatalogUnavailable(GatewayError):
@@ -129,15 +134,7 @@ def _read_records() -> dict:
         }
         for model in GatewayModel.objects.filter(is_active=True)
     ]
-    prices = list(
-        ModelPrice.objects.values_list(
-            "model_name",
-            "effective_from",
-            "input_cost_per_token",
-            "output_cost_per_token",
-            "cached_input_cost_per_token",
-        )
-    )
+    prices = list(ModelPrice.objects.values_list(*PriceBook.VALUE_FIELDS))
     return {"models": models, "prices": prices}
 
 
@@ -152,14 +149,7 @@ def _build(records: dict) -> tuple[dict[str, ModelEntry], PriceBook]:
         )
         for model in records["models"]
     }
-    prices: dict[str, list[Price]] = {}
-    for name, effective_from, input_cost, output_cost, cached_cost in records["prices"]:
-        if not isinstance(effective_from, date):
-            effective_from = date.fromisoformat(effective_from)
-        prices.setdefault(name, []).append(
-            Price(effective_from, Decimal(input_cost), Decimal(output_cost), _decimal(cached_cost))
-        )
-    return models, PriceBook(prices)
+    return models, PriceBook.from_values(records["prices"])
 
 
 def _fingerprint() -> tuple:
@@ -179,6 +169,7 @@ class Catalog:
         self._fingerprint: tuple | None = None
         self._task: asyncio.Task | None = None
         self._lock = asyncio.Lock()
+        self._load_retry_at = 0.0
 
     @property
     def loaded(self) -> bool:
@@ -227,13 +218,16 @@ class Catalog:
     async def ensure_loaded(self) -> None:
         if self.loaded:
             return
+        # While the database is down each request would queue on the lock for its own
+        # failed connect; one attempt a second is enough (the refresh loop keeps trying).
+        if time.monotonic() < self._load_retry_at:
+            raise CatalogUnavailable(CATALOG_UNAVAILABLE)
         try:
             await self.refresh(force=True)
         except DatabaseError as exc:
+            self._load_retry_at = time.monotonic() + LOAD_RETRY_SECONDS
             refresh_log.failed(exc)
-            raise CatalogUnavailable(
-                "The gateway cannot load its model catalog right now; retry shortly."
-            ) from None
+            raise CatalogUnavailable(CATALOG_UNAVAILABLE) from None
 
     async def _write_snapshot(self, records: dict) -> None:
         client = redis_client()

@@ -16,7 +16,9 @@ it clears the whole cache, because events published while it was away are lost; 
 TTL bounds staleness in the meantime. Without Redis: `poll_changes_forever` reads the log rows
 past the last id it saw every KEY_CHANGE_POLL_SECONDS (one primary-key range query) and
 applies them the same way. The log is durable, so a poll that fails is simply caught up by
-the next one. Only one of the two runs in a worker, so no event is applied twice.
+the next one. Only one of the two runs in a worker, so pub/sub and the log never both
+deliver an event; a change made in the gateway process itself (the portal) is applied at
+once and again when its log row is polled, which costs one extra re-read of the key.
 """
 
 import asyncio

@@ -90,6 +90,11 @@ async def read(key_hash: str) -> bytes | None:
     return record
 
 
+def enabled() -> bool:
+    """Whether there is a mirror (Redis configured): without one, nothing is serialised."""
+    return redis_client() is not None
+
+
 def remember(key_hash: str, record: bytes, read_started: float) -> None:
     """Mirror a key just read from the database, off the request path.
 

@@ -37,6 +37,14 @@ def parse_metadata_header(raw: bytes | None) -> dict[str, str]:
     return tags
 
 
+def metadata_header(headers: dict[bytes, bytes]) -> bytes | None:
+    """The request's metadata header value (either of its names), or None."""
+    for name in HEADER_NAMES:
+        if name in headers:
+            return headers[name]
+    return None
+
+
 def _what_is_wrong(raw: bytes) -> str:
     """Only on the error path: tell bytes that are not text from text that is not JSON."""
     try:

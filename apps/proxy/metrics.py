@@ -39,6 +39,8 @@ from prometheus_client.multiprocess import MultiProcessCollector
 
 from apps.usage.event import UsageEvent
 
+from .auth import presented_secret
+
 logger = logging.getLogger(__name__)
 
 OTHER = "_other"
@@ -267,10 +269,8 @@ def allowed(scope: dict) -> bool:
     if token:
         for name, value in scope.get("headers") or ():
             if name == b"authorization":
-                given = value.decode("latin-1")
-                return given[:7].lower() == "bearer " and hmac.compare_digest(
-                    given[7:].strip().encode(), token.encode()
-                )
+                given = presented_secret({name: value})
+                return given is not None and hmac.compare_digest(given.encode(), token.encode())
         return False
     client = scope.get("client")
     if not client:

@@ -8,10 +8,11 @@ request is costed with the price in force on its UTC date.
 from __future__ import annotations
 
 import bisect
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from decimal import ROUND_HALF_UP, Decimal
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from apps.billing.models import ModelPrice
 
@@ -52,27 +53,42 @@ class PriceBook:
     def __len__(self) -> int:
         return len(self._prices)
 
+    # The ModelPrice columns `from_values` takes, in order.
+    VALUE_FIELDS = (
+        "model_name",
+        "effective_from",
+        "input_cost_per_token",
+        "output_cost_per_token",
+        "cached_input_cost_per_token",
+    )
+
     @staticmethod
-    def _from_rows(rows: list[ModelPrice]) -> PriceBook:
+    def from_values(rows: Iterable[Sequence[Any]]) -> PriceBook:
+        """From `VALUE_FIELDS` tuples: as the database returns them, or as JSON brought them
+        back from the catalog snapshot (dates and decimals as strings)."""
         prices: dict[str, list[Price]] = {}
-        for row in rows:
-            prices.setdefault(row.model_name, []).append(
+        for name, effective_from, input_cost, output_cost, cached_cost in rows:
+            if not isinstance(effective_from, date):
+                effective_from = date.fromisoformat(effective_from)
+            prices.setdefault(name, []).append(
                 Price(
-                    effective_from=row.effective_from,
-                    input=row.input_cost_per_token,
-                    output=row.output_cost_per_token,
-                    cached_input=row.cached_input_cost_per_token,
+                    effective_from=effective_from,
+                    input=Decimal(input_cost),
+                    output=Decimal(output_cost),
+                    cached_input=Decimal(cached_cost) if cached_cost is not None else None,
                 )
             )
         return PriceBook(prices)
 
     @classmethod
     def load(cls) -> PriceBook:
-        return cls._from_rows(list(ModelPrice.objects.all()))
+        return cls.from_values(ModelPrice.objects.values_list(*cls.VALUE_FIELDS))
 
     @classmethod
     async def aload(cls) -> PriceBook:
-        return cls._from_rows([row async for row in ModelPrice.objects.all()])
+        return cls.from_values(
+            [row async for row in ModelPrice.objects.values_list(*cls.VALUE_FIELDS)]
+        )
 
     def price_at(self, price_model_name: str, at: datetime) -> Price | None:
         """The price whose effective_from is the latest on or before `at` (its UTC date)."""

@@ -21,7 +21,7 @@ from . import metrics
 from .auth import KeyInfo
 from .catalog import catalog
 from .errors import BadRequest, GatewayError
-from .metadata import HEADER_NAMES, merge_tags, parse_metadata_header
+from .metadata import metadata_header, parse_metadata_header
 from .providers.base import CHAT, COMPLETION
 
 logger = logging.getLogger(__name__)
@@ -32,13 +32,10 @@ END_USER_CHARS = UsageRecord._meta.get_field("end_user").max_length
 
 def _request_tags(headers: dict[bytes, bytes]) -> dict[str, str]:
     """The request's own tags when its metadata header is valid; none when it is the refusal."""
-    for name in HEADER_NAMES:
-        if name in headers:
-            try:
-                return parse_metadata_header(headers[name])
-            except BadRequest:
-                return {}
-    return {}
+    try:
+        return parse_metadata_header(metadata_header(headers))
+    except BadRequest:
+        return {}
 
 
 async def record_refusal(
@@ -60,21 +57,11 @@ async def record_refusal(
     fields = body if isinstance(body, dict) else {}
     model = fields.get("model")
     end_user = fields.get("user")
-    tags = merge_tags(
-        team_defaults=key.team_tags,
-        owner_defaults=key.owner_tags,
-        key_defaults=key.key_tags,
-        request_tags=_request_tags(headers),
-        enforced_keys=key.enforced_tag_keys,
-    )
+    tags = key.tags_with(_request_tags(headers))
     event = UsageEvent(
         request_id=request_id,
         created_at=datetime.now(UTC),
-        api_key_id=key.id,
-        key_lineage_id=key.lineage_id,
-        user_id=key.user_id,
-        team_id=key.team_id,
-        virtual_account_id=key.virtual_account_id,
+        **key.attribution(),
         end_user=clean_text(end_user, END_USER_CHARS) if isinstance(end_user, str) else "",
         model=clean_text(model, MODEL_CHARS) if isinstance(model, str) else "",
         request_type=kind,

@@ -147,12 +147,6 @@ def _object(param: str, value: object) -> None:
         raise _type_error(param, "an object", value)
 
 
-def _required_object(param: str, value: object) -> None:
-    if value is None:
-        raise _missing(param)
-    _object(param, value)
-
-
 def _stop(param: str, value: object) -> None:
     if type(value) is str:
         return
@@ -234,48 +228,41 @@ _PART_FIELDS: dict[str, tuple[str, type, tuple[str, ...]]] = {
 }
 
 
-def _part_ok(part: object, allowed: frozenset[str]) -> bool:
+def _check_part(
+    index: int, part_index: int, part: object, role: str, allowed: frozenset[str]
+) -> None:
+    """Raise the error of a content part its role may not send, naming the exact field."""
     if type(part) is not dict:
-        return False
-    part_type = part.get("type")
-    if type(part_type) is not str or part_type not in allowed:
-        return False
-    field, expected, inner = _PART_FIELDS[part_type]
-    value = part.get(field)
-    if type(value) is not expected:
-        return False
-    for name in inner:
-        if type(value.get(name)) is not str:
-            return False
-    return True
-
-
-def _refuse_part(param: str, part: object, role: str, allowed: frozenset[str]) -> None:
-    """Raise the error of a content part `_part_ok` refused, naming the exact field."""
-    if type(part) is not dict:
-        raise _type_error(param, "an object", part)
+        raise _type_error(_part_param(index, part_index), "an object", part)
     part_type = part.get("type")
     if type(part_type) is not str:
+        param = f"{_part_param(index, part_index)}.type"
         if part_type is None:
-            raise _missing(f"{param}.type")
-        raise _type_error(f"{param}.type", "a string", part_type)
+            raise _missing(param)
+        raise _type_error(param, "a string", part_type)
     if part_type not in allowed:
         listed = ", ".join(f"'{name}'" for name in sorted(allowed))
         raise BadRequest(
             f"Invalid value: '{part_type[:64]}'. Supported values for a {role} message's "
             f"content parts are: {listed}.",
-            param=f"{param}.type",
+            param=f"{_part_param(index, part_index)}.type",
             code="invalid_value",
         )
     field, expected, inner = _PART_FIELDS[part_type]
     value = part.get(field)
     if type(value) is not expected:
+        param = f"{_part_param(index, part_index)}.{field}"
         if value is None:
-            raise _missing(f"{param}.{field}")
-        raise _type_error(f"{param}.{field}", "a string" if expected is str else "an object", value)
+            raise _missing(param)
+        raise _type_error(param, "a string" if expected is str else "an object", value)
     for name in inner:
         if type(value.get(name)) is not str:
-            _required_string(f"{param}.{field}.{name}", value.get(name))
+            param = f"{_part_param(index, part_index)}.{field}.{name}"
+            _required_string(param, value.get(name))
+
+
+def _part_param(index: int, part_index: int) -> str:
+    return f"messages[{index}].content[{part_index}]"
 
 
 def _content(index: int, role: str, message: dict, content: object) -> None:
@@ -304,8 +291,7 @@ def _content(index: int, role: str, message: dict, content: object) -> None:
         # Text parts, the common case and allowed for every role, are settled inline.
         if type(part) is dict and part.get("type") == "text" and type(part.get("text")) is str:
             continue
-        if not _part_ok(part, allowed):
-            _refuse_part(f"messages[{index}].content[{part_index}]", part, role, allowed)
+        _check_part(index, part_index, part, role, allowed)
 
 
 def _message(index: int, message: object) -> None:

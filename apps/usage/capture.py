@@ -12,16 +12,17 @@ where they are captured rather than discovered bad by the database:
 
 from __future__ import annotations
 
-import re
 from typing import Any
+
+from .tags import CONTROL_CHARACTER
 
 # No model takes or produces ten million tokens in one request: anything above is a broken
 # upstream, and charging it would lock the caller out of their quota for the month.
 MAX_TOKENS_PER_REQUEST = 10_000_000
 
-# C0 controls and DEL, the characters the metadata header refuses (apps.usage.tags). Tab, CR
-# and LF go too: none belongs in a tag or label. Any other Unicode is kept, as sent.
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# The characters the metadata header refuses (C0 controls and DEL), removed from anything
+# that reached capture another way. Any other Unicode is kept, as sent.
+_CONTROL = CONTROL_CHARACTER
 
 
 def sane_token_count(value: object) -> int | None:

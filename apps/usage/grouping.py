@@ -17,6 +17,7 @@ from django.conf import settings
 from django.db import connection
 from django.db.models import Count, Q, QuerySet, Sum
 from django.db.models.functions import TruncDay
+from django.utils import timezone
 
 from apps.usage.models import UsageRecord
 from apps.usage.tags import TagText
@@ -42,12 +43,18 @@ def next_month(month: dt.date) -> dt.date:
     return (month.replace(day=28) + dt.timedelta(days=4)).replace(day=1)
 
 
+def utc_today() -> dt.date:
+    return timezone.now().astimezone(dt.UTC).date()
+
+
+def utc_midnight(day: dt.date) -> dt.datetime:
+    """`day` 00:00 UTC, an aware datetime."""
+    return dt.datetime.combine(day, dt.time.min, tzinfo=dt.UTC)
+
+
 def day_bounds(start: dt.date, end: dt.date) -> tuple[dt.datetime, dt.datetime]:
     """[start 00:00 UTC, end 00:00 UTC) for a half-open range of days."""
-    return (
-        dt.datetime.combine(start, dt.time.min, tzinfo=dt.UTC),
-        dt.datetime.combine(end, dt.time.min, tzinfo=dt.UTC),
-    )
+    return utc_midnight(start), utc_midnight(end)
 
 
 @dataclass

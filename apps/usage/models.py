@@ -5,6 +5,10 @@ import uuid
 
 from django.db import models
 
+# Rows that logged a body: the partial index `usage_logged_bodies` and body retention's
+# query must use this one condition, or PostgreSQL stops using the index for the query.
+LOGGED_BODY = models.Q(request_body__isnull=False) | models.Q(response_body__isnull=False)
+
 
 class UsageRecord(models.Model):
     """One row per proxied request: who, what, tokens, cost, timings, tags.
@@ -75,8 +79,7 @@ class UsageRecord(models.Model):
             models.Index(
                 fields=["created_at"],
                 name="usage_logged_bodies",
-                condition=models.Q(request_body__isnull=False)
-                | models.Q(response_body__isnull=False),
+                condition=LOGGED_BODY,
             ),
         ]
 

@@ -23,14 +23,13 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 from django.db import connection, transaction
-from django.utils import timezone
 
-from .grouping import day_bounds, month_start, next_month
+from .grouping import day_bounds, month_start, next_month, utc_midnight, utc_today
 from .models import UsageRecord
 
 logger = logging.getLogger(__name__)
@@ -85,7 +84,7 @@ def is_partitioned() -> bool:
 
 def _utc_literal(day: dt.date) -> str:
     # With its zone, so the session's TimeZone cannot shift a bound; from a date we computed.
-    return dt.datetime.combine(day, dt.time.min, tzinfo=dt.UTC).isoformat()
+    return utc_midnight(day).isoformat()
 
 
 def _bound(text: str) -> dt.date:
@@ -178,7 +177,7 @@ def usage_partitions_ensure(
     returns the names created. Idempotent; a no-op without partitioning."""
     if not is_partitioned():
         return []
-    today = today or timezone.now().astimezone(dt.UTC).date()
+    today = today or utc_today()
     wanted = []
     month = month_start(today)
     for _ in range(months_ahead + 1):
@@ -199,35 +198,32 @@ def usage_partitions_ensure(
     return created
 
 
-def usage_partition_drop(*, partition: UsagePartition) -> None:
-    """DETACH, then DROP one month partition: metadata only, however many rows it holds."""
+@contextmanager
+def partition_frozen(partition: UsagePartition) -> Iterator[Callable[[], None]]:
+    """A transaction in which no row can be added to or changed in `partition` (reads go
+    on): retention checks its rollups inside it, then calls the `drop` it yields, so no late
+    row slips in between the check and the drop."""
     if partition.is_default:
         raise ValueError("the DEFAULT partition is never dropped")
     with _maintenance() as locked, connection.cursor() as cursor:
         if not locked:
             raise PartitionBusyError("another maintenance run is active")
         name = connection.ops.quote_name(partition.name)
-        cursor.execute(f"ALTER TABLE {TABLE} DETACH PARTITION {name}")
-        cursor.execute(f"DROP TABLE {name}")
-    logger.warning(
-        "usage partitions: dropped %s (%s to %s, about %s rows)",
-        partition.name,
-        partition.start,
-        partition.end,
-        partition.rows,
-    )
+        cursor.execute(f"LOCK TABLE {name} IN SHARE MODE")
 
+        def drop() -> None:
+            """DETACH, then DROP: metadata only, however many rows the partition holds."""
+            cursor.execute(f"ALTER TABLE {TABLE} DETACH PARTITION {name}")
+            cursor.execute(f"DROP TABLE {name}")
+            logger.warning(
+                "usage partitions: dropped %s (%s to %s, about %s rows)",
+                partition.name,
+                partition.start,
+                partition.end,
+                partition.rows,
+            )
 
-@contextmanager
-def partition_frozen(partition: UsagePartition) -> Iterator[None]:
-    """A transaction in which no row can be added to or changed in `partition` (reads go
-    on): retention checks its rollups inside it, then drops it, so no late row slips in
-    between the check and the drop."""
-    with _maintenance() as locked, connection.cursor() as cursor:
-        if not locked:
-            raise PartitionBusyError("another maintenance run is active")
-        cursor.execute(f"LOCK TABLE {connection.ops.quote_name(partition.name)} IN SHARE MODE")
-        yield
+        yield drop
 
 
 class PartitionBusyError(Exception):

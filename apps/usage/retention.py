@@ -32,19 +32,17 @@ from dataclasses import dataclass, field
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django.db import connection
-from django.db.models import Count, Min, Q, Sum
+from django.db.models import Count, Min, Sum
 from django.db.models.functions import TruncDay
-from django.utils import timezone
 
 from .coverage import covered_days
-from .grouping import day_bounds, month_start, next_month
-from .models import UsageRecord
+from .grouping import day_bounds, month_start, next_month, utc_midnight, utc_today
+from .models import LOGGED_BODY, UsageRecord
 from .partitions import (
     TABLE,
     PartitionBusyError,
     UsagePartition,
     partition_frozen,
-    usage_partition_drop,
     usage_partitions,
 )
 
@@ -54,15 +52,6 @@ BATCH_SIZE = 5000
 # The scheduled rollup re-rolls this month and, early in a month, the previous one
 # (`apps.usage.rollups`): raw rows must outlive both, or a re-roll would empty a rollup.
 MIN_RAW_RETENTION_DAYS = 62
-_LOGGED = Q(request_body__isnull=False) | Q(response_body__isnull=False)
-
-
-def _today() -> dt.date:
-    return timezone.now().astimezone(dt.UTC).date()
-
-
-def _midnight(day: dt.date) -> dt.datetime:
-    return dt.datetime.combine(day, dt.time.min, tzinfo=dt.UTC)
 
 
 def raw_cutoff(today: dt.date | None = None) -> dt.date | None:
@@ -73,7 +62,7 @@ def raw_cutoff(today: dt.date | None = None) -> dt.date | None:
     holding the cutoff) always finds the month's raw rows complete.
     """
     days = settings.USAGE_RAW_RETENTION_DAYS
-    return month_start((today or _today()) - dt.timedelta(days=days)) if days else None
+    return month_start((today or utc_today()) - dt.timedelta(days=days)) if days else None
 
 
 def _checked_raw_cutoff(today: dt.date | None) -> dt.date | None:
@@ -89,7 +78,7 @@ def _checked_raw_cutoff(today: dt.date | None) -> dt.date | None:
 def body_cutoff(today: dt.date | None = None) -> dt.date | None:
     """Logged bodies before this UTC day are nulled; None when they are kept."""
     days = settings.USAGE_BODY_RETENTION_DAYS
-    return (today or _today()) - dt.timedelta(days=days) if days else None
+    return (today or utc_today()) - dt.timedelta(days=days) if days else None
 
 
 def _raw_day_counts(start: dt.date, end: dt.date) -> dict[dt.date, int]:
@@ -176,10 +165,10 @@ def _prune_partition(partition: UsagePartition, result: RawPruneResult) -> None:
         return
     try:
         # Checked with the partition frozen, so no late row can land between check and drop.
-        with partition_frozen(partition):
+        with partition_frozen(partition) as drop:
             missing = unrolled_days(partition.start, partition.end)
             if not missing:
-                usage_partition_drop(partition=partition)
+                drop()
     except PartitionBusyError:
         logger.info("usage retention: %s busy, left for the next run", partition.name)
         return
@@ -236,7 +225,7 @@ def usage_bodies_prune(
     cutoff = body_cutoff(today)
     if cutoff is None:
         return 0
-    logged = UsageRecord.objects.filter(_LOGGED, created_at__lt=_midnight(cutoff)).order_by()
+    logged = UsageRecord.objects.filter(LOGGED_BODY, created_at__lt=utc_midnight(cutoff)).order_by()
     if dry_run:
         return logged.count()
     oldest = logged.aggregate(first=Min("created_at"))["first"]

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from django.utils import timezone
 
+from .grouping import utc_today
 from .retention import raw_cutoff
 
 logger = logging.getLogger(__name__)
@@ -31,10 +32,6 @@ class RollupRun:
     requests: int
 
 
-def _today() -> dt.date:
-    return timezone.now().astimezone(dt.UTC).date()
-
-
 def usage_rollups_refresh(*, recent_days: int, today: dt.date | None = None) -> RollupRun:
     """Refresh every rollup over the current month, the last `recent_days` complete days and
     every day marked late (`UsageLateDay`), then clear those marks.
@@ -48,7 +45,7 @@ def usage_rollups_refresh(*, recent_days: int, today: dt.date | None = None) -> 
     from .models import UsageLateDay
 
     started = timezone.now()
-    today = today or _today()
+    today = today or utc_today()
     months = [month_start(today)]
     if today.day <= PREVIOUS_MONTH_DAYS:
         months.insert(0, month_start(today - dt.timedelta(days=PREVIOUS_MONTH_DAYS)))

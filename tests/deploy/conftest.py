@@ -3,7 +3,6 @@
 
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -16,12 +15,13 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.proxy.conftest import SIMULATOR_MODEL_KNOBS, GatewayServer, free_port, test_database_url
+from tests.proxy.conftest import SIMULATOR_MODEL_KNOBS, GatewayServer, free_port, gateway_env
+from tests.proxy.conftest import wait_healthy as proxy_wait_healthy
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from run_stack import read_procfile  # noqa: E402  (scripts/ is not a package)
+from run_stack import ensure_haproxy, read_procfile  # noqa: E402  (scripts/ is not a package)
 
 PROCFILE = read_procfile()
 # `python`, `celery` in the Procfile are this virtualenv's.
@@ -47,25 +47,17 @@ def spawn_instance(
     for: see `wait_healthy`."""
     port = port or free_port()
     metrics_dir = tempfile.mkdtemp(prefix="tollgate-prom-")
-    env = {
-        **os.environ,
-        "PATH": PATH,
-        "DEBUG": "true",
-        "DATABASE_URL": test_database_url(),
-        "PORT": str(port),
-        "WEB_HOST": "127.0.0.1",
-        "WEB_CONCURRENCY": str(workers),
-        "DRAIN_SECONDS": "10",
-        "PROMETHEUS_MULTIPROC_DIR": metrics_dir,
-        # The test settings of tests/proxy/conftest.py start_gateway: quick refreshes.
-        "CATALOG_REFRESH_SECONDS": "0.2",
-        "USAGE_FLUSH_INTERVAL": "0.2",
-        "KEY_CACHE_TTL": "1",
-        "QUOTA_REFRESH_SECONDS": "0.2",
-        "PROXY_RETRY_BACKOFF": "0.01",
-        "SIMULATOR_MODEL_KNOBS": json.dumps(SIMULATOR_MODEL_KNOBS),
-        **(extra_env or {}),
-    }
+    env = gateway_env(
+        port,
+        {
+            "PATH": PATH,
+            "WEB_HOST": "127.0.0.1",
+            "WEB_CONCURRENCY": str(workers),
+            "DRAIN_SECONDS": "10",
+            "PROMETHEUS_MULTIPROC_DIR": metrics_dir,
+            **(extra_env or {}),
+        },
+    )
     log_path = Path(tempfile.mkstemp(prefix="instance-", suffix=".log")[1])
     with log_path.open("wb") as log:
         process = subprocess.Popen(
@@ -77,17 +69,7 @@ def spawn_instance(
 
 
 def wait_healthy(server: GatewayServer, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            if httpx.get(f"{server.url}/healthz", timeout=1).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        if server.process.poll() is not None or time.monotonic() > deadline:
-            kill_instance(server)
-            raise RuntimeError(f"instance did not start: {server.log()[-3000:]}")
-        time.sleep(0.1)
+    proxy_wait_healthy(server, timeout, stop=lambda: kill_instance(server))
 
 
 def kill_instance(server: GatewayServer, sig: int = signal.SIGKILL) -> None:
@@ -101,13 +83,10 @@ def kill_instance(server: GatewayServer, sig: int = signal.SIGKILL) -> None:
 
 def haproxy_or_skip() -> str:
     """The haproxy binary, installed with apt-get like redis-server when missing and root."""
-    found = shutil.which("haproxy")
-    if not found and os.geteuid() == 0 and shutil.which("apt-get"):
-        subprocess.run(["apt-get", "install", "-y", "-qq", "haproxy"], check=False)
-        found = shutil.which("haproxy")
-    if not found:
+    try:
+        return ensure_haproxy()
+    except (SystemExit, subprocess.CalledProcessError):
         pytest.skip("haproxy is not installed and apt-get cannot install it here")
-    return found
 
 
 @dataclass

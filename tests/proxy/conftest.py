@@ -11,7 +11,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -76,23 +76,44 @@ class GatewayServer:
         raise AssertionError(f"gateway never served model {model!r}")
 
 
+def gateway_env(port: int, extra_env: dict | None = None) -> dict:
+    """A test gateway's environment: the test database, quick refreshes, the simulator's
+    knobs; `extra_env` wins."""
+    return {
+        **os.environ,
+        "DEBUG": "true",
+        "DATABASE_URL": test_database_url(),
+        "PORT": str(port),
+        "CATALOG_REFRESH_SECONDS": "0.2",
+        "USAGE_FLUSH_INTERVAL": "0.2",
+        "KEY_CACHE_TTL": "1",
+        "SIMULATOR_MODEL_KNOBS": json.dumps(SIMULATOR_MODEL_KNOBS),
+        "PROXY_RETRY_BACKOFF": "0.01",
+        "QUOTA_REFRESH_SECONDS": "0.2",
+        # An upstream key deployments may name in api_key_env (the TOLLGATE_UPSTREAM_ prefix).
+        "TOLLGATE_UPSTREAM_TEST_KEY": "sk-test-upstream",
+        **(extra_env or {}),
+    }
+
+
+def wait_healthy(server: GatewayServer, timeout: float, stop: Callable[[], None]) -> None:
+    """Until the server answers /healthz; if it exits or times out first, `stop` it and fail."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if httpx.get(f"{server.url}/healthz", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        if server.process.poll() is not None or time.monotonic() > deadline:
+            stop()
+            raise RuntimeError(f"gateway did not start: {server.log()[-3000:]}")
+        time.sleep(0.1)
+
+
 def start_gateway(extra_env: dict | None = None, workers: int = 1) -> GatewayServer:
     port = free_port()
-    env = {k: v for k, v in os.environ.items()}
-    env.update(
-        DEBUG="true",
-        DATABASE_URL=test_database_url(),
-        PORT=str(port),
-        CATALOG_REFRESH_SECONDS="0.2",
-        USAGE_FLUSH_INTERVAL="0.2",
-        KEY_CACHE_TTL="1",
-        SIMULATOR_MODEL_KNOBS=json.dumps(SIMULATOR_MODEL_KNOBS),
-        PROXY_RETRY_BACKOFF="0.01",
-        QUOTA_REFRESH_SECONDS="0.2",
-        # An upstream key deployments may name in api_key_env (the TOLLGATE_UPSTREAM_ prefix).
-        TOLLGATE_UPSTREAM_TEST_KEY="sk-test-upstream",
-    )
-    env.update(extra_env or {})
+    env = gateway_env(port, extra_env)
     command = [
         sys.executable,
         "-m",
@@ -115,18 +136,9 @@ def start_gateway(extra_env: dict | None = None, workers: int = 1) -> GatewaySer
         command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=log_path.open("wb")
     )
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 40
-    while True:
-        try:
-            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            raise RuntimeError(f"gateway did not start: {log_path.read_text()[-3000:]}")
-        time.sleep(0.1)
-    return GatewayServer(url=url, process=process, env=env, log_path=log_path, workers=workers)
+    server = GatewayServer(url=url, process=process, env=env, log_path=log_path, workers=workers)
+    wait_healthy(server, 40, stop=process.kill)
+    return server
 
 
 def stop_gateway(server: GatewayServer) -> None:

@@ -4,7 +4,7 @@ Split by subject; import from here (`from apps.accounts.services import api_key_
 """
 
 from ..audit import audit_record
-from ._common import validate_tag_keys, validate_tags
+from ._common import invalidate_after_commit, validate_tag_keys, validate_tags
 from .keys import (
     DEFAULT_GRACE_HOURS,
     UNCHANGED,
@@ -46,6 +46,7 @@ __all__ = [
     "api_keys_rotate_due",
     "api_keys_warn_expiring",
     "audit_record",
+    "invalidate_after_commit",
     "membership_remove",
     "membership_set",
     "pending_secret_create",

@@ -5,19 +5,19 @@ the coming months' partitions as the beat task does; `--prune` applies the reten
 (whole months of raw rows, then logged bodies), `--dry-run` only says what it would do.
 """
 
-from django.conf import settings
 from django.core.management import BaseCommand
 from django.db.models import Min
 
 from apps.usage.models import UsageRecord
-from apps.usage.partitions import usage_partitions, usage_partitions_ensure
+from apps.usage.partitions import usage_partitions
 from apps.usage.retention import raw_cutoff, usage_bodies_prune, usage_raw_prune
+from apps.usage.tasks import partitions_maintain
 
 
 def _size(count: int) -> str:
     size = float(count)
     for unit in ("B", "kB", "MB", "GB"):
-        if size < 1024 or unit == "GB":
+        if size < 1024:
             return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
         size /= 1024
     return f"{size:.1f} TB"
@@ -34,9 +34,8 @@ class Command(BaseCommand):
 
     def handle(self, *args, exact: bool, ensure: bool, prune: bool, dry_run: bool, **options):
         if ensure:
-            created = usage_partitions_ensure(
-                months_ahead=settings.USAGE_PARTITIONS_AHEAD_MONTHS, keep_from=raw_cutoff()
-            )
+            # What the beat task does, run here and now.
+            created = partitions_maintain()["created"]
             self.stdout.write(f"created: {', '.join(created) or 'none'}")
         if prune:
             self._prune(dry_run=dry_run)
