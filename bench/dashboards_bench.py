@@ -1,15 +1,16 @@
 """Dashboard benchmark: server time of each dashboard page over 1,000,000 usage rows.
 
     .venv/bin/python bench/dashboards_bench.py [--rows 1000000] [--days 90] [--runs 5]
-                                               [--rollups] [--keep-db DIR]
+                                               [--today-rows 0] [--rollups] [--keep-db DIR]
 
 Starts a throwaway PostgreSQL (the test set-up's helper), migrates, seeds a demo tenancy
 (4 teams, 12 users with keys, 3 virtual accounts, the price catalog), writes the rows with
 `generate_usage` (COPY) over `--days` days, ANALYZEs, then times every page through the
 Django test client as a finance user (everything in scope) and as a team admin: one warm-up,
-then `--runs` timed runs each; prints median and p95 (nearest rank). With `--rollups` the
-billing daily rollups and the dashboard rollups are computed first, as the beat tasks
-would. Not a test: numbers only.
+then `--runs` timed runs each; prints median and p95 (nearest rank). `--today-rows N` adds N
+rows between midnight UTC and now (a busy gateway by evening). With `--rollups` the daily
+rollups of past days are computed first, then one scheduled run (`usage.rollups_refresh`)
+rolls today's settled hours, as beat would; both are timed. Not a test: numbers only.
 """
 
 import argparse
@@ -92,6 +93,42 @@ def time_pages(client, label: str, runs: int, ranges: list[str]) -> None:
             print(f"{url:<58} {statistics.median(samples):8.0f} {p95(samples):8.0f} {queries:8d}")
 
 
+def load_today(rows: int) -> None:
+    """`rows` more rows between midnight UTC and now: generated over the last 24 hours, then
+    moved into today's hours so far, keeping their order and mix."""
+    from django.core.management import call_command
+    from django.db import connection
+
+    started = time.perf_counter()
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT coalesce(max(id), 0) FROM proxy_usagerecord")
+        (last_id,) = cursor.fetchone()
+    call_command("generate_usage", rows=rows, days=1, seed=2)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "UPDATE proxy_usagerecord SET created_at = date_trunc('day', now() AT TIME ZONE 'UTC')"
+            " AT TIME ZONE 'UTC' + (created_at - (now() - interval '1 day'))"
+            " * (extract(epoch FROM now() - (date_trunc('day', now() AT TIME ZONE 'UTC')"
+            " AT TIME ZONE 'UTC')) / 86400.0) WHERE id > %s",
+            [last_id],
+        )
+        cursor.execute("ANALYZE proxy_usagerecord")
+    print(f"loaded {rows:,} rows into today so far in {time.perf_counter() - started:.1f} s")
+
+
+def time_refresh() -> None:
+    """One scheduled run as beat makes it: today's settled hours (all of them, the first
+    time), then the next run, which has nothing new to roll."""
+    from apps.usage.rollups import usage_rollups_refresh
+
+    for label in ("first run of the day (every settled hour)", "next run (incremental)"):
+        started = time.perf_counter()
+        run = usage_rollups_refresh(recent_days=2)
+        elapsed = time.perf_counter() - started
+        print(f"usage.rollups_refresh, {label}: {elapsed:.1f} s, {len(run.hours)} hours, "
+              f"{len(run.days)} days, {run.requests:,} rows rolled")  # fmt: skip
+
+
 def time_billing(finance, runs: int) -> None:
     """Month-to-date surfaces (live: rollups plus the raw rows after them), and one run of the
     scheduled rollup task over the current month and the last two complete days."""
@@ -146,6 +183,7 @@ def main() -> None:
     parser.add_argument("--days", type=int, default=90)
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--rollups", action="store_true", help="compute daily rollups first")
+    parser.add_argument("--today-rows", type=int, default=0, help="extra rows in today so far")
     parser.add_argument(
         "--billing",
         action="store_true",
@@ -189,21 +227,19 @@ def main() -> None:
                     cursor.execute("ANALYZE proxy_usagerecord")
                 print(f"loaded {args.rows:,} rows over {args.days} days in "
                       f"{time.perf_counter() - started:.1f} s")  # fmt: skip
+                if args.today_rows:
+                    load_today(args.today_rows)
             if args.rollups:
-                from apps.billing.services.rollups import usage_rollup_day
-                from apps.dashboards.services import dashboard_rollup_days
+                from apps.usage.rollup_tables import rollup_days
 
                 started = time.perf_counter()
                 today = dt.datetime.now(dt.UTC).date()
-                for back in range(1, args.days + 2):
-                    usage_rollup_day(day=today - dt.timedelta(days=back))
-                print(f"billing daily rollups computed in {time.perf_counter() - started:.1f} s")
-                started = time.perf_counter()
-                dashboard_rollup_days(start=today - dt.timedelta(days=args.days + 1), end=today)
-                print(f"dashboard rollups computed in {time.perf_counter() - started:.1f} s")
+                rollup_days(start=today - dt.timedelta(days=args.days + 1), end=today)
+                print(f"daily rollups computed in {time.perf_counter() - started:.1f} s")
+                time_refresh()
                 with connection.cursor() as cursor:
                     for table in (
-                        "billing_usagerollupdaily",
+                        "dashboards_tagusagedaily",
                         "dashboards_usagecubedaily",
                         "dashboards_latencyhistogramdaily",
                     ):

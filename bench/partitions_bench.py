@@ -292,9 +292,8 @@ def time_delete(month: dt.date) -> None:
 
 
 def rollups(days: int) -> None:
-    from apps.billing.services.rollups import usage_rollup_month
-    from apps.dashboards.services import dashboard_rollup_days
     from apps.usage.grouping import month_start, next_month
+    from apps.usage.rollups import usage_rollup_month
 
     today = dt.datetime.now(dt.UTC).date()
     started = time.perf_counter()
@@ -302,13 +301,8 @@ def rollups(days: int) -> None:
     while month <= today:
         usage_rollup_month(month=month)
         month = next_month(month)
-    stamp(
-        f"billing rollups (every month, with statements) in {time.perf_counter() - started:.0f} s"
-    )
-    started = time.perf_counter()
-    dashboard_rollup_days(start=today - dt.timedelta(days=days + 1), end=today)
-    stamp(f"dashboard rollups in {time.perf_counter() - started:.0f} s")
-    for table in ("billing_usagerollupdaily", "dashboards_usagecubedaily",
+    stamp(f"daily rollups (every month, with statements) in {time.perf_counter() - started:.0f} s")
+    for table in ("dashboards_tagusagedaily", "dashboards_usagecubedaily",
                   "dashboards_latencyhistogramdaily"):  # fmt: skip
         sql(f"ANALYZE {table}")
 
@@ -403,9 +397,9 @@ def main() -> None:
             sql("VACUUM ANALYZE proxy_usagerecord")
         call_command("migrate", verbosity=0)
 
-        from apps.billing.models import UsageRollupDaily
+        from apps.usage.models import UsageCubeDaily
 
-        if not UsageRollupDaily.objects.exists():
+        if not UsageCubeDaily.objects.exists():
             rollups(args.days)
         if not args.ab_only:
             insert_measures("partitioned", args)

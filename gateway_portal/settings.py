@@ -147,11 +147,12 @@ CELERY_BEAT_SCHEDULE: dict = {
     "accounts.rotate_due_keys": {"task": "accounts.rotate_due_keys", "schedule": 15 * 60.0},
     "accounts.retire_expired_keys": {"task": "accounts.retire_expired_keys", "schedule": 5 * 60.0},
     "accounts.warn_expiring_keys": {"task": "accounts.warn_expiring_keys", "schedule": 60 * 60.0},
-    # The one rollup of the usage ledger (apps/usage/tasks.py): billing's daily and monthly
-    # tables with this month's statements, and the dashboards' cube and histograms.
+    # The one rollup of the usage ledger (apps/usage/tasks.py): the daily tables, today's
+    # hourly tables and this month's statements, incrementally (each run rolls only what is
+    # not final yet), so it runs every few minutes.
     "usage.rollups_refresh": {
         "task": "usage.rollups_refresh",
-        "schedule": env.float("USAGE_ROLLUP_INTERVAL_SECONDS", default=30 * 60.0),
+        "schedule": env.float("USAGE_ROLLUP_INTERVAL_SECONDS", default=5 * 60.0),
     },
     # The raw usage table's coming monthly partitions (PostgreSQL), then retention: raw rows
     # and logged bodies past their days (apps/usage/partitions.py, apps/usage/retention.py).

@@ -1,5 +1,5 @@
 """Admin: prices editable; tiers and subscriptions read-mostly (actions call services);
-rollups and statements read-only (rollup runs own them)."""
+statements read-only (rollup runs own them)."""
 
 from django.contrib import admin
 from django.http import HttpRequest
@@ -9,8 +9,6 @@ from apps.billing.models import (
     Statement,
     Subscription,
     Tier,
-    UsageRollupDaily,
-    UsageRollupMonthly,
 )
 from apps.billing.services import subscription_change, tier_save
 from apps.billing.services.subscriptions import TIER_FIELDS
@@ -110,37 +108,6 @@ class SubscriptionAdmin(ReadMostlyAdmin):
             subscription_change(subject=subject_of(sub), tier=None, actor=request.user)
             ended += 1
         self.message_user(request, f"{ended} subscription(s) ended.")
-
-
-ROLLUP_COLUMNS = [
-    "team_id",
-    "virtual_account_id",
-    "user_id",
-    "model",
-    "dims_key",
-    "requests",
-    "errors",
-    "input_tokens",
-    "output_tokens",
-    "cost_usd",
-    "computed_at",
-]
-
-
-@admin.register(UsageRollupDaily)
-class UsageRollupDailyAdmin(ReadOnlyAdmin):
-    list_display = ["day", *ROLLUP_COLUMNS]
-    list_filter = ["day"]
-    search_fields = ["model", "dims_key"]
-    date_hierarchy = "day"
-
-
-@admin.register(UsageRollupMonthly)
-class UsageRollupMonthlyAdmin(ReadOnlyAdmin):
-    list_display = ["month", *ROLLUP_COLUMNS]
-    list_filter = ["month"]
-    search_fields = ["model", "dims_key"]
-    date_hierarchy = "month"
 
 
 @admin.register(Statement)

@@ -17,10 +17,10 @@ from django.utils import timezone
 from django.utils.dateparse import parse_date, parse_datetime
 
 from apps.accounts.models import TagDefinition, Team, VirtualAccount
+from apps.usage.grouping import day_bounds, next_month, rollup_tag_keys
 from apps.usage.tags import control_character, tag_key_problem
 
 from .exceptions import UsageQueryError
-from .services.rollups import day_bounds, next_month, rollup_tag_keys
 
 # Built-in dimensions: name -> UsageRecord column.
 DIMENSIONS = {

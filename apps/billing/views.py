@@ -10,6 +10,7 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.utils import timezone
 
 from apps.accounts.selectors import portal_identity
+from apps.usage.grouping import month_start
 
 from .exceptions import SubscriptionError
 from .exports import statements_month_csv
@@ -25,7 +26,6 @@ from .selectors.plans import (
     tier_list,
 )
 from .services import subscription_change, tier_save
-from .services.rollups import month_start
 
 
 def _forbidden(request: HttpRequest) -> HttpResponse:

@@ -15,8 +15,9 @@ class DashboardsConfig(AppConfig):
         from django.conf import settings
         from django.utils import timezone
 
-        from apps.dashboards.services import dashboard_rollup_days, usage_generate
+        from apps.dashboards.services import usage_generate
         from apps.usage.models import UsageRecord
+        from apps.usage.rollup_tables import rollup_days
 
         demo_rows = settings.DEMO_USAGE_ROWS
         existing = UsageRecord.objects.count()
@@ -26,5 +27,5 @@ class DashboardsConfig(AppConfig):
             written = usage_generate(rows=demo_rows, days=DEMO_DAYS)
             stdout.write(f"Dashboards: {written} synthetic usage rows over {DEMO_DAYS} days")
         today = timezone.now().astimezone(dt.UTC).date()
-        result = dashboard_rollup_days(start=today - dt.timedelta(days=DEMO_DAYS + 1), end=today)
+        result = rollup_days(start=today - dt.timedelta(days=DEMO_DAYS + 1), end=today)
         stdout.write(f"Dashboards: {result.cube_rows} rollup rows for the past days")

@@ -1,6 +1,6 @@
 from django.contrib import admin
 
-from .models import UsageRecord
+from .models import UsageCubeDaily, UsageRecord
 
 
 @admin.register(UsageRecord)
@@ -30,3 +30,26 @@ class UsageRecordAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request, obj=None) -> bool:
         return False
+
+
+@admin.register(UsageCubeDaily)
+class UsageCubeDailyAdmin(UsageRecordAdmin):
+    """The daily rollup every total is read from; rebuilt by the rollup run, so read-only."""
+
+    list_display = (
+        "day",
+        "team_id",
+        "user_id",
+        "virtual_account_id",
+        "model",
+        "provider",
+        "requests",
+        "errors",
+        "input_tokens",
+        "output_tokens",
+        "cost_usd",
+        "computed_at",
+    )
+    list_filter = ("day", "provider", "is_stream")
+    search_fields = ("model",)
+    date_hierarchy = "day"

@@ -51,3 +51,36 @@ def covered_days(rollup: type[Model], start: dt.date, end: dt.date) -> set[dt.da
         .values_list("day", "computed")
     )
     return {day for day, computed in runs if day_is_final(day, computed, late)}
+
+
+def covered_hours(day: dt.date) -> set[dt.datetime]:
+    """Hours of `day` (their starts) that the hourly rollup tables answer for: rolled up at
+    least the settle margin after the hour ended (`UsageRolledHour`), and not marked late
+    since (`UsageLateHour`)."""
+    from .models import UsageLateHour, UsageRolledHour
+
+    low, high = day_bounds(day, day + dt.timedelta(days=1))
+    late = set(
+        UsageLateHour.objects.filter(hour__gte=low, hour__lt=high).values_list("hour", flat=True)
+    )
+    settle = dt.timedelta(seconds=settings.BILLING_EXPORT_SETTLE_SECONDS) + dt.timedelta(hours=1)
+    rolled = UsageRolledHour.objects.filter(hour__gte=low, hour__lt=high).values_list(
+        "hour", "computed_at"
+    )
+    return {hour for hour, computed in rolled if computed >= hour + settle and hour not in late}
+
+
+def hour_runs(
+    day: dt.date, hours: Collection[dt.datetime]
+) -> list[tuple[dt.datetime, dt.datetime]]:
+    """The parts of `day` outside `hours` (hour starts), as half-open datetime ranges."""
+    low, high = day_bounds(day, day + dt.timedelta(days=1))
+    ranges: list[tuple[dt.datetime, dt.datetime]] = []
+    start = low
+    for hour in sorted(hours):
+        if hour > start:
+            ranges.append((start, hour))
+        start = max(start, hour + dt.timedelta(hours=1))
+    if start < high:
+        ranges.append((start, high))
+    return ranges

@@ -57,6 +57,17 @@ def day_bounds(start: dt.date, end: dt.date) -> tuple[dt.datetime, dt.datetime]:
     return utc_midnight(start), utc_midnight(end)
 
 
+def day_runs(days: Iterable[dt.date]) -> list[tuple[dt.date, dt.date]]:
+    """Days as sorted half-open runs of consecutive days, [first, last + 1)."""
+    runs: list[tuple[dt.date, dt.date]] = []
+    for day in sorted(days):
+        if runs and runs[-1][1] == day:
+            runs[-1] = (runs[-1][0], day + dt.timedelta(days=1))
+        else:
+            runs.append((day, day + dt.timedelta(days=1)))
+    return runs
+
+
 @dataclass
 class UsageGroup:
     requests: int = 0

@@ -132,3 +132,222 @@ class UsageLateDay(models.Model):
 
     def __str__(self) -> str:
         return f"{self.day} (late rows since {self.marked_at:%Y-%m-%d %H:%M})"
+
+
+class UsageLateHour(models.Model):
+    """An hour of today that received usage rows after it settled (a long stream that began
+    in it, a writer backlog): like `UsageLateDay`, its hourly rollup is not trusted while
+    the mark stands, and the next rollup run re-rolls that hour alone and clears the mark."""
+
+    hour = models.DateTimeField(unique=True)
+    marked_at = models.DateTimeField()
+
+    def __str__(self) -> str:
+        return f"{self.hour:%Y-%m-%d %H:00} (late rows since {self.marked_at:%H:%M})"
+
+
+# The rollups: usage summed per UTC day (and, for today, per UTC hour) per the dimensions
+# readers ask for, built by the one rollup run (`apps.usage.rollup_tables`) and read
+# through `apps.usage.coverage`'s rule by statements, insights, quota seeding, the usage
+# API and the dashboards. Each is replaced wholesale per period in one transaction, so a
+# re-run picks up late rows and the tables always cover the same periods. The daily tables
+# keep the names they had when the dashboards owned them.
+
+
+class UsageSums(models.Model):
+    """Requests, errors, tokens and cost summed over a period's rows (abstract)."""
+
+    requests = models.BigIntegerField(default=0)
+    errors = models.BigIntegerField(default=0)
+    input_tokens = models.BigIntegerField(default=0)
+    output_tokens = models.BigIntegerField(default=0)
+    cached_tokens = models.BigIntegerField(default=0)
+    cost_usd = models.DecimalField(max_digits=24, decimal_places=10, default=0)
+    computed_at = models.DateTimeField()
+
+    class Meta:
+        abstract = True
+
+
+class LatencyHistograms(models.Model):
+    """A period's latency histogram of successful requests and TTFT histogram of successful
+    streams, per team or summed over teams (`all_teams`, `team_id` then null) (abstract).
+
+    Histograms are `{bucket: count}` (`histograms.py`); JSON object keys are text.
+    """
+
+    day = models.DateField()
+    all_teams = models.BooleanField(default=False)
+    team_id = models.BigIntegerField(null=True)
+    requests = models.BigIntegerField(default=0)
+    streams = models.BigIntegerField(default=0)
+    latency = models.JSONField(default=dict)
+    ttft = models.JSONField(default=dict)
+    computed_at = models.DateTimeField()
+
+    class Meta:
+        abstract = True
+
+
+class CubeFields(UsageSums):
+    """Requests, errors, tokens and cost per team, user, virtual account, model, provider,
+    error type and stream flag (abstract). Ids are plain, like `UsageRecord`'s."""
+
+    day = models.DateField()
+    team_id = models.BigIntegerField(null=True)
+    user_id = models.BigIntegerField(null=True)
+    virtual_account_id = models.BigIntegerField(null=True)
+    model = models.CharField(max_length=200)
+    provider = models.CharField(max_length=20, blank=True)
+    error_type = models.CharField(max_length=64, blank=True)
+    is_stream = models.BooleanField(default=False)
+
+    class Meta:
+        abstract = True
+
+    def __str__(self) -> str:
+        return f"{self.day} team {self.team_id} {self.model}/{self.provider}"
+
+
+class ModelLatencyFields(LatencyHistograms):
+    """Latency histograms (see `LatencyHistograms`) per team, model and provider (abstract).
+
+    Not per user: that would multiply rows by users for little gain; reads scoped to a user
+    bucket that user's raw rows instead. The `all_teams` rows let org-wide reads merge a
+    fraction of the rows.
+    """
+
+    model = models.CharField(max_length=200)
+    provider = models.CharField(max_length=20, blank=True)
+
+    class Meta:
+        abstract = True
+
+    def __str__(self) -> str:
+        return f"{self.day} team {self.team_id} {self.model}/{self.provider}"
+
+
+class TagUsageFields(UsageSums):
+    """Usage per team, user, virtual account, model and the value of one rollup tag key
+    (`BILLING_ROLLUP_TAG_KEYS` and the customer key; "" when the tag is absent) (abstract).
+
+    One row set per key rather than a cross product of all keys' values: each key's rows
+    hold all of the period's usage once, so a customer's statement (per model, for a tier's
+    included models) and a tag ranking read the same rows.
+    """
+
+    day = models.DateField()
+    team_id = models.BigIntegerField(null=True)
+    user_id = models.BigIntegerField(null=True)
+    virtual_account_id = models.BigIntegerField(null=True)
+    model = models.CharField(max_length=200, blank=True)
+    tag_key = models.CharField(max_length=64)
+    tag_value = models.CharField(max_length=256, blank=True)
+
+    class Meta:
+        abstract = True
+
+    def __str__(self) -> str:
+        return f"{self.day} {self.tag_key}={self.tag_value} team {self.team_id}"
+
+
+class TagLatencyFields(LatencyHistograms):
+    """Latency histograms (see `LatencyHistograms`) per team and value of one rollup tag
+    key, for percentiles under one tag filter (abstract)."""
+
+    tag_key = models.CharField(max_length=64)
+    tag_value = models.CharField(max_length=256, blank=True)
+
+    class Meta:
+        abstract = True
+
+    def __str__(self) -> str:
+        return f"{self.day} {self.tag_key}={self.tag_value} team {self.team_id}"
+
+
+class UsageCubeDaily(CubeFields):
+    class Meta:
+        db_table = "dashboards_usagecubedaily"
+        ordering = ["day", "team_id", "model"]
+        indexes = [
+            models.Index(fields=["day", "team_id"], name="cube_day_team"),
+            # Coverage (`apps.usage.coverage`) asks each day's earliest computed_at: this
+            # answers it from the index instead of reading every rollup row of the range.
+            models.Index(fields=["day", "computed_at"], name="cube_day_computed"),
+        ]
+
+
+class LatencyHistogramDaily(ModelLatencyFields):
+    class Meta:
+        db_table = "dashboards_latencyhistogramdaily"
+        ordering = ["day", "team_id", "model"]
+        indexes = [
+            models.Index(fields=["all_teams", "day", "team_id"], name="latencyhist_day_team")
+        ]
+
+
+class TagUsageDaily(TagUsageFields):
+    class Meta:
+        db_table = "dashboards_tagusagedaily"
+        ordering = ["day", "tag_key", "tag_value"]
+        indexes = [
+            models.Index(fields=["tag_key", "day"], name="tagusage_key_day"),
+            models.Index(fields=["tag_key", "tag_value", "day"], name="tagusage_value_day"),
+        ]
+
+
+class TagLatencyHistogramDaily(TagLatencyFields):
+    class Meta:
+        db_table = "dashboards_taglatencyhistogramdaily"
+        ordering = ["day", "tag_key", "tag_value"]
+        indexes = [
+            models.Index(fields=["tag_key", "tag_value", "day"], name="taglatency_value_day"),
+        ]
+
+
+# Today's hours: `hour` is the hour's start (UTC), `day` its date, so readers filter and
+# group them as they do the daily rows. Rows of past days are dropped once the day is
+# rolled up (`apps.usage.rollups`).
+
+
+class UsageRolledHour(models.Model):
+    """An hour of today the hourly rollup has rolled, and when: the coverage rule reads this
+    (`apps.usage.coverage.covered_hours`), so an hour without usage is rolled once too."""
+
+    hour = models.DateTimeField(unique=True)
+    computed_at = models.DateTimeField()
+
+    def __str__(self) -> str:
+        return f"{self.hour:%Y-%m-%d %H:00} rolled at {self.computed_at:%H:%M:%S}"
+
+
+class UsageCubeHourly(CubeFields):
+    hour = models.DateTimeField()
+
+    class Meta:
+        ordering = ["hour", "team_id", "model"]
+        indexes = [models.Index(fields=["hour", "computed_at"], name="cubehour_hour_computed")]
+
+
+class LatencyHistogramHourly(ModelLatencyFields):
+    hour = models.DateTimeField()
+
+    class Meta:
+        ordering = ["hour", "team_id", "model"]
+        indexes = [models.Index(fields=["all_teams", "hour"], name="latencyhour_hour")]
+
+
+class TagUsageHourly(TagUsageFields):
+    hour = models.DateTimeField()
+
+    class Meta:
+        ordering = ["hour", "tag_key", "tag_value"]
+        indexes = [models.Index(fields=["tag_key", "hour"], name="taghour_key_hour")]
+
+
+class TagLatencyHistogramHourly(TagLatencyFields):
+    hour = models.DateTimeField()
+
+    class Meta:
+        ordering = ["hour", "tag_key", "tag_value"]
+        indexes = [models.Index(fields=["tag_key", "tag_value", "hour"], name="taglathour_value")]

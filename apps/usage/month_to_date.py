@@ -1,13 +1,14 @@
 """Month-to-date usage: rolled-up complete days plus the raw rows the rollup does not cover.
 
 The one reader of "this month so far" (statements, the tier-change preview, insights, quota
-counter seeding), right whether or not a rollup has run. Which days a rollup covers is
-`apps.usage.coverage`'s rule, the one the dashboards apply too:
+counter seeding), right whether or not a rollup has run. It reads the same daily tables as
+the dashboards (`UsageCubeDaily` for subjects without tags, `TagUsageDaily` for one tag
+value, such as a customer), under `apps.usage.coverage`'s rule:
 
-- A UTC day is read from billing's daily rollup when its rollup rows (those matching what is
-  asked) were computed at least `BILLING_EXPORT_SETTLE_SECONDS` after the day ended. A run
-  replaces a day's rows in one transaction from one GROUP BY, so they hold every usage row
-  committed by then; the margin lets the usage writer's last rows of the day land first.
+- A UTC day is read from the rollup when its rollup rows were computed at least
+  `BILLING_EXPORT_SETTLE_SECONDS` after the day ended. A run replaces a day's rows in one
+  transaction from one GROUP BY, so they hold every usage row committed by then; the margin
+  lets the usage writer's last rows of the day land first.
 - Every other day of the month (today, a day never rolled up, a day rolled up while still
   open) is read from the raw `UsageRecord` rows. A day comes from one source or the other,
   never both, so nothing is counted twice at the boundary. A day without rollup rows is read
@@ -15,10 +16,8 @@ counter seeding), right whether or not a rollup has run. Which days a rollup cov
 - Rows written late for a day already rolled up (spool replays after an outage, replayed
   dead letters) mark the day (`UsageLateDay`): it is read raw until the next rollup run
   re-rolls it, in whichever month it lies.
-- What the rollup cannot answer (an API key or key lineage, a tag key that is not a rollup
-  dimension) is read from the raw rows for the whole month.
-- A past month whose monthly rollup ran after the month ended (same margin) is read from the
-  monthly rollup when whole-month rows are asked for: one query for the month.
+- What the rollups cannot answer (an API key or key lineage, several tags at once, a tag
+  key that is not a rollup dimension) is read from the raw rows for the whole month.
 """
 
 from __future__ import annotations
@@ -34,11 +33,24 @@ from django.db import connection
 from django.db.models import Count, DateField, Min, Q, QuerySet, Sum, Value
 from django.utils import timezone
 
-from apps.billing.models import UsageRollupDaily, UsageRollupMonthly
-from apps.usage.coverage import covered_days, day_is_final, late_days
-from apps.usage.grouping import day_bounds, grouped_usage, month_start, next_month, rollup_tag_keys
-from apps.usage.models import UsageRecord
-from apps.usage.tags import TagText, tag_equals
+from apps.usage.coverage import covered_days, covered_hours, day_is_final, late_days
+from apps.usage.grouping import (
+    day_bounds,
+    day_runs,
+    grouped_usage,
+    month_start,
+    next_month,
+    rollup_tag_keys,
+    utc_today,
+)
+from apps.usage.models import (
+    TagUsageDaily,
+    TagUsageHourly,
+    UsageCubeDaily,
+    UsageCubeHourly,
+    UsageRecord,
+)
+from apps.usage.tags import tag_equals
 
 
 @dataclass(frozen=True)
@@ -72,18 +84,19 @@ class UsageSubject:
             q &= tag_equals(key, value)
         return q
 
-    def rollup_filter(self) -> Q | None:
-        """The same rows in the rollup table; None when the rollup does not keep them apart."""
+    def rollup_rows(self, *, hourly: bool = False) -> QuerySet | None:
+        """The same rows in a daily (or today's hourly) rollup table; None when no rollup
+        keeps them apart."""
         columns = self._columns()
-        if "api_key_id" in columns or "key_lineage_id" in columns:
+        if "api_key_id" in columns or "key_lineage_id" in columns or len(self.tags) > 1:
             return None
-        keys = set(rollup_tag_keys())
-        if any(key not in keys for key, _ in self.tags):
+        if not self.tags:
+            return (UsageCubeHourly if hourly else UsageCubeDaily).objects.filter(**columns)
+        key, value = self.tags[0]
+        if key not in rollup_tag_keys():
             return None
-        q = Q(**columns)
-        for key, value in self.tags:
-            q &= tag_equals(key, value, "dims")
-        return q
+        table = TagUsageHourly if hourly else TagUsageDaily
+        return table.objects.filter(tag_key=key, tag_value=value[:256], **columns)
 
 
 @dataclass(frozen=True)
@@ -130,18 +143,41 @@ def current_month() -> dt.date:
     return month_start(timezone.now().astimezone(dt.UTC).date())
 
 
-def _raw_rows(month: dt.date, covered: Iterable[dt.date]) -> QuerySet[UsageRecord]:
-    """The month's raw rows outside the covered days (runs of days excluded as ranges)."""
+def _raw_rows(
+    month: dt.date, covered: Iterable[dt.date], hours: Iterable[dt.datetime] = ()
+) -> QuerySet[UsageRecord]:
+    """The month's raw rows outside the covered days and today's covered hours (runs of
+    days excluded as ranges)."""
     low, high = day_bounds(month, next_month(month))
     rows = UsageRecord.objects.filter(created_at__gte=low, created_at__lt=high).order_by()
-    days = sorted(covered)
-    while days:
-        first = last = days.pop(0)
-        while days and days[0] == last + dt.timedelta(days=1):
-            last = days.pop(0)
-        start, end = day_bounds(first, last + dt.timedelta(days=1))
-        rows = rows.exclude(created_at__gte=start, created_at__lt=end)
+    for first, end in day_runs(covered):
+        start, stop = day_bounds(first, end)
+        rows = rows.exclude(created_at__gte=start, created_at__lt=stop)
+    for hour in sorted(hours):
+        rows = rows.exclude(created_at__gte=hour, created_at__lt=hour + dt.timedelta(hours=1))
     return rows
+
+
+def _todays_hours(month: dt.date) -> list[dt.datetime]:
+    """Today's hours the hourly rollup answers for, when `month` is this month."""
+    today = utc_today()
+    if month_start(today) != month:
+        return []
+    return sorted(covered_hours(today))
+
+
+def _summed(rows: QuerySet) -> UsageTotals:
+    """Rollup rows summed (exact Decimals on SQLite, which sums decimals as floats)."""
+    fields = ("requests", "input_tokens", "output_tokens", "cost_usd")
+    if connection.vendor == "postgresql":
+        sums = rows.aggregate(**{name: Sum(name) for name in fields})
+        values = [tuple(sums[name] for name in fields)]
+    else:
+        values = list(rows.values_list(*fields))
+    total = UsageTotals()
+    for requests, inp, out, cost in values:
+        total += UsageTotals(int(requests or 0), int(inp or 0), int(out or 0), Decimal(cost or 0))
+    return total
 
 
 def _raw_totals(rows: QuerySet[UsageRecord]) -> UsageTotals:
@@ -157,7 +193,7 @@ def _raw_totals(rows: QuerySet[UsageRecord]) -> UsageTotals:
     return total
 
 
-def _rollup_days(rows: QuerySet[UsageRollupDaily]) -> dict[dt.date, UsageTotals]:
+def _rollup_days(rows: QuerySet) -> dict[dt.date, UsageTotals]:
     """Totals of the covered days among `rows` (rollup rows of one month)."""
     fields = ("requests", "input_tokens", "output_tokens", "cost_usd")
     if connection.vendor == "postgresql":
@@ -193,157 +229,98 @@ def month_to_date(
     month = month_start(month or current_month())
     models = sorted(models)
     covered: dict[dt.date, UsageTotals] = {}
-    rollup_filter = subject.rollup_filter()
-    if rollup_filter is not None:
-        rollups = UsageRollupDaily.objects.filter(
-            rollup_filter, day__gte=month, day__lt=next_month(month)
-        )
-        if models:
-            rollups = rollups.filter(model__in=models)
-        covered = _rollup_days(rollups)
-    raw = _raw_rows(month, covered).filter(subject.raw_filter())
+    hours: list[dt.datetime] = []
+    today = UsageTotals()
+    rollups = subject.rollup_rows()
+    if rollups is not None:
+        rollups = rollups.filter(day__gte=month, day__lt=next_month(month))
+        model_q = Q(model__in=models) if models else Q()
+        covered = _rollup_days(rollups.filter(model_q))
+        hours = _todays_hours(month)
+        if hours:
+            hourly = subject.rollup_rows(hourly=True)
+            today = _summed(hourly.filter(model_q, hour__in=hours))  # type: ignore[union-attr]
+    raw = _raw_rows(month, covered, hours).filter(subject.raw_filter())
     if models:
         raw = raw.filter(model__in=models)
-    return sum(covered.values(), UsageTotals()) + _raw_totals(raw)
+    return sum(covered.values(), UsageTotals()) + today + _raw_totals(raw)
 
 
-def _rollup_rows(
-    rows: QuerySet,
-    period: str,
-    *,
-    as_period: dt.date | None = None,
-    tag_keys: tuple[str, ...] | None = None,
-) -> tuple[dict[dt.date, list[UsageRow]], dict[dt.date, dt.datetime]]:
-    """Rollup rows per period start, and the earliest computed_at of each period.
-
-    With `as_period`, all rows are summed into that one period; with `tag_keys`, only those
-    tag values are kept (`dims` holds just them). On PostgreSQL both happen in the GROUP BY,
-    so a month of daily rows crossed with every tag value reaches Python as a few rows per
-    subject and model instead of tens of thousands.
-    """
-    if as_period is not None:
-        rows = rows.annotate(_period=Value(as_period, output_field=DateField()))
-        period = "_period"
+def _rollup_rows(rows: QuerySet, *, month: dt.date | None, tag_key: str | None) -> list[UsageRow]:
+    """Rollup rows summed per day (or into `month`, when given) x team x virtual account x
+    model (x the value of `tag_key`, from `TagUsageDaily`). On PostgreSQL the sums happen in
+    the GROUP BY, so a month of rows reaches Python as a few rows per subject and model."""
     fields = ("requests", "input_tokens", "output_tokens", "cached_tokens", "cost_usd")
-    by_period: dict[dt.date, list[UsageRow]] = {}
-    done: dict[dt.date, dt.datetime] = {}
+    tag = ("tag_value",) if tag_key else ()
+    if month is not None:
+        rows = rows.annotate(_period=Value(month, output_field=DateField()))
+    period = "day" if month is None else "_period"
+    keys = (period, "team_id", "virtual_account_id", "model", *tag)
     if connection.vendor == "postgresql":
         # Summed in the database, dropping user_id (readers never split by user).
         sums = {f"s_{name}": Sum(name) for name in fields}
-        if tag_keys is None:
-            groups: tuple[str, ...] = ("dims", "dims_key")
-        else:
-            rows = rows.annotate(
-                **{f"_tag{i}": TagText(key, "dims") for i, key in enumerate(tag_keys)}
+        values = rows.order_by().values(*keys).annotate(**sums).values_list(*keys, *sums)
+    else:
+        # SQLite sums decimals as floats: the rows are read as they are.
+        values = rows.order_by().values_list(*keys, *fields)
+    out = []
+    for item in values:
+        day, team, va, model = item[:4]
+        value = item[4] if tag_key else ""
+        requests, inp, out_tokens, cached, cost = item[4 + len(tag) :]
+        out.append(
+            UsageRow(
+                day,
+                team,
+                va,
+                model,
+                {tag_key: value} if tag_key and value else {},
+                int(requests or 0),
+                int(inp or 0),
+                int(out_tokens or 0),
+                int(cached or 0),
+                Decimal(cost or 0),
             )
-            groups = tuple(f"_tag{i}" for i in range(len(tag_keys)))
-        keys = (period, "team_id", "virtual_account_id", "model", *groups)
-        values = (
-            rows.order_by()
-            .values(*keys)
-            .annotate(**sums, done=Min("computed_at"))
-            .values_list(*keys, *sums, "done")
         )
-        for item in values:
-            day, team, va, model = item[:4]
-            tags = item[4 : 4 + len(groups)]
-            if tag_keys is None:
-                dims = _present(tags[0] if isinstance(tags[0], dict) else {})
-            else:
-                dims = {key: value for key, value in zip(tag_keys, tags, strict=True) if value}
-            _add_rollup_row(by_period, done, day, team, va, model, dims, item[4 + len(groups) :])
-        return by_period, done
-    # SQLite sums decimals as floats: the rows are read as they are.
-    keys = (period, "team_id", "virtual_account_id", "model", "dims")
-    for day, team, va, model, dims, *rest in rows.order_by().values_list(
-        *keys, *fields, "computed_at"
-    ):
-        dims = _present(dims if isinstance(dims, dict) else {})
-        if tag_keys is not None:
-            dims = {key: dims[key] for key in tag_keys if dims.get(key)}
-        _add_rollup_row(by_period, done, day, team, va, model, dims, rest)
-    return by_period, done
-
-
-def _present(dims: dict) -> dict:
-    """Only the tag values a row has: rollup and raw rows then look alike ({} for none)."""
-    return {key: value for key, value in dims.items() if value not in (None, "")}
-
-
-def _add_rollup_row(
-    by_period: dict[dt.date, list[UsageRow]],
-    done: dict[dt.date, dt.datetime],
-    day: dt.date,
-    team: int | None,
-    va: int | None,
-    model: str,
-    dims: dict,
-    sums: tuple | list,
-) -> None:
-    requests, inp, out, cached, cost, computed_at = sums
-    row = UsageRow(
-        day,
-        team,
-        va,
-        model,
-        dims,
-        int(requests or 0),
-        int(inp or 0),
-        int(out or 0),
-        int(cached or 0),
-        Decimal(cost or 0),
-    )
-    by_period.setdefault(day, []).append(row)
-    done[day] = min(done.get(day, computed_at), computed_at)
+    return out
 
 
 def month_to_date_rows(
-    *, month: dt.date | None = None, by_day: bool = True, tag_keys: tuple[str, ...] | None = None
+    *, month: dt.date | None = None, by_day: bool = True, tag_key: str | None = None
 ) -> list[UsageRow]:
     """Every usage of `month` (default: this one) so far, per day x team x virtual account x
-    model x rollup tag values: covered days from the rollup, the rest grouped from raw rows.
+    model, and with `tag_key` also per value of that tag (`dims`, {} when the row has none):
+    covered days from the daily rollups, the rest grouped from raw rows.
 
-    A past month whose monthly rollup ran after it ended (plus the settle margin) is read
-    from that rollup in one query (`day` is then the first of the month). Otherwise a few
-    queries; never one per subject. `by_day=False` sums the rolled-up days into one row per
-    group (`day` the first of the month), for readers that need the month only; `tag_keys`
-    keeps only those tag values in `dims` (default: every rollup tag key), so readers that
-    need, say, the customer alone are not handed every combination of every tag.
+    A few queries; never one per subject. `by_day=False` sums the rolled-up days into one
+    row per group (`day` the first of the month), for readers that need the month only.
     """
     month = month_start(month or current_month())
     end = next_month(month)
-    if month < current_month():
-        monthly, done = _rollup_rows(
-            UsageRollupMonthly.objects.filter(month=month), "month", tag_keys=tag_keys
-        )
-        # Whole-month rows stand only if no day of the month got rows since they were made.
-        if (
-            monthly
-            and day_is_final(end - dt.timedelta(days=1), done[month])
-            and not late_days(month, end)
-        ):
-            return monthly[month]
-    daily = UsageRollupDaily.objects.filter(day__gte=month, day__lt=end)
-    if by_day:
-        per_day, done = _rollup_rows(daily, "day", tag_keys=tag_keys)
-        late = late_days(month, end)
-        covered = [day for day in per_day if day_is_final(day, done[day], late)]
-        out = [row for day in covered for row in per_day[day]]
+    if tag_key is None:
+        rollups: QuerySet = UsageCubeDaily.objects.all()
     else:
-        covered = sorted(covered_days(UsageRollupDaily, month, end))
-        summed, _ = _rollup_rows(
-            daily.filter(day__in=covered), "day", as_period=month, tag_keys=tag_keys
+        rollups = TagUsageDaily.objects.filter(tag_key=tag_key)
+    # A key the rollups do not keep is read raw for the whole month.
+    answered = tag_key is None or tag_key in rollup_tag_keys()
+    covered = sorted(covered_days(UsageCubeDaily, month, end)) if answered else []
+    hours = _todays_hours(month) if answered else []
+    period = None if by_day else month
+    out = _rollup_rows(rollups.filter(day__in=covered), month=period, tag_key=tag_key)
+    if hours:
+        hourly = (
+            TagUsageHourly.objects.filter(tag_key=tag_key) if tag_key else UsageCubeHourly.objects
         )
-        out = summed.get(month, [])
-    raw_keys = rollup_tag_keys() if tag_keys is None else list(tag_keys)
-    for key, group in grouped_usage(_raw_rows(month, covered), raw_keys):
+        out += _rollup_rows(hourly.filter(hour__in=hours), month=period, tag_key=tag_key)
+    keys = [tag_key] if tag_key else []
+    for key, group in grouped_usage(_raw_rows(month, covered, hours), keys):
         out.append(
             UsageRow(
                 key[0],
                 key[1],
                 key[3],
                 key[4],
-                _present(dict(zip(raw_keys, json.loads(key[5]), strict=True))),
+                _present(dict(zip(keys, json.loads(key[5]), strict=True))),
                 group.requests,
                 group.input_tokens,
                 group.output_tokens,
@@ -352,3 +329,8 @@ def month_to_date_rows(
             )
         )
     return out
+
+
+def _present(dims: dict) -> dict:
+    """Only the tag values a row has: rollup and raw rows then look alike ({} for none)."""
+    return {key: value for key, value in dims.items() if value not in (None, "")}

@@ -11,11 +11,11 @@ Two settings, because the two are needed for very different times:
   held and the rest of the row stays.
 0 keeps them forever.
 
-Raw rows of a day go only when that day's rollups hold every one of them: billing's daily
-rollup (statements, chargebacks, month to date) and the dashboards' cube, both covering the
-day by the one coverage rule (`apps.usage.coverage`) and each summing to the day's raw row
-count. Otherwise the partition (or the day, on SQLite) is refused and logged; run the
-rollups (`manage.py rollup --month`, `manage.py dashboards_rollup`) and the next run drops it.
+Raw rows of a day go only when that day's rollup holds every one of them: the daily cube
+(which every statement, dashboard and month-to-date total reads) covers the day by the one
+coverage rule (`apps.usage.coverage`) and sums to the day's raw row count. Otherwise the
+partition (or the day, on SQLite) is refused and logged; run the rollups (`manage.py rollup
+--month`) and the next run drops it.
 
 A day past the cutoff is never rolled up again (`apps.usage.rollups` skips such late days):
 a re-roll would replace its rollups with whatever raw rows are left. Surfaces that read raw
@@ -110,16 +110,15 @@ def _rolled_up_counts(rollup, start: dt.date, end: dt.date) -> dict[dt.date, int
 def unrolled_days(
     start: dt.date, end: dt.date, raw: dict[dt.date, int] | None = None
 ) -> list[dt.date]:
-    """Days in [start, end) with raw rows that some rollup does not hold in full; `raw`,
+    """Days in [start, end) with raw rows that the daily rollup does not hold in full; `raw`,
     when the caller has them, are the range's row counts per day."""
-    from apps.billing.models import UsageRollupDaily
-    from apps.dashboards.models import UsageCubeDaily
+    from apps.usage.models import UsageCubeDaily
 
     raw = _raw_day_counts(start, end) if raw is None else raw
     if not raw:
         return []
-    rollups = [_rolled_up_counts(model, start, end) for model in (UsageRollupDaily, UsageCubeDaily)]
-    return sorted(day for day, n in raw.items() if any(r.get(day) != n for r in rollups))
+    rolled = _rolled_up_counts(UsageCubeDaily, start, end)
+    return sorted(day for day, n in raw.items() if rolled.get(day) != n)
 
 
 @dataclass
@@ -176,7 +175,7 @@ def _prune_partition(partition: UsagePartition, result: RawPruneResult) -> None:
         result.refused[partition.name] = missing
         logger.error(
             "usage retention: %s kept, its rollups miss %d day(s) (%s...); "
-            "run `manage.py rollup` and `manage.py dashboards_rollup` for them",
+            "run `manage.py rollup --month` for them",
             partition.name,
             len(missing),
             missing[0],

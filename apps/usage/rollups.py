@@ -1,10 +1,13 @@
-"""The one scheduled rollup run: every table built from raw usage rows, for the same days.
+"""The one scheduled rollup run over the one set of daily tables (`apps.usage.rollup_tables`).
 
-Billing's daily and monthly rollups (statements, chargebacks, insights) and the dashboards'
-cube and histograms used to be refreshed by three beat tasks reading the same raw rows on
-their own clocks. One run now refreshes them together, so after it every reader sees the
-same days rolled up. Each step is idempotent (it replaces its days), so overlapping runs
-and re-runs after an outage are safe and pick up rows that arrived late (spool replays).
+Statements, insights, quota seeding, the usage API and the dashboards all read those tables
+under one coverage rule (`apps.usage.coverage`), so after a run every reader sees the same
+days rolled up. A run is incremental: it rolls only the days that are not final yet (the
+complete days of this month and of the last `recent_days`, whose rollup is missing or was
+computed before the day settled) and the days marked late, then refreshes this month's
+statements. Rolling a day replaces its rows, so overlapping runs and re-runs after an outage
+are safe and pick up rows that arrived late (spool replays). Today is never rolled up: an
+unfinished day is always read raw.
 """
 
 from __future__ import annotations
@@ -13,10 +16,15 @@ import datetime as dt
 import logging
 from dataclasses import dataclass
 
+from django.conf import settings
 from django.utils import timezone
 
-from .grouping import utc_today
+from .coverage import covered_days, covered_hours
+from .grouping import day_runs, month_start, next_month, utc_midnight, utc_today
+from .models import UsageCubeDaily, UsageLateDay, UsageLateHour
 from .retention import raw_cutoff
+from .rollup_tables import RollupResult as TablesResult
+from .rollup_tables import hourly_prune, rollup_days, rollup_hours
 
 logger = logging.getLogger(__name__)
 
@@ -28,52 +36,94 @@ PREVIOUS_MONTH_DAYS = 3
 @dataclass(frozen=True)
 class RollupRun:
     months: list[str]
-    dashboard_days: tuple[str, str]
+    days: list[str]
+    hours: list[str]
     requests: int
 
 
+def _late_days(today: dt.date) -> list[dt.date]:
+    """Past days marked late, less those past the raw retention: their raw rows may be gone,
+    and a re-roll would replace their rollups with the few late rows left."""
+    late = sorted(UsageLateDay.objects.filter(day__lt=today).values_list("day", flat=True))
+    expired = raw_cutoff(today)
+    stale = [day for day in late if expired is not None and day < expired]
+    if stale:
+        logger.warning("usage rollups: late rows for %d day(s) past retention ignored", len(stale))
+        UsageLateDay.objects.filter(day__in=stale).delete()
+    return late[len(stale) :]
+
+
+def _hours_to_roll(now: dt.datetime, today: dt.date) -> list[dt.datetime]:
+    """Today's settled hours not rolled up since they settled or marked late since."""
+    settle = dt.timedelta(seconds=settings.BILLING_EXPORT_SETTLE_SECONDS)
+    midnight = utc_midnight(today)
+    final = covered_hours(today)
+    hours = [midnight + dt.timedelta(hours=n) for n in range(24)]
+    return [h for h in hours if h + dt.timedelta(hours=1) + settle <= now and h not in final]
+
+
 def usage_rollups_refresh(*, recent_days: int, today: dt.date | None = None) -> RollupRun:
-    """Refresh every rollup over the current month, the last `recent_days` complete days and
-    every day marked late (`UsageLateDay`), then clear those marks.
-
-    Today's dashboards rows stay raw (an unfinished day is never served from a rollup);
-    billing rolls up today too, since statements and quota seeding read month-to-date.
-    """
-    from apps.billing.services.rollups import month_start, usage_rollup_month
-    from apps.dashboards.services import dashboard_rollup_days
-
-    from .models import UsageLateDay
+    """Roll up every day and hour of today that is not final yet (see the module docstring),
+    clear the late marks this run covered and refresh the statements of every month it
+    touched."""
+    from apps.billing.services.statements import statements_compute
 
     started = timezone.now()
     today = today or utc_today()
-    months = [month_start(today)]
+    first = min(month_start(today), today - dt.timedelta(days=recent_days))
     if today.day <= PREVIOUS_MONTH_DAYS:
-        months.insert(0, month_start(today - dt.timedelta(days=PREVIOUS_MONTH_DAYS)))
-    # Days that got rows after they ended are re-rolled too, in whichever month they lie.
-    late = sorted(UsageLateDay.objects.filter(day__lt=today).values_list("day", flat=True))
-    # Except days past the raw retention: their raw rows may be gone, and a re-roll would
-    # replace their rollups with the few late rows left (`apps.usage.retention`).
-    expired = raw_cutoff(today)
-    if expired is not None and late and late[0] < expired:
-        stale = [day for day in late if day < expired]
-        logger.warning("usage rollups: late rows for %d day(s) past retention ignored", len(stale))
-        UsageLateDay.objects.filter(day__in=stale).delete()
-        late = late[len(stale) :]
-    for day in late:
-        if month_start(day) not in months:
-            months.insert(0, month_start(day))
+        first = min(first, month_start(today - dt.timedelta(days=PREVIOUS_MONTH_DAYS)))
+    final = covered_days(UsageCubeDaily, first, today)
+    late = _late_days(today)
+    window = [first + dt.timedelta(days=n) for n in range((today - first).days)]
+    days = sorted({day for day in window if day not in final} | set(late))
     requests = 0
-    for month in sorted(months):
-        requests += usage_rollup_month(month=month).requests
-    start = today - dt.timedelta(days=recent_days)
-    dashboard_rollup_days(start=start, end=today)
-    for day in late:
-        if day < start:
-            dashboard_rollup_days(start=day, end=day + dt.timedelta(days=1))
+    for start, end in day_runs(days):
+        requests += rollup_days(start=start, end=end).requests
+    hours = _hours_to_roll(max(started, utc_midnight(today)), today)
+    for start, end in _hour_runs(hours):
+        requests += rollup_hours(start=start, end=end).requests
+    hourly_prune(before=today)
+    months = sorted({month_start(today)} | {month_start(day) for day in days})
+    for month in months:
+        statements_compute(month=month)
     # Only marks older than this run: rows marked meanwhile may have missed its reads.
     UsageLateDay.objects.filter(day__in=late, marked_at__lt=started).delete()
+    UsageLateHour.objects.filter(hour__in=hours, marked_at__lt=started).delete()
     return RollupRun(
         months=[f"{month:%Y-%m}" for month in months],
-        dashboard_days=(start.isoformat(), today.isoformat()),
+        days=[day.isoformat() for day in days],
+        hours=[f"{hour:%H:%M}" for hour in hours],
         requests=requests,
     )
+
+
+def _hour_runs(hours: list[dt.datetime]) -> list[tuple[dt.datetime, dt.datetime]]:
+    """Sorted hour starts as half-open runs of consecutive hours."""
+    runs: list[tuple[dt.datetime, dt.datetime]] = []
+    for hour in sorted(hours):
+        if runs and runs[-1][1] == hour:
+            runs[-1] = (runs[-1][0], hour + dt.timedelta(hours=1))
+        else:
+            runs.append((hour, hour + dt.timedelta(hours=1)))
+    return runs
+
+
+def usage_rollup_days(*, start: dt.date, end: dt.date) -> TablesResult:
+    """Recompute the UTC days [start, end) (idempotent); `manage.py rollup` backfills with it."""
+    return rollup_days(start=start, end=end)
+
+
+def usage_rollup_day(*, day: dt.date) -> TablesResult:
+    """Recompute one UTC day (idempotent)."""
+    return rollup_days(start=day, end=day + dt.timedelta(days=1))
+
+
+def usage_rollup_month(*, month: dt.date) -> TablesResult:
+    """Recompute every day of a UTC month and its statements (idempotent)."""
+    from apps.billing.services.statements import statements_compute
+
+    first = month_start(month)
+    result = rollup_days(start=first, end=next_month(first))
+    statements_compute(month=first)
+    return result

@@ -20,7 +20,8 @@ def rollups_refresh(days: int | None = None) -> dict:
     run = usage_rollups_refresh(recent_days=days or settings.USAGE_ROLLUP_RECENT_DAYS)
     return {
         "months": run.months,
-        "dashboard_days": list(run.dashboard_days),
+        "days": run.days,
+        "hours": run.hours,
         "requests": run.requests,
     }
 

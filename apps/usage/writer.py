@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
+from django.conf import settings
 from django.db import (
     DEFAULT_DB_ALIAS,
     DatabaseError,
@@ -47,7 +48,7 @@ from apps.usage.buffer import (
     usage_settings,
 )
 from apps.usage.event import UsageEvent
-from apps.usage.models import UsageLateDay, UsageRecord
+from apps.usage.models import UsageLateDay, UsageLateHour, UsageRecord
 
 logger = logging.getLogger(__name__)
 
@@ -95,22 +96,39 @@ def _insert_rows(pairs: list[Pair]) -> int:
 
 
 def _mark_late_days(rows: Iterable[dict[str, Any]]) -> None:
-    """Mark past days that got rows now, in the rows' transaction (see `UsageLateDay`).
+    """Mark past days that got rows now, in the rows' transaction (see `UsageLateDay`), and
+    today's hours that got rows after they settled, so may be rolled up already
+    (`UsageLateHour`).
 
-    Nearly every batch holds today's rows only and costs nothing here.
+    Nearly every batch holds rows of the last seconds only and costs nothing here.
     """
-    today = timezone.now().astimezone(dt.UTC).date()
-    days = {row["created_at"].astimezone(dt.UTC).date() for row in rows}
-    days = {day for day in days if day < today}
-    if not days:
-        return
     now = timezone.now()
-    UsageLateDay.objects.bulk_create(
-        [UsageLateDay(day=day, marked_at=now) for day in sorted(days)],
-        update_conflicts=True,
-        unique_fields=["day"],
-        update_fields=["marked_at"],
-    )
+    today = now.astimezone(dt.UTC).date()
+    # Rows of an hour that ended more than the settle margin ago.
+    settled = now - dt.timedelta(seconds=settings.BILLING_EXPORT_SETTLE_SECONDS, hours=1)
+    days: set[dt.date] = set()
+    hours: set[dt.datetime] = set()
+    for row in rows:
+        created = row["created_at"].astimezone(dt.UTC)
+        hour = created.replace(minute=0, second=0, microsecond=0)
+        if created.date() < today:
+            days.add(created.date())
+        elif hour < settled:
+            hours.add(hour)
+    if days:
+        UsageLateDay.objects.bulk_create(
+            [UsageLateDay(day=day, marked_at=now) for day in sorted(days)],
+            update_conflicts=True,
+            unique_fields=["day"],
+            update_fields=["marked_at"],
+        )
+    if hours:
+        UsageLateHour.objects.bulk_create(
+            [UsageLateHour(hour=hour, marked_at=now) for hour in sorted(hours)],
+            update_conflicts=True,
+            unique_fields=["hour"],
+            update_fields=["marked_at"],
+        )
 
 
 # COPY into a per-session temporary table, then one INSERT ... ON CONFLICT DO NOTHING: about

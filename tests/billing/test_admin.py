@@ -1,5 +1,5 @@
-"""Django admin: tiers and subscriptions read-mostly (actions call services), rollups and
-statements read-only."""
+"""Django admin: tiers and subscriptions read-mostly (actions call services), statements and
+the usage rollup read-only."""
 
 import datetime as dt
 from decimal import Decimal
@@ -8,15 +8,10 @@ import pytest
 from django.contrib.admin.sites import site
 
 from apps.billing.constants import SubjectType
-from apps.billing.models import (
-    Statement,
-    Subscription,
-    Tier,
-    UsageRollupDaily,
-    UsageRollupMonthly,
-)
+from apps.billing.models import Statement, Subscription, Tier
 from apps.billing.services import subscription_change
 from apps.billing.subjects import BillingSubject
+from apps.usage.models import UsageCubeDaily
 from tests import factories
 
 pytestmark = [pytest.mark.django_db, pytest.mark.embedded]
@@ -36,15 +31,20 @@ def test_changelists_load(client, superuser, team):
     )
     subscription_change(subject=BillingSubject(type=SubjectType.TEAM, team=team), tier=tier)
     client.force_login(superuser)
-    for name in ("tier", "subscription", "usagerollupdaily", "usagerollupmonthly", "statement"):
-        assert client.get(f"/admin/billing/{name}/").status_code == 200, name
+    for name in (
+        "billing/tier",
+        "billing/subscription",
+        "billing/statement",
+        "usage/usagecubedaily",
+    ):
+        assert client.get(f"/admin/{name}/").status_code == 200, name
     assert client.get(f"/admin/billing/tier/{tier.pk}/change/").status_code == 200
 
 
 def test_permissions(rf, superuser):
     request = rf.get("/admin/")
     request.user = superuser
-    for model in (UsageRollupDaily, UsageRollupMonthly, Statement):
+    for model in (UsageCubeDaily, Statement):
         admin = site._registry[model]
         assert not admin.has_add_permission(request)
         assert not admin.has_change_permission(request)

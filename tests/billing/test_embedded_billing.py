@@ -6,18 +6,17 @@ from decimal import Decimal
 import pytest
 from django.db.models import Sum
 
-from apps.billing.models import UsageRollupMonthly
-from apps.billing.services import usage_rollup_month
-from apps.usage.models import UsageRecord
+from apps.usage.models import TagUsageDaily, UsageCubeDaily, UsageRecord
+from apps.usage.rollups import usage_rollup_month
 
 pytestmark = [pytest.mark.django_db, pytest.mark.embedded]
 
 
 def test_rollup_and_usage_api(client, finance_user, billing_usage):
     usage_rollup_month(month=dt.date(2026, 10, 1))
-    rolled = UsageRollupMonthly.objects.aggregate(c=Sum("requests"))["c"]
+    rolled = UsageCubeDaily.objects.aggregate(c=Sum("requests"))["c"]
     assert rolled == UsageRecord.objects.count() == 15
-    acme = UsageRollupMonthly.objects.filter(dims__customer_id="acme")
+    acme = TagUsageDaily.objects.filter(tag_key="customer_id", tag_value="acme")
     assert sum(r.cost_usd for r in acme) == Decimal("0.06")
 
     client.force_login(finance_user)

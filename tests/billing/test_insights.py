@@ -1,7 +1,8 @@
 """Insights: spend projection, tier fit, cap forecast and cheaper models on hand-computed data.
 
-The data set is rollup rows written directly (no raw usage), so every number below can be
-checked by hand. "Now" is 2026-10-11 00:00 UTC, when the last rollup ran (so every rolled-up
+The data set is rollup rows written directly (no raw usage), as the rollup run writes them
+(a cube row and one row per rollup tag key; a whole month on its first day), so every number
+below can be checked by hand. "Now" is 2026-10-11 00:00 UTC, when the last rollup ran (so every rolled-up
 day counts as complete), so 10 of October's 31 days have elapsed and the projection factor
 is 3.1. Month-to-date figures are live, so elapsed time runs to now, not to the last run.
 """
@@ -13,10 +14,12 @@ import pytest
 import time_machine
 
 from apps.billing.constants import SubjectType
-from apps.billing.models import ModelPrice, Tier, UsageRollupDaily, UsageRollupMonthly
+from apps.billing.models import ModelPrice, Tier
 from apps.billing.selectors.insights import billing_insights
 from apps.billing.services import subscription_change
 from apps.billing.subjects import BillingSubject
+from apps.usage.grouping import rollup_tag_keys
+from apps.usage.models import TagUsageDaily, UsageCubeDaily
 from tests import factories
 
 pytestmark = [pytest.mark.django_db, pytest.mark.embedded]
@@ -26,14 +29,12 @@ NOW = AS_OF
 SINCE = dt.datetime(2026, 6, 1, tzinfo=dt.UTC)
 
 
-def _rollup(model, *, period, team=None, va=None, name, dims=None, inp, out, cached=0, cost=0):
-    dims = {"customer_id": "", "feature": "", **(dims or {})}
+def _rollup(*, period, team=None, va=None, name, dims=None, inp, out, cached=0, cost=0):
     fields = {
+        "day": period,
         "team_id": team.pk if team else None,
         "virtual_account_id": va.pk if va else None,
         "model": name,
-        "dims": dims,
-        "dims_key": str(sorted(dims.items())),
         "requests": 1,
         "input_tokens": inp,
         "output_tokens": out,
@@ -41,9 +42,9 @@ def _rollup(model, *, period, team=None, va=None, name, dims=None, inp, out, cac
         "cost_usd": Decimal(cost),
         "computed_at": AS_OF,
     }
-    if model is UsageRollupDaily:
-        return UsageRollupDaily.objects.create(day=period, **fields)
-    return UsageRollupMonthly.objects.create(month=period, **fields)
+    for key in rollup_tag_keys():
+        TagUsageDaily.objects.create(tag_key=key, tag_value=(dims or {}).get(key, ""), **fields)
+    return UsageCubeDaily.objects.create(**fields)
 
 
 @pytest.fixture
@@ -83,22 +84,17 @@ def plan(team, other_team, virtual_account):
     ]:
         subscription_change(subject=subject, tier=tiers[tier], at=SINCE)
 
-    monthly = UsageRollupMonthly
     # June is outside the three-month window (July to September).
-    _rollup(monthly, period=dt.date(2026, 6, 1), team=team, name="gpt-4o", inp=5_000_000, out=0)
-    _rollup(monthly, period=dt.date(2026, 7, 1), team=team, name="gpt-4o", inp=100_000, out=50_000)
-    _rollup(monthly, period=dt.date(2026, 8, 1), team=team, name="gpt-4o", inp=150_000, out=30_000)
-    _rollup(monthly, period=dt.date(2026, 9, 1), team=team, name="gpt-4o", inp=100_000, out=20_000)
+    _rollup(period=dt.date(2026, 6, 1), team=team, name="gpt-4o", inp=5_000_000, out=0)
+    _rollup(period=dt.date(2026, 7, 1), team=team, name="gpt-4o", inp=100_000, out=50_000)
+    _rollup(period=dt.date(2026, 8, 1), team=team, name="gpt-4o", inp=150_000, out=30_000)
+    _rollup(period=dt.date(2026, 9, 1), team=team, name="gpt-4o", inp=100_000, out=20_000)
     acme = {"customer_id": "acme"}
     for month, inp, out in [(7, 200_000, 50_000), (8, 80_000, 20_000)]:
-        _rollup(
-            monthly, period=dt.date(2026, month, 1), name="gpt-4o-mini", dims=acme, inp=inp, out=out
-        )
+        _rollup(period=dt.date(2026, month, 1), name="gpt-4o-mini", dims=acme, inp=inp, out=out)
 
-    daily = UsageRollupDaily
     chat = {"customer_id": "acme", "feature": "chat"}
     _rollup(
-        daily,
         period=dt.date(2026, 10, 2),
         team=team,
         name="gpt-4o-mini",
@@ -108,7 +104,6 @@ def plan(team, other_team, virtual_account):
         cost="0.60",
     )
     _rollup(
-        daily,
         period=dt.date(2026, 10, 5),
         team=team,
         va=virtual_account,
@@ -120,7 +115,6 @@ def plan(team, other_team, virtual_account):
     )
     search = {"feature": "search"}
     _rollup(
-        daily,
         period=dt.date(2026, 10, 3),
         team=other_team,
         name="gpt-4o",
@@ -131,7 +125,6 @@ def plan(team, other_team, virtual_account):
         cost="1.25",
     )
     _rollup(
-        daily,
         period=dt.date(2026, 10, 4),
         team=other_team,
         name="gpt-4o",
@@ -255,7 +248,7 @@ def test_cap_not_hit_this_month(plan):
     # The rollup ran again on the 28th with no new usage: 100k in 27 days is ~3.7k a day,
     # so acme's remaining 100k lasts into November.
     late = dt.datetime(2026, 10, 28, tzinfo=dt.UTC)
-    UsageRollupDaily.objects.update(computed_at=late)
+    UsageCubeDaily.objects.update(computed_at=late)
     insights = billing_insights(now=late + dt.timedelta(hours=1))
     assert insights.as_of == late + dt.timedelta(hours=1)
     acme = next(f for f in insights.tier_fit if f.subject_key == "customer:acme")

@@ -17,9 +17,10 @@ import time_machine
 
 from apps.billing.constants import SubjectType
 from apps.billing.models import Statement, Tier
-from apps.billing.services import subscription_change, tiers_seed_demo, usage_rollup_month
+from apps.billing.services import subscription_change, tiers_seed_demo
 from apps.billing.subjects import BillingSubject
 from apps.usage.month_to_date import UsageSubject, month_to_date
+from apps.usage.rollups import usage_rollup_month
 from tests.billing.helpers import add_usage, usage_row
 
 pytestmark = [pytest.mark.django_db, pytest.mark.embedded]

@@ -12,9 +12,10 @@ import pytest
 import time_machine
 
 from apps.billing.constants import SubjectType
-from apps.billing.models import Statement, Tier, UsageRollupDaily, UsageRollupMonthly
+from apps.billing.models import Statement, Tier
 from apps.billing.services import subscription_change
 from apps.billing.subjects import BillingSubject
+from apps.usage.models import TagUsageDaily, UsageCubeDaily
 from tests import factories
 from tests.billing.helpers import add_usage, usage_row
 
@@ -27,8 +28,10 @@ NOW = dt.datetime(2026, 10, 11, 6, 0, tzinfo=dt.UTC)
 # the layout's context processor (the user's memberships, for the navigation).
 STATEMENTS_PAGE_QUERIES = 6
 CHARGEBACK_QUERIES = 5
-# Insights: per month read, the rollup rows, the late-day marks and the raw rest.
-INSIGHTS_PAGE_QUERIES = 23
+# Insights: per month read (this month twice: by customer and by feature; three tier-fit
+# months), the covered days, the late-day marks, the rollup rows and the raw rest; for this
+# month also today's rolled and late hours.
+INSIGHTS_PAGE_QUERIES = 32
 
 
 @pytest.fixture
@@ -95,20 +98,22 @@ def _insights_data(tier, teams):
             at=subject_change_at,
         )
         va = factories.make_virtual_account(team, name=f"bot-{team.pk}")
-        dims = {"customer_id": f"cust-{team.pk}", "feature": "chat"}
         common = {
             "team_id": team.pk,
             "virtual_account_id": va.pk,
-            "dims": dims,
-            "dims_key": str(dims),
             "input_tokens": 1000,
             "output_tokens": 100,
             "cost_usd": Decimal("0.01"),
             "computed_at": NOW,
         }
+        tags = {"customer_id": f"cust-{team.pk}", "feature": "chat"}
         for model in ("gpt-4o", "gpt-4o-mini"):
-            UsageRollupDaily.objects.create(day=dt.date(2026, 10, 2), model=model, **common)
-            UsageRollupMonthly.objects.create(month=dt.date(2026, 9, 1), model=model, **common)
+            for day in (dt.date(2026, 10, 2), dt.date(2026, 9, 1)):
+                UsageCubeDaily.objects.create(day=day, model=model, **common)
+                for key, value in tags.items():
+                    TagUsageDaily.objects.create(
+                        day=day, model=model, tag_key=key, tag_value=value, **common
+                    )
 
 
 def _consume(response):
@@ -147,10 +152,10 @@ def test_insights_page(client, tier, django_assert_num_queries):
     client.force_login(admin)
     for start, count in ((0, 2), (2, 4)):
         _insights_data(tier, _teams(start, count))
-        # session, user, identity, this month's daily rollups and raw rows not rolled up yet,
-        # subscriptions, per tier-fit month its monthly rollup (September here) or, when it
-        # has none (July, August), its daily rollups and raw rows, team and virtual account
-        # labels, active tiers, prices, gateway model modes, layout
+        # session, user, identity, this month's daily rollups and raw rows not rolled up yet
+        # (per customer, then per feature), subscriptions, per tier-fit month its daily
+        # rollups and raw rows, team and virtual account labels, active tiers, prices,
+        # gateway model modes, layout: none of it per subject
         with time_machine.travel(NOW, tick=False), django_assert_num_queries(INSIGHTS_PAGE_QUERIES):
             body = _consume(client.get("/billing/insights/"))
         assert body.count(b"virtual account bot-") == start + count

@@ -1,4 +1,5 @@
-"""Rollups reconcile with the raw usage rows to the cent, and re-runs pick up late rows."""
+"""The daily rollups reconcile with the raw usage rows to the cent (the cube and each tag
+key's rows alike), and re-runs pick up late rows."""
 
 import datetime as dt
 import io
@@ -9,9 +10,9 @@ from django.core.management import call_command
 from django.db.models import Count, Q, Sum
 from django.db.models.fields.json import KeyTextTransform
 
-from apps.billing.models import UsageRollupDaily, UsageRollupMonthly
-from apps.billing.services import usage_rollup_day, usage_rollup_month
-from apps.usage.models import UsageRecord
+from apps.usage.grouping import rollup_tag_keys
+from apps.usage.models import TagUsageDaily, UsageCubeDaily, UsageRecord
+from apps.usage.rollups import usage_rollup_day, usage_rollup_month
 from tests.billing.helpers import copy_usage
 
 pytestmark = pytest.mark.django_db
@@ -33,7 +34,7 @@ def _totals(queryset):
 
 
 def _rollup_totals(model, **filters):
-    return model.objects.filter(**filters).aggregate(
+    return model.objects.filter(day__gte=OCT, day__lt=dt.date(2026, 11, 1), **filters).aggregate(
         requests=Sum("requests"),
         input=Sum("input_tokens"),
         output=Sum("output_tokens"),
@@ -79,9 +80,10 @@ def test_rollups_reconcile_and_reruns_pick_up_late_rows(october_usage):
     result = usage_rollup_month(month=OCT)
     raw = _totals(_october_raw())
     assert raw["requests"] == 100_000 == result.requests
-    daily = _rollup_totals(UsageRollupDaily, day__gte=OCT, day__lt=dt.date(2026, 11, 1))
-    monthly = _rollup_totals(UsageRollupMonthly, month=OCT)
-    for rolled in (daily, monthly):
+    cube = _rollup_totals(UsageCubeDaily)
+    # Each tag key's rows hold the month's usage once, whatever the values.
+    per_key = [_rollup_totals(TagUsageDaily, tag_key=key) for key in rollup_tag_keys()]
+    for rolled in (cube, *per_key):
         assert rolled["requests"] == raw["requests"]
         assert rolled["input"] == raw["input"]
         assert rolled["output"] == raw["output"]
@@ -94,7 +96,7 @@ def test_rollups_reconcile_and_reruns_pick_up_late_rows(october_usage):
     # Per team and per customer tag (a dimension of the rollup) too.
     for team in TEAMS:
         team_raw = _totals(_october_raw().filter(team_id=team))
-        team_rolled = _rollup_totals(UsageRollupMonthly, month=OCT, team_id=team)
+        team_rolled = _rollup_totals(UsageCubeDaily, team_id=team)
         assert (team_rolled["requests"], team_rolled["cost"]) == (
             team_raw["requests"],
             team_raw["cost"],
@@ -107,9 +109,9 @@ def test_rollups_reconcile_and_reruns_pick_up_late_rows(october_usage):
         .values_list("customer", "cost")
     )
     for customer, cost in by_customer.items():
-        rolled = UsageRollupMonthly.objects.filter(
-            month=OCT, dims__customer_id=customer or ""
-        ).aggregate(cost=Sum("cost_usd"))["cost"]
+        rolled = _rollup_totals(TagUsageDaily, tag_key="customer_id", tag_value=customer or "")[
+            "cost"
+        ]
         assert rolled == cost, customer
 
     # One day alone matches its raw rows.
@@ -119,7 +121,7 @@ def test_rollups_reconcile_and_reruns_pick_up_late_rows(october_usage):
             created_at__lt=dt.datetime(2026, 10, 15, tzinfo=dt.UTC),
         )
     )
-    day = _rollup_totals(UsageRollupDaily, day=dt.date(2026, 10, 14))
+    day = _rollup_totals(UsageCubeDaily, day=dt.date(2026, 10, 14))
     assert (day["requests"], day["cost"]) == (day_raw["requests"], day_raw["cost"])
 
     # Spooled rows replayed after an outage: created on Oct 5, written now.
@@ -132,7 +134,7 @@ def test_rollups_reconcile_and_reruns_pick_up_late_rows(october_usage):
         prefix="req_late_",
     )
     raw = _totals(_october_raw())
-    assert _rollup_totals(UsageRollupMonthly, month=OCT)["requests"] == raw["requests"] - 2_000
+    assert _rollup_totals(UsageCubeDaily)["requests"] == raw["requests"] - 2_000
 
     # A day re-run fixes the day; the month command fixes the month.
     usage_rollup_day(day=dt.date(2026, 10, 5))
@@ -141,21 +143,16 @@ def test_rollups_reconcile_and_reruns_pick_up_late_rows(october_usage):
         .filter(created_at__lt=dt.datetime(2026, 10, 6, tzinfo=dt.UTC))
         .filter(created_at__gte=dt.datetime(2026, 10, 5, tzinfo=dt.UTC))
     )
-    day = _rollup_totals(UsageRollupDaily, day=dt.date(2026, 10, 5))
+    day = _rollup_totals(UsageCubeDaily, day=dt.date(2026, 10, 5))
     assert (day["requests"], day["cost"]) == (day_raw["requests"], day_raw["cost"])
 
     # Re-running the month is idempotent: nothing doubles, the late rows count once.
-    rows_before = UsageRollupMonthly.objects.count()
+    rows_before = UsageCubeDaily.objects.count()
     call_command("rollup", month="2026-10", stdout=io.StringIO())
-    monthly = _rollup_totals(UsageRollupMonthly, month=OCT)
-    daily = _rollup_totals(UsageRollupDaily, day__gte=OCT, day__lt=dt.date(2026, 11, 1))
-    for rolled in (monthly, daily):
+    cube = _rollup_totals(UsageCubeDaily)
+    customers = _rollup_totals(TagUsageDaily, tag_key="customer_id")
+    for rolled in (cube, customers):
         assert rolled["requests"] == raw["requests"]
         assert rolled["input"] + rolled["output"] == raw["input"] + raw["output"]
         assert rolled["cost"] == raw["cost"]
-    assert UsageRollupMonthly.objects.count() >= rows_before
-
-
-def test_rollup_tokens_total_property():
-    row = UsageRollupDaily(input_tokens=3, output_tokens=4)
-    assert row.total_tokens == 7
+    assert UsageCubeDaily.objects.count() >= rows_before

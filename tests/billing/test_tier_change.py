@@ -9,8 +9,9 @@ from apps.billing.constants import SubjectType
 from apps.billing.exceptions import SubscriptionError
 from apps.billing.models import Statement, Subscription, Tier
 from apps.billing.quota_rules import tier_quota_rules, tier_quota_state
-from apps.billing.services import subscription_change, tiers_seed_demo, usage_rollup_month
+from apps.billing.services import subscription_change, tiers_seed_demo
 from apps.billing.subjects import BillingSubject
+from apps.usage.rollups import usage_rollup_month
 from tests.billing.helpers import add_usage, usage_row
 
 pytestmark = pytest.mark.django_db

@@ -9,8 +9,9 @@ from django.utils import timezone
 
 from apps.accounts.constants import Role
 from apps.billing.services import model_prices_import
-from apps.dashboards.services import dashboard_rollup_days, usage_generate
+from apps.dashboards.services import usage_generate
 from apps.usage.models import UsageRecord
+from apps.usage.rollup_tables import rollup_days
 from tests import factories
 
 pytestmark = [pytest.mark.services, pytest.mark.django_db(transaction=True)]
@@ -43,7 +44,7 @@ def usage_history(team, other_team, virtual_account):
     usage_generate(rows=6000, days=21, seed=11)
     # Past days rolled up as the beat task would; today stays raw rows.
     today = timezone.now().astimezone(dt.UTC).date()
-    dashboard_rollup_days(start=today - dt.timedelta(days=22), end=today)
+    rollup_days(start=today - dt.timedelta(days=22), end=today)
     row = UsageRecord.objects.order_by("-created_at").first()
     row.tags = {**row.tags, "feature": EVIL}
     row.save(update_fields=["tags"])

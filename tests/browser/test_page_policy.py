@@ -9,9 +9,10 @@ import pytest
 from django.utils import timezone
 
 from apps.accounts.constants import Role
-from apps.dashboards.services import dashboard_rollup_days, usage_generate
+from apps.dashboards.services import usage_generate
 from apps.quotas.models import QuotaConfigVersion
 from apps.quotas.services import quota_config_apply
+from apps.usage.rollup_tables import rollup_days
 from tests import factories
 
 pytestmark = [pytest.mark.services, pytest.mark.django_db(transaction=True)]
@@ -37,7 +38,7 @@ def people(team):
     factories.make_user("root", team=team, role=Role.ADMIN, password=PASSWORD, superuser=True)
     usage_generate(rows=400, days=7, seed=3)
     today = timezone.now().astimezone(dt.UTC).date()
-    dashboard_rollup_days(start=today - dt.timedelta(days=8), end=today)
+    rollup_days(start=today - dt.timedelta(days=8), end=today)
 
 
 def new_page(browser):

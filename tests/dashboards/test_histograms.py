@@ -5,8 +5,8 @@ import random
 
 import pytest
 
-from apps.dashboards import histograms
 from apps.dashboards.selectors.percentiles import _interpolated
+from apps.usage import histograms
 
 pytestmark = pytest.mark.embedded
 

@@ -13,11 +13,13 @@ from django.core.management import call_command
 from django.utils import timezone
 
 from apps.accounts.selectors import portal_identity
-from apps.dashboards import histograms, selectors
+from apps.dashboards import selectors
 from apps.dashboards.filters import DashboardFilters
-from apps.dashboards.models import LatencyHistogramDaily, TagUsageDaily, UsageCubeDaily
-from apps.dashboards.services import dashboard_rollup_day, dashboard_rollup_days, usage_generate
-from apps.usage.models import UsageRecord
+from apps.dashboards.services import usage_generate
+from apps.usage import histograms
+from apps.usage.models import LatencyHistogramDaily, TagUsageDaily, UsageCubeDaily, UsageRecord
+from apps.usage.rollup_tables import rollup_days
+from apps.usage.rollups import usage_rollup_day
 from apps.usage.scope import UsageScope, usage_scope_for
 from tests import factories
 
@@ -63,7 +65,7 @@ def test_the_cube_answers_every_column_breakdown_like_raw_rows(history):
         )
         for dimension in BREAKDOWNS
     }
-    result = dashboard_rollup_days(start=history.start, end=_today())
+    result = rollup_days(start=history.start, end=_today())
     assert result.cube_rows == UsageCubeDaily.objects.count() > 0
     _drop_rolled_up_raw_rows()
     for dimension in BREAKDOWNS:
@@ -88,7 +90,7 @@ def test_the_tag_rollup_answers_tag_breakdowns_and_one_tag_filter(history):
         {"filters": replace(search, team_id=history_team_id()), "dimension": "virtual_account"},
     ]
     expected = [selectors.usage_points(scope=EVERYTHING, use_rollups=False, **r) for r in reads]
-    dashboard_rollup_days(start=history.start, end=_today())
+    rollup_days(start=history.start, end=_today())
     assert TagUsageDaily.objects.filter(tag_key="feature").exists()
     _drop_rolled_up_raw_rows()
     for read, want in zip(reads, expected, strict=True):
@@ -119,7 +121,7 @@ def test_histogram_percentiles_are_within_the_relative_error(history, dimension,
         scope=EVERYTHING, filters=filters, dimension=dimension, bucket=bucket
     )
     assert exact
-    dashboard_rollup_days(start=history.start, end=_today())
+    rollup_days(start=history.start, end=_today())
     _drop_rolled_up_raw_rows()
     estimated = selectors.percentile_points(
         scope=EVERYTHING, filters=filters, dimension=dimension, bucket=bucket
@@ -156,7 +158,7 @@ def test_histogram_percentiles_keep_each_roles_scope(world, username, successes)
     three_days = DashboardFilters(start=DAY1, end=DAY2 + dt.timedelta(days=1))
     scope = usage_scope_for(portal_identity(user=world[username]))
     [exact] = selectors.percentile_points(scope=scope, filters=three_days)
-    dashboard_rollup_days(start=DAY1, end=DAY2 + dt.timedelta(days=1))
+    rollup_days(start=DAY1, end=DAY2 + dt.timedelta(days=1))
     assert LatencyHistogramDaily.objects.exists()
     # Raw rows stay: a developer's percentiles come from them (histograms are per team), and a
     # team admin's are their teams' histograms plus their own raw rows elsewhere, once each.
@@ -167,8 +169,8 @@ def test_histogram_percentiles_keep_each_roles_scope(world, username, successes)
 
 
 def test_reruns_replace_a_day_and_pick_up_late_rows(world):
-    first = dashboard_rollup_day(day=DAY1)
-    again = dashboard_rollup_day(day=DAY1)
+    first = usage_rollup_day(day=DAY1)
+    again = usage_rollup_day(day=DAY1)
     assert (
         (first.cube_rows, first.histogram_rows, first.requests)
         == (
@@ -179,7 +181,7 @@ def test_reruns_replace_a_day_and_pick_up_late_rows(world):
         == (UsageCubeDaily.objects.count(), LatencyHistogramDaily.objects.count(), 5)
     )
     usage(created_at=at(DAY1, 23, 59), team_id=world["frontend"].pk, latency_ms=250)
-    assert dashboard_rollup_day(day=DAY1).requests == 6
+    assert usage_rollup_day(day=DAY1).requests == 6
     assert sum(UsageCubeDaily.objects.values_list("requests", flat=True)) == 6
     per_team = LatencyHistogramDaily.objects.filter(all_teams=False)
     assert sum(per_team.values_list("requests", flat=True)) == 5
@@ -188,7 +190,7 @@ def test_reruns_replace_a_day_and_pick_up_late_rows(world):
 
 
 def test_hourly_charts_stay_exact_over_rolled_up_days(world):
-    dashboard_rollup_days(start=DAY1, end=DAY2 + dt.timedelta(days=1))
+    rollup_days(start=DAY1, end=DAY2 + dt.timedelta(days=1))
     two_days = DashboardFilters(start=DAY1, end=DAY2)
     hours = selectors.percentile_points(scope=EVERYTHING, filters=two_days, bucket="hour")
     assert [(p.bucket, p.p50_ms) for p in hours if p.bucket.date() == DAY2] == [
@@ -198,6 +200,6 @@ def test_hourly_charts_stay_exact_over_rolled_up_days(world):
 
 
 def test_command_rolls_up_past_days(world, capsys):
-    call_command("dashboards_rollup", day=DAY1.isoformat())
+    call_command("rollup", day=DAY1.isoformat())
     assert "5 requests" in capsys.readouterr().out
     assert set(UsageCubeDaily.objects.values_list("day", flat=True)) == {DAY1}

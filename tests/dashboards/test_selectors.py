@@ -6,12 +6,11 @@ from decimal import Decimal
 import pytest
 
 from apps.accounts.selectors import portal_identity
-from apps.billing.services.rollups import usage_rollup_day
 from apps.dashboards import selectors
 from apps.dashboards.filters import DashboardFilters
 from apps.dashboards.selectors.rows import day_runs
-from apps.dashboards.services import dashboard_rollup_day
 from apps.usage.models import UsageRecord
+from apps.usage.rollups import usage_rollup_day
 from apps.usage.scope import UsageScope, usage_scope_for
 
 from .conftest import DAY1, DAY2, EVIL, at
@@ -128,7 +127,6 @@ def test_scope_by_role(world, username, requests, successes, cost):
 
 def test_daily_rollups_serve_whole_past_days(world):
     usage_rollup_day(day=DAY1)
-    dashboard_rollup_day(day=DAY1)
     # Drop DAY1's raw rows: whatever still counts for DAY1 must come from the rollups.
     UsageRecord.objects.filter(created_at__lt=at(DAY2, 0)).delete()
     # Column breakdowns: the dashboards' cube.
@@ -145,14 +143,14 @@ def test_daily_rollups_serve_whole_past_days(world):
     assert by_error == {"": 0, "rate_limit_error": 1, "upstream_error": 1}
     by_provider = selectors.usage_points(scope=EVERYTHING, filters=RANGE, dimension="provider")
     assert {p.group: p.requests for p in by_provider} == {"openai": 6, "anthropic": 2}
-    # Tag breakdowns: billing's rollup, which keeps the rollup tag keys.
+    # Tag breakdowns: the per-tag-key rollup.
     alice = usage_scope_for(portal_identity(user=world["alice"]))
     by_customer = {
         p.group: p.requests
         for p in selectors.usage_points(scope=alice, filters=RANGE, dimension="tag:customer_id")
     }
     assert by_customer == {"c1": 2, "c2": 1, "": 2}
-    # A tag key billing does not roll up: only the raw rows (DAY2) remain.
+    # A tag key that is not rolled up: only the raw rows (DAY2) remain.
     unrolled = DashboardFilters(start=DAY1, end=DAY2, tags=(("team_note", "x"),))
     assert selectors.usage_points(scope=EVERYTHING, filters=unrolled) == [
         selectors.UsagePoint(None, "", 0, 0, 0, 0, Decimal(0))

@@ -11,15 +11,11 @@ from decimal import Decimal
 import pytest
 import time_machine
 
-from apps.billing.models import UsageRollupDaily
-from apps.billing.services import usage_rollup_month
-from apps.dashboards.models import UsageCubeDaily
-from apps.dashboards.services import dashboard_rollup_days
 from apps.usage.buffer import MemoryBuffer
 from apps.usage.coverage import covered_days
-from apps.usage.models import UsageLateDay
+from apps.usage.models import UsageCubeDaily, UsageLateDay
 from apps.usage.month_to_date import UsageSubject, month_to_date
-from apps.usage.rollups import usage_rollups_refresh
+from apps.usage.rollups import usage_rollup_month, usage_rollups_refresh
 from apps.usage.writer import drain_all_sync
 from tests.usage.helpers import make_event
 
@@ -47,17 +43,15 @@ def test_a_late_row_counts_at_once_and_the_next_run_rolls_it_up(tmp_path, team):
         _write(tmp_path, make_event(team_id=team.pk, created_at=on_the_day, input_tokens=100))
         UsageLateDay.objects.all().delete()  # as if written on the day itself
         usage_rollup_month(month=OCT)
-        dashboard_rollup_days(start=DAY, end=DAY + dt.timedelta(days=1))
-        assert DAY in covered_days(UsageRollupDaily, OCT, NOW.date())
+        assert DAY in covered_days(UsageCubeDaily, OCT, NOW.date())
         # The rollup really is what answers: a tampered rollup row shows through.
-        UsageRollupDaily.objects.filter(day=DAY).update(input_tokens=10_100)
+        UsageCubeDaily.objects.filter(day=DAY).update(input_tokens=10_100)
         assert _tokens(team.pk) == 10_100 + 30
 
         late = make_event(team_id=team.pk, created_at=on_the_day, input_tokens=7, output_tokens=0)
         _write(tmp_path, late)
 
         assert list(UsageLateDay.objects.values_list("day", flat=True)) == [DAY]
-        assert DAY not in covered_days(UsageRollupDaily, OCT, NOW.date())
         assert DAY not in covered_days(UsageCubeDaily, OCT, NOW.date())
         # Read raw until re-rolled: the late row counts, the stale rollup does not.
         assert _tokens(team.pk) == 100 + 30 + 7
@@ -66,7 +60,7 @@ def test_a_late_row_counts_at_once_and_the_next_run_rolls_it_up(tmp_path, team):
             usage_rollups_refresh(recent_days=2)
 
         assert not UsageLateDay.objects.exists()
-        assert DAY in covered_days(UsageRollupDaily, OCT, NOW.date())
+        assert DAY in covered_days(UsageCubeDaily, OCT, NOW.date())
         assert _tokens(team.pk) == 100 + 30 + 7
         cube = UsageCubeDaily.objects.filter(day=DAY)
         assert sum(cube.values_list("requests", flat=True)) == 2

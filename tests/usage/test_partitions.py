@@ -18,13 +18,9 @@ from django.db.migrations.executor import MigrationExecutor
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
-from apps.billing.models import UsageRollupDaily
-from apps.billing.services import usage_rollup_month
-from apps.dashboards.models import UsageCubeDaily
-from apps.dashboards.services import dashboard_rollup_days
 from apps.usage.buffer import MemoryBuffer
 from apps.usage.grouping import month_start, next_month
-from apps.usage.models import UsageLateDay, UsageRecord
+from apps.usage.models import UsageCubeDaily, UsageLateDay, UsageRecord
 from apps.usage.month_to_date import UsageSubject, month_to_date
 from apps.usage.partitions import (
     DEFAULT_PARTITION,
@@ -34,7 +30,7 @@ from apps.usage.partitions import (
     usage_partitions_ensure,
 )
 from apps.usage.retention import raw_cutoff, usage_bodies_prune, usage_raw_prune
-from apps.usage.rollups import usage_rollups_refresh
+from apps.usage.rollups import usage_rollup_month, usage_rollups_refresh
 from apps.usage.tasks import partitions_maintain, retention_prune
 from apps.usage.writer import drain_all_sync, insert_events
 from tests.usage.helpers import make_event
@@ -72,10 +68,9 @@ def _table_exists(name: str) -> bool:
 
 
 def _roll_up(month: dt.date) -> None:
-    """What the scheduled run does for a month: billing and dashboards rollups, late-day
+    """What the scheduled run does for a month: the daily rollups and statements, late-day
     marks (the writer's, for rows of past days) cleared."""
     usage_rollup_month(month=month)
-    dashboard_rollup_days(start=month, end=next_month(month))
     UsageLateDay.objects.filter(day__gte=month, day__lt=next_month(month)).delete()
 
 
@@ -245,14 +240,14 @@ def test_a_late_row_for_a_pruned_day_never_re_rolls_it(pg, settings, team):
     _roll_up(OLD_MONTH)
     assert partition_name(OLD_MONTH) in usage_raw_prune().dropped
     day = events[0].created_at.date()
-    kept = UsageRollupDaily.objects.filter(day=day).values_list("requests", flat=True)
+    kept = UsageCubeDaily.objects.filter(day=day).values_list("requests", flat=True)
     kept = sorted(kept)
 
     # A dead letter from that day replayed now: it lands in DEFAULT and marks the day late.
     assert insert_events([make_event(team_id=team.pk, created_at=events[0].created_at)]) == 1
     assert UsageLateDay.objects.filter(day=day).exists()
     usage_rollups_refresh(recent_days=2)
-    assert sorted(UsageRollupDaily.objects.filter(day=day).values_list("requests", flat=True)) == (
+    assert sorted(UsageCubeDaily.objects.filter(day=day).values_list("requests", flat=True)) == (
         kept
     )
     assert not UsageLateDay.objects.filter(day=day).exists()
@@ -405,7 +400,7 @@ def test_sqlite_prunes_whole_old_months_by_date_in_bounded_deletes(sqlite, setti
     assert left == {e.request_id for e in [*unrolled, *straddling, *recent]}
     # The rollups of the pruned days stay.
     assert sum(
-        UsageRollupDaily.objects.filter(day__lt=next_month(OLD_MONTH)).values_list(
+        UsageCubeDaily.objects.filter(day__lt=next_month(OLD_MONTH)).values_list(
             "requests", flat=True
         )
     ) == len(rolled)

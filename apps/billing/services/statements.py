@@ -73,9 +73,7 @@ def _usage_by_subject(month: dt.date) -> dict[str, dict[str, list]]:
     """subject key -> model -> [input + output tokens, cost] for the month so far."""
     usage: dict[str, dict[str, list]] = defaultdict(lambda: defaultdict(lambda: [0, Decimal(0)]))
     # Statements need the month per subject and model only: no day, no tag but the customer.
-    rows = month_to_date_rows(
-        month=month, by_day=False, tag_keys=(settings.BILLING_CUSTOMER_TAG_KEY,)
-    )
+    rows = month_to_date_rows(month=month, by_day=False, tag_key=settings.BILLING_CUSTOMER_TAG_KEY)
     for row in rows:
         for key in row_subject_keys(row):
             acc = usage[key][row.model]

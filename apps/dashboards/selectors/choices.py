@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from apps.accounts.models import TagDefinition, Team
 from apps.accounts.selectors import tag_keys_recent
-from apps.billing.services.rollups import rollup_tag_keys
-from apps.usage.models import UsageRecord
+from apps.usage.grouping import rollup_tag_keys
+from apps.usage.models import UsageCubeDaily, UsageRecord
 from apps.usage.scope import UsageScope
 
 from ..filters import DashboardFilters
-from ..models import UsageCubeDaily
 from .rows import filtered, last_rollup_day, raw_usage, rolled_up_days, uncovered_ranges
 
 

@@ -23,14 +23,28 @@ from django.db import connection
 from django.db.models import Aggregate, Count, FloatField, Q, QuerySet
 from django.db.models.functions import TruncDay
 
-from apps.billing.services.rollups import rollup_tag_keys
+from apps.usage import histograms
+from apps.usage.aggregates import group_text
+from apps.usage.grouping import rollup_tag_keys
+from apps.usage.models import (
+    LatencyHistogramDaily,
+    LatencyHistogramHourly,
+    TagLatencyHistogramDaily,
+    TagLatencyHistogramHourly,
+    UsageCubeDaily,
+    UsageCubeHourly,
+)
 from apps.usage.scope import UsageScope
 
-from .. import histograms
-from ..aggregates import group_text
 from ..filters import DashboardFilters
-from ..models import LatencyHistogramDaily, TagLatencyHistogramDaily, UsageCubeDaily
-from .rows import day_runs, last_rollup_day, raw_usage, rolled_up_days, uncovered_ranges
+from .rows import (
+    day_runs,
+    last_rollup_day,
+    raw_usage,
+    rolled_up_days,
+    todays_hours,
+    uncovered_ranges,
+)
 from .usage import RAW_COLUMNS, raw_grouping
 
 PERCENTILES = (0.5, 0.9, 0.99)
@@ -84,28 +98,37 @@ def percentile_points(
     if source is not None:
         last = last_rollup_day(filters)
         covered = rolled_up_days(LatencyHistogramDaily, filters.start, last)
-        if covered:
-            found = _from_histograms(source, scope, filters, dimension, bucket, covered, last)
+        today = todays_hours(filters)
+        if covered or today[1]:
+            found = _from_histograms(source, scope, filters, dimension, bucket, covered, today)
             return _points(found)
     return _points(_exact(scope, filters, dimension, bucket))
 
 
 def _histogram_source(filters: DashboardFilters, dimension: str | None, bucket: str | None):
-    """The histogram rows that answer this read, or None when only raw rows can."""
+    """The daily and hourly histogram rows that answer this read, or None when only raw rows
+    can."""
     if bucket not in (None, "day"):
         return None
     if not filters.tags:
         if dimension not in (None, *HISTOGRAM_DIMENSIONS):
             return None
-        qs = LatencyHistogramDaily.objects.order_by()
-        return qs.filter(model=filters.model) if filters.model else qs
+        model_q = Q(model=filters.model) if filters.model else Q()
+        return (
+            LatencyHistogramDaily.objects.order_by().filter(model_q),
+            LatencyHistogramHourly.objects.order_by().filter(model_q),
+        )
     # One filter on a rollup tag key, no model filter, no breakdown but team.
     if len(filters.tags) != 1 or filters.model or dimension not in (None, "team"):
         return None
     tag_key, tag_value = filters.tags[0]
     if tag_key not in rollup_tag_keys():
         return None
-    return TagLatencyHistogramDaily.objects.order_by().filter(tag_key=tag_key, tag_value=tag_value)
+    tag_q = Q(tag_key=tag_key, tag_value=tag_value)
+    return (
+        TagLatencyHistogramDaily.objects.order_by().filter(tag_q),
+        TagLatencyHistogramHourly.objects.order_by().filter(tag_q),
+    )
 
 
 def _points(found: Iterable[tuple]) -> list[PercentilePoint]:
@@ -186,29 +209,42 @@ _Merged = dict[tuple, tuple[histograms.Histogram, histograms.Histogram]]
 
 
 def _from_histograms(
-    source: QuerySet,
+    source: tuple[QuerySet, QuerySet],
     scope: UsageScope,
     filters: DashboardFilters,
     dimension: str | None,
     bucket: str | None,
     covered: set[dt.date],
-    last: dt.date,
+    today: tuple[dt.date, set[dt.datetime]],
 ) -> list[tuple]:
     merged: _Merged = defaultdict(lambda: ({}, {}))
     column = RAW_COLUMNS[dimension] if dimension else None
-    _add_rollup(merged, source, scope, filters, column, bucket, (filters.start, last))
-    # Days without a histogram (today, days not rolled up): every row of the scope.
-    ranges = uncovered_ranges(filters, covered)
+    daily, hourly = source
+    held_hours = sorted(today[1])
+    read = (scope, filters, column, bucket)
+    # Only covered days: one rolled up while open, or with late rows since, is read raw.
+    _add_rollup(merged, daily.filter(day__in=sorted(covered)), *read)
+    if held_hours:
+        _add_rollup(merged, hourly.filter(hour__in=held_hours), *read)
+    # Periods without a histogram (the current hour, days not rolled up): raw rows.
+    ranges = uncovered_ranges(filters, covered, today)
     if ranges:
         rows = raw_usage(scope=scope, filters=filters, ranges=ranges)
         _add_raw(merged, rows, column, bucket)
     # Histograms are per team, so a user's own rows outside the teams in scope come raw.
     if not scope.everything and scope.user_id is not None:
-        elsewhere = _own_teams_elsewhere(scope, filters, covered)
-        if elsewhere is not None:
-            own = raw_usage(scope=UsageScope(user_id=scope.user_id), filters=filters)
-            own = own.filter(elsewhere, _in_ranges(day_runs(covered)))
-            _add_raw(merged, own, column, bucket)
+        cubes = [
+            (UsageCubeDaily.objects.filter(day__in=sorted(covered)), day_runs(covered)),
+            (
+                UsageCubeHourly.objects.filter(hour__in=held_hours),
+                [(hour, hour + dt.timedelta(hours=1)) for hour in held_hours],
+            ),
+        ]
+        for cube, periods in cubes:
+            elsewhere = _own_teams_elsewhere(scope, filters, cube) if periods else None
+            if elsewhere is not None:
+                own = raw_usage(scope=UsageScope(user_id=scope.user_id), filters=filters)
+                _add_raw(merged, own.filter(elsewhere, _in_ranges(periods)), column, bucket)
     found = []
     for (moment, group), (latency, ttft) in merged.items():
         n = histograms.total(latency)
@@ -228,15 +264,12 @@ def _from_histograms(
     return found
 
 
-def _own_teams_elsewhere(
-    scope: UsageScope, filters: DashboardFilters, covered: set[dt.date]
-) -> Q | None:
-    """The teams outside the scope's teams where the user has usage on `covered` days, as a
-    filter; None when there are none (the usual case), sparing a scan of the user's rows.
-    Read from the cube, which is rolled up with the histograms."""
-    cube = UsageCubeDaily.objects.order_by().filter(
-        user_id=scope.user_id, day__gte=min(covered), day__lte=max(covered)
-    )
+def _own_teams_elsewhere(scope: UsageScope, filters: DashboardFilters, cube: QuerySet) -> Q | None:
+    """The teams outside the scope's teams where the user has usage in the periods of `cube`
+    (the cube rows of the periods histograms answer for), as a filter; None when there are
+    none (the usual case), sparing a scan of the user's rows. Read from the cube, which is
+    rolled up with the histograms."""
+    cube = cube.order_by().filter(user_id=scope.user_id)
     if scope.team_ids:
         cube = cube.exclude(team_id__in=sorted(scope.team_ids))
     if filters.team_id is not None:
@@ -255,7 +288,7 @@ def _in_ranges(ranges: list[tuple[dt.datetime, dt.datetime]]) -> Q:
     return q
 
 
-def _add_rollup(merged: _Merged, source: QuerySet, scope, filters, column, bucket, days) -> None:
+def _add_rollup(merged: _Merged, source: QuerySet, scope, filters, column, bucket) -> None:
     if scope.everything and filters.team_id is None and column != "team_id":
         # Org-wide reads use the rows summed over teams: a fraction of the per-team rows.
         team_q = Q(all_teams=True)
@@ -269,7 +302,7 @@ def _add_rollup(merged: _Merged, source: QuerySet, scope, filters, column, bucke
             team_q &= Q(team_id=filters.team_id)
     else:
         return
-    qs = source.filter(team_q, day__gte=days[0], day__lt=days[1])
+    qs = source.filter(team_q)
     fields = ["day", "latency", "ttft"] + ([column] if column else [])
     for row in qs.values(*fields).iterator(chunk_size=2000):
         day = row["day"]

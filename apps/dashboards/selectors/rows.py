@@ -11,7 +11,9 @@ from collections.abc import Iterable
 from django.db.models import Model, Q, QuerySet
 from django.utils import timezone
 
-from apps.usage.coverage import covered_days
+from apps.usage.coverage import covered_days, covered_hours, hour_runs
+from apps.usage.grouping import day_bounds, utc_today
+from apps.usage.grouping import day_runs as grouping_day_runs
 from apps.usage.models import UsageRecord
 from apps.usage.scope import UsageScope
 from apps.usage.tags import tag_equals
@@ -24,8 +26,8 @@ def filtered(
 ) -> QuerySet:
     """`qs` narrowed to the scope and the team, model and tag filters.
 
-    `tags_field` names the JSON column holding tag values ("tags" on raw rows, "dims" on
-    billing rollups); None for a table without tags, which must not be asked for tag filters.
+    `tags_field` names the JSON column holding tag values ("tags" on raw rows); None for a
+    rollup table, which must not be asked for tag filters.
     """
     qs = scope.filter(qs)
     if filters.team_id is not None:
@@ -57,19 +59,7 @@ def raw_usage(
 
 def day_runs(days: Iterable[dt.date]) -> list[tuple[dt.datetime, dt.datetime]]:
     """Contiguous runs of days as half-open UTC datetime ranges."""
-    runs: list[tuple[dt.date, dt.date]] = []
-    for day in sorted(days):
-        if runs and runs[-1][1] == day:
-            runs[-1] = (runs[-1][0], day + dt.timedelta(days=1))
-        else:
-            runs.append((day, day + dt.timedelta(days=1)))
-    return [
-        (
-            dt.datetime.combine(a, dt.time.min, tzinfo=dt.UTC),
-            dt.datetime.combine(b, dt.time.min, tzinfo=dt.UTC),
-        )
-        for a, b in runs
-    ]
+    return [day_bounds(start, end) for start, end in grouping_day_runs(days)]
 
 
 def last_rollup_day(filters: DashboardFilters) -> dt.date:
@@ -82,9 +72,25 @@ def rolled_up_days(rollup: type[Model], start: dt.date, end: dt.date) -> set[dt.
     return covered_days(rollup, start, end)
 
 
+def todays_hours(filters: DashboardFilters) -> tuple[dt.date, set]:
+    """Today and the hours of it (their starts) that the hourly rollups answer for; none
+    when the filters do not reach today."""
+    today = utc_today()
+    if not filters.start <= today < filters.start + dt.timedelta(days=filters.days):
+        return today, set()
+    return today, covered_hours(today)
+
+
 def uncovered_ranges(
-    filters: DashboardFilters, covered: set[dt.date]
+    filters: DashboardFilters,
+    covered: set[dt.date],
+    hours: tuple[dt.date, set] | None = None,
 ) -> list[tuple[dt.datetime, dt.datetime]]:
-    """The filters' days a rollup does not hold, as datetime ranges for the raw rows."""
+    """The filters' days a rollup does not hold, as datetime ranges for the raw rows; with
+    `hours` (from `todays_hours`), today less the hours its hourly rollup holds."""
     every_day = {filters.start + dt.timedelta(days=i) for i in range(filters.days)}
-    return day_runs(every_day - covered)
+    missing = every_day - covered
+    if not hours or not hours[1] or hours[0] not in missing:
+        return day_runs(missing)
+    today, held = hours
+    return sorted([*day_runs(missing - {today}), *hour_runs(today, held)])

@@ -5,8 +5,7 @@ Whole past days come from a rollup when one can answer the read:
   model, provider, error type) with no tag filter;
 - the dashboards' `TagUsageDaily` for a breakdown by one rollup tag key, or one filter on a
   rollup tag key with a team, user or virtual account breakdown (no model filter);
-- billing's `UsageRollupDaily` for other mixes of rollup tag keys and models;
-- otherwise, and for today and days not rolled up yet, the raw rows. Both parts are summed.
+- otherwise (several tag filters, a tag with a model filter), and for today and days not rolled up yet, the raw rows. Both parts are summed.
 Hourly buckets always need the raw rows.
 """
 
@@ -20,15 +19,21 @@ from decimal import Decimal
 from django.db.models import F, Model, QuerySet
 from django.db.models.functions import TruncDay, TruncHour
 
-from apps.billing.models import UsageRollupDaily
-from apps.billing.services.rollups import rollup_tag_keys
+from apps.usage.aggregates import RAW_SUMS, ROLLUP_SUMS, group_text, summed_cost
+from apps.usage.grouping import rollup_tag_keys
+from apps.usage.models import TagUsageDaily, TagUsageHourly, UsageCubeDaily, UsageCubeHourly
 from apps.usage.scope import UsageScope
 from apps.usage.tags import TagText
 
-from ..aggregates import RAW_SUMS, ROLLUP_SUMS, group_text, summed_cost
 from ..filters import DashboardFilters, dimension_tag_key
-from ..models import TagUsageDaily, UsageCubeDaily
-from .rows import filtered, last_rollup_day, raw_usage, rolled_up_days, uncovered_ranges
+from .rows import (
+    filtered,
+    last_rollup_day,
+    raw_usage,
+    rolled_up_days,
+    todays_hours,
+    uncovered_ranges,
+)
 
 TRUNC = {"hour": TruncHour, "day": TruncDay}
 RAW_COLUMNS = {
@@ -38,9 +43,6 @@ RAW_COLUMNS = {
     "model": "model",
     "provider": "provider",
     "error_type": "error_type",
-}
-_BILLING_COLUMNS = {
-    k: v for k, v in RAW_COLUMNS.items() if k in {"team", "user", "virtual_account", "model"}
 }
 
 
@@ -74,15 +76,18 @@ class _Rollup:
     """A daily rollup table and how a read maps onto it."""
 
     model: type[Model]
+    # The same sums per hour of today (`apps.usage.models`), read for its finished hours.
+    hourly: type[Model]
     columns: dict[str, str]
     tags_field: str | None
     # TagUsageDaily: rows of this one (key, value or None for all values).
     tag: tuple[str, str | None] | None = None
 
 
-CUBE = _Rollup(UsageCubeDaily, RAW_COLUMNS, None)
-BILLING = _Rollup(UsageRollupDaily, _BILLING_COLUMNS, "dims")
-_TAG_COLUMNS = {k: v for k, v in RAW_COLUMNS.items() if k in {"team", "user", "virtual_account"}}
+CUBE = _Rollup(UsageCubeDaily, UsageCubeHourly, RAW_COLUMNS, None)
+_TAG_COLUMNS = {
+    k: v for k, v in RAW_COLUMNS.items() if k in {"team", "user", "virtual_account", "model"}
+}
 
 
 def dimension_expr(dimension: str, *, columns: dict[str, str], tags_field: str | None):
@@ -94,16 +99,14 @@ def dimension_expr(dimension: str, *, columns: dict[str, str], tags_field: str |
 
 def _tag_rollup(dimension: str | None, filters: DashboardFilters, keys: set[str]):
     """The `TagUsageDaily` read that answers this, if one does."""
-    if filters.model:
-        return None
     tag_key = dimension_tag_key(dimension) if dimension else None
     if tag_key is not None:
         if tag_key in keys and not filters.tags:
-            return _Rollup(TagUsageDaily, {}, None, tag=(tag_key, None))
+            return _Rollup(TagUsageDaily, TagUsageHourly, {}, None, tag=(tag_key, None))
         return None
     if len(filters.tags) == 1 and filters.tags[0][0] in keys:
         if dimension is None or dimension in _TAG_COLUMNS:
-            return _Rollup(TagUsageDaily, _TAG_COLUMNS, None, tag=filters.tags[0])
+            return _Rollup(TagUsageDaily, TagUsageHourly, _TAG_COLUMNS, None, tag=filters.tags[0])
     return None
 
 
@@ -113,15 +116,7 @@ def _rollup_for(dimension: str | None, filters: DashboardFilters, bucket: str | 
     tag_dimension = dimension is not None and dimension_tag_key(dimension) is not None
     if not filters.tags and not tag_dimension:
         return CUBE
-    keys = set(rollup_tag_keys())
-    tag_rollup = _tag_rollup(dimension, filters, keys)
-    if tag_rollup is not None:
-        return tag_rollup
-    if any(key not in keys for key, _ in filters.tags):
-        return None
-    if dimension is None or dimension in _BILLING_COLUMNS:
-        return BILLING
-    return BILLING if dimension_tag_key(dimension) in keys else None
+    return _tag_rollup(dimension, filters, set(rollup_tag_keys()))
 
 
 def _grouped(qs: QuerySet, names: list[str], aggregates: dict) -> list[dict]:
@@ -167,9 +162,22 @@ def _sums_tuple(moment: dt.datetime | None, row: dict) -> tuple:
 
 
 def _rollup_groups(
-    rollup: _Rollup, *, scope, filters, dimension, bucket, days: tuple[dt.date, dt.date]
+    rollup: _Rollup,
+    *,
+    scope,
+    filters,
+    dimension,
+    bucket,
+    days: set[dt.date] = frozenset(),
+    hours: set[dt.datetime] = frozenset(),
 ) -> Iterable[tuple]:
-    qs = rollup.model.objects.order_by().filter(day__gte=days[0], day__lt=days[1])
+    """Sums from `rollup`'s daily rows of the covered `days`, or its hourly rows of the
+    covered `hours` (they carry their day, so they group into day buckets alike). Only the
+    covered ones: a day rolled up while open, or with late rows since, is read raw."""
+    if days:
+        qs = rollup.model.objects.order_by().filter(day__in=sorted(days))
+    else:
+        qs = rollup.hourly.objects.order_by().filter(hour__in=sorted(hours))
     if rollup.tag is not None:
         tag_key, tag_value = rollup.tag
         qs = qs.filter(tag_key=tag_key)
@@ -215,18 +223,13 @@ def usage_points(
     if rollup is not None:
         last = last_rollup_day(filters)
         covered = rolled_up_days(rollup.model, filters.start, last)
+        today = todays_hours(filters)
+        raw_ranges = uncovered_ranges(filters, covered, today)
+        read = {"scope": scope, "filters": filters, "dimension": dimension, "bucket": bucket}
         if covered:
-            raw_ranges = uncovered_ranges(filters, covered)
-            parts.append(
-                _rollup_groups(
-                    rollup,
-                    scope=scope,
-                    filters=filters,
-                    dimension=dimension,
-                    bucket=bucket,
-                    days=(filters.start, last),
-                )
-            )
+            parts.append(_rollup_groups(rollup, days=covered, **read))
+        if today[1]:
+            parts.append(_rollup_groups(rollup, hours=today[1], **read))
     if raw_ranges:
         parts.append(
             _raw_groups(

@@ -1,12 +1,8 @@
-"""Writes of the dashboards app: synthetic usage history and the dashboard rollups."""
+"""Writes of the dashboards app: synthetic usage history (the rollups live in apps.usage)."""
 
 from .generate import UsageGenerationError, usage_generate
-from .rollups import DashboardRollupResult, dashboard_rollup_day, dashboard_rollup_days
 
 __all__ = [
-    "DashboardRollupResult",
     "UsageGenerationError",
-    "dashboard_rollup_day",
-    "dashboard_rollup_days",
     "usage_generate",
 ]

@@ -40,8 +40,8 @@ from django.utils import timezone
 
 from apps.billing.constants import FEATURE_TAG_KEY
 from apps.billing.models import Subscription, Tier
-from apps.billing.services.rollups import day_bounds, month_start, next_month
 from apps.billing.subjects import row_subject_keys
+from apps.usage.grouping import day_bounds, month_start, next_month
 from apps.usage.month_to_date import month_to_date_rows
 
 from .cheaper_models import ModelSaving, model_savings
@@ -99,9 +99,7 @@ def billing_insights(*, now: dt.datetime | None = None) -> Insights:
     """Spend projection, tier fit and cheaper-model savings (see the module docstring)."""
     now = (now or timezone.now()).astimezone(dt.UTC)
     month = month_start(now.date())
-    daily = month_to_date_rows(
-        month=month, tag_keys=(settings.BILLING_CUSTOMER_TAG_KEY, FEATURE_TAG_KEY)
-    )
+    daily = month_to_date_rows(month=month, tag_key=settings.BILLING_CUSTOMER_TAG_KEY)
     as_of, elapsed, days_in_month = _elapsed(month, now)
     factor = Decimal(days_in_month) / elapsed
 
@@ -112,8 +110,9 @@ def billing_insights(*, now: dt.datetime | None = None) -> Insights:
         ).select_related("tier")
     }
 
-    # One pass over this month's daily rows: spend per subject, tokens per subject x model
-    # x day (cap forecast), tokens and cost per feature x model (cheaper-model report).
+    # One pass over this month's daily rows per customer: spend per subject, tokens per
+    # subject x model x day (cap forecast); a second per feature: tokens and cost per
+    # feature x model (cheaper-model report). Each key's rollup rows hold all usage once.
     spend: dict[str, list] = defaultdict(lambda: [0, Decimal(0)])
     per_day: dict[str, dict[tuple[dt.date, str], int]] = defaultdict(lambda: defaultdict(int))
     features: dict[tuple[str, str], list] = defaultdict(lambda: [0, 0, 0, Decimal(0)])
@@ -125,6 +124,7 @@ def billing_insights(*, now: dt.datetime | None = None) -> Insights:
             spend[key][1] += row.cost_usd
             if key in subscriptions:
                 per_day[key][(row.day, row.model)] += row.tokens
+    for row in month_to_date_rows(month=month, by_day=False, tag_key=FEATURE_TAG_KEY):
         acc = features[(str(row.dims.get(FEATURE_TAG_KEY) or ""), row.model)]
         acc[0] += row.input_tokens
         acc[1] += row.output_tokens
@@ -138,7 +138,7 @@ def billing_insights(*, now: dt.datetime | None = None) -> Insights:
     )
     for fit_month in fit_months:
         rows = month_to_date_rows(
-            month=fit_month, by_day=False, tag_keys=(settings.BILLING_CUSTOMER_TAG_KEY,)
+            month=fit_month, by_day=False, tag_key=settings.BILLING_CUSTOMER_TAG_KEY
         )
         for row in rows:
             for key in row_subject_keys(row):

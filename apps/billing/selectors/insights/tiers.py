@@ -9,7 +9,7 @@ from decimal import ROUND_HALF_UP, Decimal
 
 from apps.billing.constants import CENT
 from apps.billing.models import Subscription, Tier
-from apps.billing.services.rollups import day_bounds, month_start, next_month
+from apps.usage.grouping import day_bounds, month_start, next_month
 
 TIER_FIT_MONTHS = 3
 

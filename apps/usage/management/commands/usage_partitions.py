@@ -80,7 +80,7 @@ class Command(BaseCommand):
         for name, days in result.refused.items():
             self.stdout.write(
                 f"refused {name}: rollups miss {len(days)} day(s), from {days[0]}; run "
-                "`manage.py rollup --month` and `manage.py dashboards_rollup` first"
+                "`manage.py rollup --month` first"
             )
         bodies = usage_bodies_prune(dry_run=dry_run)
         self.stdout.write(f"logged bodies: {'would null' if dry_run else 'nulled'} {bodies:,}")

@@ -8,6 +8,7 @@ from django.db.models import Count, Q, Sum
 TOKEN_AND_COST_SUMS = {
     "s_in": Sum("input_tokens"),
     "s_out": Sum("output_tokens"),
+    "s_cached": Sum("cached_tokens"),
     "s_cost": Sum("cost_usd"),
 }
 # Requests, errors, tokens and cost of raw usage rows.
