@@ -178,7 +178,7 @@ def test_real_gateway_refuses_control_characters_before_any_upstream_call(
     gateway, user, counted_upstream
 ):
     upstream, upstream_url = counted_upstream
-    _, secret = factories.make_key(user=user)
+    api_key, secret = factories.make_key(user=user)
     declare_model("meta-chat", f"{upstream_url}/v1", "demo-chat")
     gateway.wait_for_model(secret, "meta-chat")
     body = {"model": "meta-chat", "messages": [{"role": "user", "content": "hi"}]}
@@ -213,4 +213,9 @@ def test_real_gateway_refuses_control_characters_before_any_upstream_call(
         assert not any(
             ch in text for text in [*row.tags, *map(str, row.tags.values())] for ch in "\n\r\0\x7f"
         )
-    assert UsageRecord.objects.filter(status_code=200).count() == 1
+    # This key's rows only: the usage stream may still hold events an earlier test queued,
+    # which this gateway's writer lands after the flush. The lineage is a fresh UUID, so it
+    # cannot match a row of an earlier key even if a flush reset the id sequences.
+    own = UsageRecord.objects.filter(key_lineage_id=api_key.lineage_id)
+    assert own.filter(status_code=200).count() == 1
+    assert own.count() == 1 + len(refused)
