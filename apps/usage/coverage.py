@@ -13,7 +13,7 @@ covers.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Collection
+from collections.abc import Collection, Iterable, Mapping
 
 from django.conf import settings
 from django.db.models import Min, Model
@@ -53,34 +53,43 @@ def covered_days(rollup: type[Model], start: dt.date, end: dt.date) -> set[dt.da
     return {day for day, computed in runs if day_is_final(day, computed, late)}
 
 
-def covered_hours(day: dt.date) -> set[dt.datetime]:
-    """Hours of `day` (their starts) that the hourly rollup tables answer for: rolled up at
-    least the settle margin after the hour ended (`UsageRolledHour`), and not marked late
-    since (`UsageLateHour`)."""
+def covered_hours(day: dt.date) -> dict[dt.datetime, dt.datetime]:
+    """Hours of `day` the hourly rollup tables answer for, as {hour start: until}: the rows
+    of [hour, until) (`UsageRolledHour`), unless the hour was marked late since
+    (`UsageLateHour`). A rollup reads rows created before its run less the settle margin,
+    so a row landing later for that span is late and marks its hour (the writer)."""
     from .models import UsageLateHour, UsageRolledHour
 
     low, high = day_bounds(day, day + dt.timedelta(days=1))
     late = set(
         UsageLateHour.objects.filter(hour__gte=low, hour__lt=high).values_list("hour", flat=True)
     )
-    settle = dt.timedelta(seconds=settings.BILLING_EXPORT_SETTLE_SECONDS) + dt.timedelta(hours=1)
     rolled = UsageRolledHour.objects.filter(hour__gte=low, hour__lt=high).values_list(
-        "hour", "computed_at"
+        "hour", "until"
     )
-    return {hour for hour, computed in rolled if computed >= hour + settle and hour not in late}
+    return {hour: until for hour, until in rolled if hour not in late and until > hour}
+
+
+def uncovered(
+    low: dt.datetime, high: dt.datetime, held: Iterable[tuple[dt.datetime, dt.datetime]]
+) -> list[tuple[dt.datetime, dt.datetime]]:
+    """The parts of [low, high) outside the `held` spans, as sorted half-open ranges: raw
+    rows are then read by index ranges, never by a scan that excludes the rest."""
+    ranges: list[tuple[dt.datetime, dt.datetime]] = []
+    start = low
+    for span_start, span_end in sorted(held):
+        if span_start > start:
+            ranges.append((start, min(span_start, high)))
+        start = max(start, span_end)
+    if start < high:
+        ranges.append((start, high))
+    return [(a, b) for a, b in ranges if a < b]
 
 
 def hour_runs(
-    day: dt.date, hours: Collection[dt.datetime]
+    day: dt.date, held: Mapping[dt.datetime, dt.datetime]
 ) -> list[tuple[dt.datetime, dt.datetime]]:
-    """The parts of `day` outside `hours` (hour starts), as half-open datetime ranges."""
+    """The parts of `day` outside the held spans ({hour start: until}), as half-open
+    datetime ranges."""
     low, high = day_bounds(day, day + dt.timedelta(days=1))
-    ranges: list[tuple[dt.datetime, dt.datetime]] = []
-    start = low
-    for hour in sorted(hours):
-        if hour > start:
-            ranges.append((start, hour))
-        start = max(start, hour + dt.timedelta(hours=1))
-    if start < high:
-        ranges.append((start, high))
-    return ranges
+    return uncovered(low, high, held.items())

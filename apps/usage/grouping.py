@@ -57,15 +57,21 @@ def day_bounds(start: dt.date, end: dt.date) -> tuple[dt.datetime, dt.datetime]:
     return utc_midnight(start), utc_midnight(end)
 
 
+def consecutive_runs(starts: Iterable, step: dt.timedelta) -> list[tuple]:
+    """Period starts (days or hours, `step` apart) as sorted half-open runs of consecutive
+    periods, [first, last + step)."""
+    runs: list[tuple] = []
+    for start in sorted(starts):
+        if runs and runs[-1][1] == start:
+            runs[-1] = (runs[-1][0], start + step)
+        else:
+            runs.append((start, start + step))
+    return runs
+
+
 def day_runs(days: Iterable[dt.date]) -> list[tuple[dt.date, dt.date]]:
     """Days as sorted half-open runs of consecutive days, [first, last + 1)."""
-    runs: list[tuple[dt.date, dt.date]] = []
-    for day in sorted(days):
-        if runs and runs[-1][1] == day:
-            runs[-1] = (runs[-1][0], day + dt.timedelta(days=1))
-        else:
-            runs.append((day, day + dt.timedelta(days=1)))
-    return runs
+    return consecutive_runs(days, dt.timedelta(days=1))
 
 
 @dataclass

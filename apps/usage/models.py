@@ -311,10 +311,13 @@ class TagLatencyHistogramDaily(TagLatencyFields):
 
 
 class UsageRolledHour(models.Model):
-    """An hour of today the hourly rollup has rolled, and when: the coverage rule reads this
+    """An hour of today the hourly rollup has rolled: its rows hold the usage of [`hour`,
+    `until`), the whole hour once it has settled, else up to the settle margin before the
+    run (the current hour, re-rolled by each run). The coverage rule reads this
     (`apps.usage.coverage.covered_hours`), so an hour without usage is rolled once too."""
 
     hour = models.DateTimeField(unique=True)
+    until = models.DateTimeField()
     computed_at = models.DateTimeField()
 
     def __str__(self) -> str:

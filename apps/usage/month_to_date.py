@@ -25,7 +25,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 
@@ -33,7 +33,7 @@ from django.db import connection
 from django.db.models import Count, DateField, Min, Q, QuerySet, Sum, Value
 from django.utils import timezone
 
-from apps.usage.coverage import covered_days, covered_hours, day_is_final, late_days
+from apps.usage.coverage import covered_days, covered_hours, day_is_final, late_days, uncovered
 from apps.usage.grouping import (
     day_bounds,
     day_runs,
@@ -144,26 +144,28 @@ def current_month() -> dt.date:
 
 
 def _raw_rows(
-    month: dt.date, covered: Iterable[dt.date], hours: Iterable[dt.datetime] = ()
+    month: dt.date,
+    covered: Iterable[dt.date],
+    hours: Mapping[dt.datetime, dt.datetime] | None = None,
 ) -> QuerySet[UsageRecord]:
-    """The month's raw rows outside the covered days and today's covered hours (runs of
-    days excluded as ranges)."""
+    """The month's raw rows outside the covered days and today's covered spans, selected
+    by the time ranges left (index range scans)."""
     low, high = day_bounds(month, next_month(month))
-    rows = UsageRecord.objects.filter(created_at__gte=low, created_at__lt=high).order_by()
-    for first, end in day_runs(covered):
-        start, stop = day_bounds(first, end)
-        rows = rows.exclude(created_at__gte=start, created_at__lt=stop)
-    for hour in sorted(hours):
-        rows = rows.exclude(created_at__gte=hour, created_at__lt=hour + dt.timedelta(hours=1))
-    return rows
+    held = [day_bounds(first, end) for first, end in day_runs(covered)]
+    held += list((hours or {}).items())
+    time_q = Q(pk__in=[])
+    for start, end in uncovered(low, high, held):
+        time_q |= Q(created_at__gte=start, created_at__lt=end)
+    return UsageRecord.objects.filter(time_q).order_by()
 
 
-def _todays_hours(month: dt.date) -> list[dt.datetime]:
-    """Today's hours the hourly rollup answers for, when `month` is this month."""
+def _todays_hours(month: dt.date) -> dict[dt.datetime, dt.datetime]:
+    """Today's spans the hourly rollup answers for ({hour: until}), when `month` is this
+    month."""
     today = utc_today()
     if month_start(today) != month:
-        return []
-    return sorted(covered_hours(today))
+        return {}
+    return covered_hours(today)
 
 
 def _summed(rows: QuerySet) -> UsageTotals:
@@ -229,7 +231,7 @@ def month_to_date(
     month = month_start(month or current_month())
     models = sorted(models)
     covered: dict[dt.date, UsageTotals] = {}
-    hours: list[dt.datetime] = []
+    hours: dict[dt.datetime, dt.datetime] = {}
     today = UsageTotals()
     rollups = subject.rollup_rows()
     if rollups is not None:
@@ -239,7 +241,7 @@ def month_to_date(
         hours = _todays_hours(month)
         if hours:
             hourly = subject.rollup_rows(hourly=True)
-            today = _summed(hourly.filter(model_q, hour__in=hours))  # type: ignore[union-attr]
+            today = _summed(hourly.filter(model_q, hour__in=sorted(hours)))  # type: ignore[union-attr]
     raw = _raw_rows(month, covered, hours).filter(subject.raw_filter())
     if models:
         raw = raw.filter(model__in=models)
@@ -304,14 +306,14 @@ def month_to_date_rows(
     # A key the rollups do not keep is read raw for the whole month.
     answered = tag_key is None or tag_key in rollup_tag_keys()
     covered = sorted(covered_days(UsageCubeDaily, month, end)) if answered else []
-    hours = _todays_hours(month) if answered else []
+    hours = _todays_hours(month) if answered else {}
     period = None if by_day else month
     out = _rollup_rows(rollups.filter(day__in=covered), month=period, tag_key=tag_key)
     if hours:
         hourly = (
             TagUsageHourly.objects.filter(tag_key=tag_key) if tag_key else UsageCubeHourly.objects
         )
-        out += _rollup_rows(hourly.filter(hour__in=hours), month=period, tag_key=tag_key)
+        out += _rollup_rows(hourly.filter(hour__in=sorted(hours)), month=period, tag_key=tag_key)
     keys = [tag_key] if tag_key else []
     for key, group in grouped_usage(_raw_rows(month, covered, hours), keys):
         out.append(

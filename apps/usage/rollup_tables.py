@@ -40,6 +40,7 @@ from .models import (
 from .tags import TagText
 
 INSERT_BATCH = 2000
+HOUR = dt.timedelta(hours=1)
 CUBE_FIELDS = (
     "team_id",
     "user_id",
@@ -287,22 +288,23 @@ def rollup_days(*, start: dt.date, end: dt.date) -> RollupResult:
 
 
 @transaction.atomic
-def rollup_hours(*, start: dt.datetime, end: dt.datetime) -> RollupResult:
-    """Recompute every hourly rollup table for the whole UTC hours in [start, end), and
-    record the hours as rolled (`UsageRolledHour`), empty ones too."""
+def rollup_hours(*, start: dt.datetime, end: dt.datetime, until: dt.datetime) -> RollupResult:
+    """Recompute every hourly rollup table for the UTC hours in [start, end) from the rows
+    created before `until`, and record each hour as rolled up to there (`UsageRolledHour`),
+    empty ones too."""
     from .models import UsageRolledHour
 
-    result = _rollup(HOURLY, start, end, Q(hour__gte=start, hour__lt=end))
+    result = _rollup(HOURLY, start, min(end, until), Q(hour__gte=start, hour__lt=end))
     now = timezone.now()
-    hours = int((end - start).total_seconds() // 3600)
+    hours = [start + dt.timedelta(hours=n) for n in range(int((end - start) / HOUR))]
     UsageRolledHour.objects.bulk_create(
         [
-            UsageRolledHour(hour=start + dt.timedelta(hours=n), computed_at=now)
-            for n in range(hours)
+            UsageRolledHour(hour=hour, until=min(hour + HOUR, until), computed_at=now)
+            for hour in hours
         ],
         update_conflicts=True,
         unique_fields=["hour"],
-        update_fields=["computed_at"],
+        update_fields=["until", "computed_at"],
     )
     return result
 

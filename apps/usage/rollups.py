@@ -20,11 +20,10 @@ from django.conf import settings
 from django.utils import timezone
 
 from .coverage import covered_days, covered_hours
-from .grouping import day_runs, month_start, next_month, utc_midnight, utc_today
+from .grouping import consecutive_runs, day_runs, month_start, next_month, utc_midnight, utc_today
 from .models import UsageCubeDaily, UsageLateDay, UsageLateHour
 from .retention import raw_cutoff
-from .rollup_tables import RollupResult as TablesResult
-from .rollup_tables import hourly_prune, rollup_days, rollup_hours
+from .rollup_tables import HOUR, RollupResult, hourly_prune, rollup_days, rollup_hours
 
 logger = logging.getLogger(__name__)
 
@@ -53,13 +52,16 @@ def _late_days(today: dt.date) -> list[dt.date]:
     return late[len(stale) :]
 
 
-def _hours_to_roll(now: dt.datetime, today: dt.date) -> list[dt.datetime]:
-    """Today's settled hours not rolled up since they settled or marked late since."""
+def _hours_to_roll(now: dt.datetime, today: dt.date) -> tuple[list[dt.datetime], dt.datetime]:
+    """Today's hours whose rollup does not reach as far as it can yet (the whole hour once
+    it has settled, else the settle margin before now), and that cutoff."""
     settle = dt.timedelta(seconds=settings.BILLING_EXPORT_SETTLE_SECONDS)
+    cutoff = (now - settle).replace(second=0, microsecond=0)
+    held = covered_hours(today)
     midnight = utc_midnight(today)
-    final = covered_hours(today)
     hours = [midnight + dt.timedelta(hours=n) for n in range(24)]
-    return [h for h in hours if h + dt.timedelta(hours=1) + settle <= now and h not in final]
+    todo = [h for h in hours if h < cutoff and held.get(h, h) < min(h + HOUR, cutoff)]
+    return todo, cutoff
 
 
 def usage_rollups_refresh(*, recent_days: int, today: dt.date | None = None) -> RollupRun:
@@ -80,9 +82,9 @@ def usage_rollups_refresh(*, recent_days: int, today: dt.date | None = None) -> 
     requests = 0
     for start, end in day_runs(days):
         requests += rollup_days(start=start, end=end).requests
-    hours = _hours_to_roll(max(started, utc_midnight(today)), today)
-    for start, end in _hour_runs(hours):
-        requests += rollup_hours(start=start, end=end).requests
+    hours, cutoff = _hours_to_roll(started, today)
+    for start, end in consecutive_runs(hours, HOUR):
+        requests += rollup_hours(start=start, end=end, until=cutoff).requests
     hourly_prune(before=today)
     months = sorted({month_start(today)} | {month_start(day) for day in days})
     for month in months:
@@ -98,28 +100,17 @@ def usage_rollups_refresh(*, recent_days: int, today: dt.date | None = None) -> 
     )
 
 
-def _hour_runs(hours: list[dt.datetime]) -> list[tuple[dt.datetime, dt.datetime]]:
-    """Sorted hour starts as half-open runs of consecutive hours."""
-    runs: list[tuple[dt.datetime, dt.datetime]] = []
-    for hour in sorted(hours):
-        if runs and runs[-1][1] == hour:
-            runs[-1] = (runs[-1][0], hour + dt.timedelta(hours=1))
-        else:
-            runs.append((hour, hour + dt.timedelta(hours=1)))
-    return runs
-
-
-def usage_rollup_days(*, start: dt.date, end: dt.date) -> TablesResult:
+def usage_rollup_days(*, start: dt.date, end: dt.date) -> RollupResult:
     """Recompute the UTC days [start, end) (idempotent); `manage.py rollup` backfills with it."""
     return rollup_days(start=start, end=end)
 
 
-def usage_rollup_day(*, day: dt.date) -> TablesResult:
+def usage_rollup_day(*, day: dt.date) -> RollupResult:
     """Recompute one UTC day (idempotent)."""
     return rollup_days(start=day, end=day + dt.timedelta(days=1))
 
 
-def usage_rollup_month(*, month: dt.date) -> TablesResult:
+def usage_rollup_month(*, month: dt.date) -> RollupResult:
     """Recompute every day of a UTC month and its statements (idempotent)."""
     from apps.billing.services.statements import statements_compute
 

@@ -97,38 +97,32 @@ def _insert_rows(pairs: list[Pair]) -> int:
 
 def _mark_late_days(rows: Iterable[dict[str, Any]]) -> None:
     """Mark past days that got rows now, in the rows' transaction (see `UsageLateDay`), and
-    today's hours that got rows after they settled, so may be rolled up already
-    (`UsageLateHour`).
+    today's hours that got rows older than the settle margin, so possibly missed by a
+    rollup run already (`UsageLateHour`).
 
     Nearly every batch holds rows of the last seconds only and costs nothing here.
     """
     now = timezone.now()
     today = now.astimezone(dt.UTC).date()
-    # Rows of an hour that ended more than the settle margin ago.
-    settled = now - dt.timedelta(seconds=settings.BILLING_EXPORT_SETTLE_SECONDS, hours=1)
+    # A rollup run reads the rows created before it less the settle margin: a row older
+    # than that may have been missed by one (`apps.usage.coverage.covered_hours`).
+    settled = now - dt.timedelta(seconds=settings.BILLING_EXPORT_SETTLE_SECONDS)
     days: set[dt.date] = set()
     hours: set[dt.datetime] = set()
     for row in rows:
         created = row["created_at"].astimezone(dt.UTC)
-        hour = created.replace(minute=0, second=0, microsecond=0)
         if created.date() < today:
             days.add(created.date())
-        elif hour < settled:
-            hours.add(hour)
-    if days:
-        UsageLateDay.objects.bulk_create(
-            [UsageLateDay(day=day, marked_at=now) for day in sorted(days)],
-            update_conflicts=True,
-            unique_fields=["day"],
-            update_fields=["marked_at"],
-        )
-    if hours:
-        UsageLateHour.objects.bulk_create(
-            [UsageLateHour(hour=hour, marked_at=now) for hour in sorted(hours)],
-            update_conflicts=True,
-            unique_fields=["hour"],
-            update_fields=["marked_at"],
-        )
+        elif created < settled:
+            hours.add(created.replace(minute=0, second=0, microsecond=0))
+    for model, field, periods in ((UsageLateDay, "day", days), (UsageLateHour, "hour", hours)):
+        if periods:
+            model.objects.bulk_create(
+                [model(**{field: period}, marked_at=now) for period in sorted(periods)],
+                update_conflicts=True,
+                unique_fields=[field],
+                update_fields=["marked_at"],
+            )
 
 
 # COPY into a per-session temporary table, then one INSERT ... ON CONFLICT DO NOTHING: about

@@ -1,6 +1,7 @@
-"""Today from hourly rollups: the scheduled run rolls each settled hour of today once, the
-dashboards and month-to-date read those hours from the hourly tables and only the rest
-(the current hour, a late hour) from raw rows, and a late row re-rolls its hour alone."""
+"""Today from hourly rollups: the scheduled run rolls each finished hour of today once and
+the current hour up to the settle margin before it, the dashboards and month-to-date read
+those spans from the hourly tables and only the rest (the last minutes, a late hour) from
+raw rows, and a late row re-rolls its hour alone."""
 
 import datetime as dt
 from decimal import Decimal
@@ -40,9 +41,10 @@ def at(hour: int, minute: int = 0) -> dt.datetime:
 
 @pytest.fixture
 def today_rows(team):
-    # 09:xx and 14:xx are settled hours at 15:30; 15:xx is the current hour.
+    # At 15:30, with the 120 s settle margin, a run rolls 09:xx and 14:xx whole and 15:xx up
+    # to 15:28; the 15:29 row is in the last minutes, read raw.
     for when, tokens, latency in ((at(9, 10), 100, 120.0), (at(14, 50), 20, 80.0),
-                                  (at(15, 5), 3, 40.0)):  # fmt: skip
+                                  (at(15, 5), 3, 40.0), (at(15, 29), 4, 30.0)):  # fmt: skip
         usage(
             created_at=when,
             team_id=team.pk,
@@ -61,36 +63,47 @@ def _dashboard_tokens() -> int:
 def test_the_run_rolls_each_settled_hour_once(today_rows):
     with time_machine.travel(NOW, tick=False):
         run = usage_rollups_refresh(recent_days=2)
-        # Every hour up to 14:00 has ended and settled; 15:00 is still open.
-        assert run.hours == [f"{hour:02d}:00" for hour in range(15)]
-        assert set(UsageCubeHourly.objects.values_list("hour", flat=True)) == {at(9), at(14)}
-        # Every rolled hour counts as covered, those without usage too.
-        assert covered_hours(TODAY) == {at(hour) for hour in range(15)}
+        assert run.hours == [f"{hour:02d}:00" for hour in range(16)]
+        assert set(UsageCubeHourly.objects.values_list("hour", flat=True)) == {
+            at(9),
+            at(14),
+            at(15),
+        }
+        # Every rolled hour counts as covered, those without usage too; 15:xx up to 15:28.
+        assert covered_hours(TODAY) == {
+            **{at(hour): at(hour) + dt.timedelta(hours=1) for hour in range(15)},
+            at(15): at(15, 28),
+        }
         assert sum(TagUsageHourly.objects.filter(tag_key="customer_id", tag_value="acme")
-                   .values_list("input_tokens", flat=True)) == 120  # fmt: skip
-        assert LatencyHistogramHourly.objects.filter(all_teams=True).count() == 2
+                   .values_list("input_tokens", flat=True)) == 123  # fmt: skip
+        assert LatencyHistogramHourly.objects.filter(all_teams=True).count() == 3
 
-        # Incremental: nothing new has settled, so the next run rolls no hour.
+        # Incremental: at the same moment there is nothing further to roll.
         assert usage_rollups_refresh(recent_days=2).hours == []
+    with time_machine.travel(NOW + dt.timedelta(minutes=5), tick=False):
+        # Five minutes on, only the current hour is rolled again, now up to 15:33.
+        assert usage_rollups_refresh(recent_days=2).hours == ["15:00"]
+        assert covered_hours(TODAY)[at(15)] == at(15, 33)
 
 
 def test_readers_take_settled_hours_from_the_hourly_rows(today_rows, team):
     with time_machine.travel(NOW, tick=False):
         usage_rollups_refresh(recent_days=2)
-        assert _dashboard_tokens() == 123
+        assert _dashboard_tokens() == 127
         # The hourly rows really are what answers: a tampered one shows through, while the
-        # open hour (15:xx, 3 tokens) still comes from its raw row.
+        # last minutes (the 15:29 row, 4 tokens) still come from their raw row.
         UsageCubeHourly.objects.filter(hour=at(9)).update(input_tokens=1_000)
         TagUsageHourly.objects.filter(hour=at(9)).update(input_tokens=1_000)
-        assert _dashboard_tokens() == 1_000 + 20 + 3
+        expected = 1_000 + 20 + 3 + 4
+        assert _dashboard_tokens() == expected
         subject = UsageSubject(team_id=team.pk)
-        assert month_to_date(subject=subject).input_tokens == 1_000 + 20 + 3
+        assert month_to_date(subject=subject).input_tokens == expected
         customer = UsageSubject(tags=(("customer_id", "acme"),))
-        assert month_to_date(subject=customer).input_tokens == 1_000 + 20 + 3
+        assert month_to_date(subject=customer).input_tokens == expected
         by_customer = month_to_date_rows(by_day=False, tag_key="customer_id")
-        assert sum(row.input_tokens for row in by_customer) == 1_000 + 20 + 3
+        assert sum(row.input_tokens for row in by_customer) == expected
         [pct] = selectors.percentile_points(scope=EVERYTHING, filters=RANGE)
-        assert pct.requests == 3
+        assert pct.requests == 4
 
 
 def test_a_late_row_re_rolls_its_hour_alone(tmp_path, today_rows, team):
@@ -98,7 +111,7 @@ def test_a_late_row_re_rolls_its_hour_alone(tmp_path, today_rows, team):
         usage_rollups_refresh(recent_days=2)
         computed = dict(UsageCubeHourly.objects.values_list("hour", "computed_at"))
 
-        # A long stream that began at 09:40 is written now, after 09:00 settled.
+        # A long stream that began at 09:40 is written now, after 09:00 was rolled.
         late = make_event(team_id=team.pk, created_at=at(9, 40), input_tokens=7, output_tokens=0)
         buffer = MemoryBuffer(spool_dir=tmp_path)
         buffer.put_nowait(late)
@@ -106,13 +119,14 @@ def test_a_late_row_re_rolls_its_hour_alone(tmp_path, today_rows, team):
         assert list(UsageLateHour.objects.values_list("hour", flat=True)) == [at(9)]
         # Read raw until re-rolled: the late row counts at once.
         assert at(9) not in covered_hours(TODAY)
-        assert _dashboard_tokens() == 130
+        assert _dashboard_tokens() == 134
 
     with time_machine.travel(NOW + dt.timedelta(minutes=5), tick=False):
         run = usage_rollups_refresh(recent_days=2)
-        assert run.hours == ["09:00"]
+        # The late hour alone, and the current hour, which every run carries forward.
+        assert run.hours == ["09:00", "15:00"]
         assert not UsageLateHour.objects.exists()
-        assert _dashboard_tokens() == 130
+        assert _dashboard_tokens() == 134
         again = dict(UsageCubeHourly.objects.values_list("hour", "computed_at"))
         assert again[at(14)] == computed[at(14)] and again[at(9)] > computed[at(9)]
 
@@ -126,13 +140,14 @@ def test_the_next_day_drops_yesterdays_hourly_rows(today_rows):
         # Yesterday is now read from its daily rows (or raw), whole.
         range_ = DashboardFilters(start=TODAY - dt.timedelta(days=1), end=TODAY)
         [point] = selectors.usage_points(scope=EVERYTHING, filters=range_)
-        assert point.input_tokens == 123
+        assert point.input_tokens == 127
 
 
-def test_hour_runs_are_the_day_outside_the_held_hours():
-    assert hour_runs(TODAY, {at(9), at(10), at(14)}) == [
+def test_hour_runs_are_the_day_outside_the_held_spans():
+    held = {at(9): at(10), at(10): at(11), at(14): at(14, 30)}
+    assert hour_runs(TODAY, held) == [
         (at(0), at(9)),
         (at(11), at(14)),
-        (at(15), at(0) + dt.timedelta(days=1)),
+        (at(14, 30), at(0) + dt.timedelta(days=1)),
     ]
-    assert hour_runs(TODAY, set()) == [(at(0), at(0) + dt.timedelta(days=1))]
+    assert hour_runs(TODAY, {}) == [(at(0), at(0) + dt.timedelta(days=1))]

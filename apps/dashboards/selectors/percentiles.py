@@ -215,7 +215,7 @@ def _from_histograms(
     dimension: str | None,
     bucket: str | None,
     covered: set[dt.date],
-    today: tuple[dt.date, set[dt.datetime]],
+    today: tuple[dt.date, dict[dt.datetime, dt.datetime]],
 ) -> list[tuple]:
     merged: _Merged = defaultdict(lambda: ({}, {}))
     column = RAW_COLUMNS[dimension] if dimension else None
@@ -237,7 +237,7 @@ def _from_histograms(
             (UsageCubeDaily.objects.filter(day__in=sorted(covered)), day_runs(covered)),
             (
                 UsageCubeHourly.objects.filter(hour__in=held_hours),
-                [(hour, hour + dt.timedelta(hours=1)) for hour in held_hours],
+                [(hour, today[1][hour]) for hour in held_hours],
             ),
         ]
         for cube, periods in cubes:

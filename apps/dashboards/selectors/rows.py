@@ -72,19 +72,19 @@ def rolled_up_days(rollup: type[Model], start: dt.date, end: dt.date) -> set[dt.
     return covered_days(rollup, start, end)
 
 
-def todays_hours(filters: DashboardFilters) -> tuple[dt.date, set]:
-    """Today and the hours of it (their starts) that the hourly rollups answer for; none
+def todays_hours(filters: DashboardFilters) -> tuple[dt.date, dict]:
+    """Today and the spans of it the hourly rollups answer for ({hour start: until}); none
     when the filters do not reach today."""
     today = utc_today()
     if not filters.start <= today < filters.start + dt.timedelta(days=filters.days):
-        return today, set()
+        return today, {}
     return today, covered_hours(today)
 
 
 def uncovered_ranges(
     filters: DashboardFilters,
     covered: set[dt.date],
-    hours: tuple[dt.date, set] | None = None,
+    hours: tuple[dt.date, dict] | None = None,
 ) -> list[tuple[dt.datetime, dt.datetime]]:
     """The filters' days a rollup does not hold, as datetime ranges for the raw rows; with
     `hours` (from `todays_hours`), today less the hours its hourly rollup holds."""

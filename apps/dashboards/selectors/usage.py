@@ -12,7 +12,7 @@ Hourly buckets always need the raw rows.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, replace
 from decimal import Decimal
 
@@ -169,7 +169,7 @@ def _rollup_groups(
     dimension,
     bucket,
     days: set[dt.date] = frozenset(),
-    hours: set[dt.datetime] = frozenset(),
+    hours: Collection[dt.datetime] = (),
 ) -> Iterable[tuple]:
     """Sums from `rollup`'s daily rows of the covered `days`, or its hourly rows of the
     covered `hours` (they carry their day, so they group into day buckets alike). Only the

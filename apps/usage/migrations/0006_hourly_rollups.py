@@ -25,6 +25,7 @@ class Migration(migrations.Migration):
             fields=[
                 ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
                 ('hour', models.DateTimeField(unique=True)),
+                ('until', models.DateTimeField()),
                 ('computed_at', models.DateTimeField()),
             ],
         ),
