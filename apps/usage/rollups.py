@@ -1,13 +1,17 @@
-"""The one scheduled rollup run over the one set of daily tables (`apps.usage.rollup_tables`).
+"""The one scheduled rollup run over the one set of rollup tables (`apps.usage.rollup_tables`).
 
-Statements, insights, quota seeding, the usage API and the dashboards all read those tables
-under one coverage rule (`apps.usage.coverage`), so after a run every reader sees the same
-days rolled up. A run is incremental: it rolls only the days that are not final yet (the
-complete days of this month and of the last `recent_days`, whose rollup is missing or was
-computed before the day settled) and the days marked late, then refreshes this month's
-statements. Rolling a day replaces its rows, so overlapping runs and re-runs after an outage
-are safe and pick up rows that arrived late (spool replays). Today is never rolled up: an
-unfinished day is always read raw.
+Statements, insights, quota seeding and the dashboards read those tables under one coverage
+rule (`apps.usage.coverage`), so after a run every reader sees the same periods rolled up.
+A run is incremental:
+- days: only the complete days of this month and of the last `recent_days` whose rollup is
+  missing or was computed before the day settled, and the days marked late;
+- today's hours: each hour up to the settle margin before the run, so a finished hour is
+  rolled once after it settles (again only if a late row marks it), and the current hour
+  is carried forward by each run;
+then it refreshes the statements of the months it touched and drops the hourly rows of past
+days. Rolling a period replaces its rows, so overlapping runs and re-runs after an outage
+are safe and pick up rows that arrived late (spool replays). Only the last minutes are read
+raw.
 """
 
 from __future__ import annotations
@@ -98,11 +102,6 @@ def usage_rollups_refresh(*, recent_days: int, today: dt.date | None = None) -> 
         hours=[f"{hour:%H:%M}" for hour in hours],
         requests=requests,
     )
-
-
-def usage_rollup_days(*, start: dt.date, end: dt.date) -> RollupResult:
-    """Recompute the UTC days [start, end) (idempotent); `manage.py rollup` backfills with it."""
-    return rollup_days(start=start, end=end)
 
 
 def usage_rollup_day(*, day: dt.date) -> RollupResult:

@@ -98,9 +98,9 @@ def percentile_points(
     if source is not None:
         last = last_rollup_day(filters)
         covered = rolled_up_days(LatencyHistogramDaily, filters.start, last)
-        today = todays_hours(filters)
-        if covered or today[1]:
-            found = _from_histograms(source, scope, filters, dimension, bucket, covered, today)
+        hours = todays_hours(filters)
+        if covered or hours:
+            found = _from_histograms(source, scope, filters, dimension, bucket, covered, hours)
             return _points(found)
     return _points(_exact(scope, filters, dimension, bucket))
 
@@ -215,19 +215,19 @@ def _from_histograms(
     dimension: str | None,
     bucket: str | None,
     covered: set[dt.date],
-    today: tuple[dt.date, dict[dt.datetime, dt.datetime]],
+    hours: dict[dt.datetime, dt.datetime],
 ) -> list[tuple]:
     merged: _Merged = defaultdict(lambda: ({}, {}))
     column = RAW_COLUMNS[dimension] if dimension else None
     daily, hourly = source
-    held_hours = sorted(today[1])
+    held_hours = sorted(hours)
     read = (scope, filters, column, bucket)
     # Only covered days: one rolled up while open, or with late rows since, is read raw.
     _add_rollup(merged, daily.filter(day__in=sorted(covered)), *read)
     if held_hours:
         _add_rollup(merged, hourly.filter(hour__in=held_hours), *read)
     # Periods without a histogram (the current hour, days not rolled up): raw rows.
-    ranges = uncovered_ranges(filters, covered, today)
+    ranges = uncovered_ranges(filters, covered, hours)
     if ranges:
         rows = raw_usage(scope=scope, filters=filters, ranges=ranges)
         _add_raw(merged, rows, column, bucket)
@@ -237,7 +237,7 @@ def _from_histograms(
             (UsageCubeDaily.objects.filter(day__in=sorted(covered)), day_runs(covered)),
             (
                 UsageCubeHourly.objects.filter(hour__in=held_hours),
-                [(hour, today[1][hour]) for hour in held_hours],
+                [(hour, hours[hour]) for hour in held_hours],
             ),
         ]
         for cube, periods in cubes:

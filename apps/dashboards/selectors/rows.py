@@ -6,12 +6,12 @@ Shared by every dashboard selector so charts, tables and CSV exports filter iden
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from django.db.models import Model, Q, QuerySet
 from django.utils import timezone
 
-from apps.usage.coverage import covered_days, covered_hours, hour_runs
+from apps.usage.coverage import covered_days, covered_hours, uncovered
 from apps.usage.grouping import day_bounds, utc_today
 from apps.usage.grouping import day_runs as grouping_day_runs
 from apps.usage.models import UsageRecord
@@ -72,25 +72,22 @@ def rolled_up_days(rollup: type[Model], start: dt.date, end: dt.date) -> set[dt.
     return covered_days(rollup, start, end)
 
 
-def todays_hours(filters: DashboardFilters) -> tuple[dt.date, dict]:
-    """Today and the spans of it the hourly rollups answer for ({hour start: until}); none
-    when the filters do not reach today."""
+def todays_hours(filters: DashboardFilters) -> dict[dt.datetime, dt.datetime]:
+    """The spans of today the hourly rollups answer for ({hour start: until}); none when the
+    filters do not reach today."""
     today = utc_today()
     if not filters.start <= today < filters.start + dt.timedelta(days=filters.days):
-        return today, {}
-    return today, covered_hours(today)
+        return {}
+    return covered_hours(today)
 
 
 def uncovered_ranges(
     filters: DashboardFilters,
     covered: set[dt.date],
-    hours: tuple[dt.date, dict] | None = None,
+    hours: Mapping[dt.datetime, dt.datetime] | None = None,
 ) -> list[tuple[dt.datetime, dt.datetime]]:
-    """The filters' days a rollup does not hold, as datetime ranges for the raw rows; with
-    `hours` (from `todays_hours`), today less the hours its hourly rollup holds."""
-    every_day = {filters.start + dt.timedelta(days=i) for i in range(filters.days)}
-    missing = every_day - covered
-    if not hours or not hours[1] or hours[0] not in missing:
-        return day_runs(missing)
-    today, held = hours
-    return sorted([*day_runs(missing - {today}), *hour_runs(today, held)])
+    """The filters' range less the days a rollup holds and today's spans the hourly rollups
+    hold (`todays_hours`), as datetime ranges for the raw rows."""
+    low, high = filters.bounds
+    held = [*day_runs(covered), *(hours or {}).items()]
+    return uncovered(low, high, held)

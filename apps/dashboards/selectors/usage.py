@@ -223,13 +223,13 @@ def usage_points(
     if rollup is not None:
         last = last_rollup_day(filters)
         covered = rolled_up_days(rollup.model, filters.start, last)
-        today = todays_hours(filters)
-        raw_ranges = uncovered_ranges(filters, covered, today)
+        hours = todays_hours(filters)
+        raw_ranges = uncovered_ranges(filters, covered, hours)
         read = {"scope": scope, "filters": filters, "dimension": dimension, "bucket": bucket}
         if covered:
             parts.append(_rollup_groups(rollup, days=covered, **read))
-        if today[1]:
-            parts.append(_rollup_groups(rollup, hours=today[1], **read))
+        if hours:
+            parts.append(_rollup_groups(rollup, hours=hours, **read))
     if raw_ranges:
         parts.append(
             _raw_groups(

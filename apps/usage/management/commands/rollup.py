@@ -5,7 +5,8 @@ import datetime as dt
 from django.core.management.base import BaseCommand, CommandError
 
 from apps.usage.grouping import utc_today
-from apps.usage.rollups import usage_rollup_day, usage_rollup_days, usage_rollup_month
+from apps.usage.rollup_tables import rollup_days
+from apps.usage.rollups import usage_rollup_day, usage_rollup_month
 
 
 class Command(BaseCommand):
@@ -30,7 +31,7 @@ class Command(BaseCommand):
                 if days < 1:
                     raise CommandError("--days must be >= 1")
                 today = utc_today()
-                result = usage_rollup_days(start=today - dt.timedelta(days=days), end=today)
+                result = rollup_days(start=today - dt.timedelta(days=days), end=today)
         except ValueError as error:
             raise CommandError(f"bad period: {error}") from error
         self.stdout.write(
