@@ -23,8 +23,9 @@ from django.http import StreamingHttpResponse
 
 from apps.billing.constants import COST_QUANTUM, CURRENCY, EXPORT_SCHEMA_VERSION
 from apps.billing.models import Statement
-from apps.billing.selectors.usage import PERCENTILES, ROW_FIELDS, UsageGroup, dim_columns
+from apps.billing.selectors.usage import ROW_FIELDS, UsageGroup, dim_columns
 from apps.billing.usage_query import UsageQuery
+from apps.usage.query import PERCENTILES
 from gateway_portal.csv_stream import Echo, csv_safe
 
 NDJSON = "application/x-ndjson"

@@ -27,7 +27,7 @@ NOW = dt.datetime(2026, 10, 11, 6, 0, tzinfo=dt.UTC)
 # Session, user, portal identity, the page's own reads (see each test) and, on portal pages,
 # the layout's context processor (the user's memberships, for the navigation).
 STATEMENTS_PAGE_QUERIES = 6
-CHARGEBACK_QUERIES = 5
+CHARGEBACK_QUERIES = 7
 # Insights: per month read (this month twice: by customer and by feature; three tier-fit
 # months), the covered days, the late-day marks, the rollup rows and the raw rest; for this
 # month also today's rolled and late hours.
@@ -139,7 +139,8 @@ def test_chargeback_csv(client, django_assert_num_queries):
     client.force_login(finance)
     for start, count in ((0, 2), (2, 4)):
         _usage(_teams(start, count))
-        # session, user, identity, team labels, the grouped usage
+        # session, user, identity, the month's covered days and late-day marks (none here:
+        # no rollup has run), the raw rows grouped, team labels
         with django_assert_num_queries(CHARGEBACK_QUERIES):
             body = _consume(
                 client.get("/api/usage/chargeback.csv", {"month": "2026-10", "group_by": "team"})

@@ -5,8 +5,8 @@ import random
 
 import pytest
 
-from apps.dashboards.selectors.percentiles import _interpolated
 from apps.usage import histograms
+from apps.usage.query import percentile
 
 pytestmark = pytest.mark.embedded
 
@@ -28,7 +28,7 @@ def test_percentiles_are_within_the_relative_error_of_percentile_cont():
     for fraction, estimate in zip(
         (0.5, 0.9, 0.99), histograms.percentiles(histogram, (0.5, 0.9, 0.99)), strict=True
     ):
-        exact = _interpolated(values, fraction)
+        exact = percentile(values, fraction)
         assert abs(estimate - exact) <= histograms.RELATIVE_ERROR * exact
 
 

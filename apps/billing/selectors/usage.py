@@ -1,9 +1,8 @@
 """Usage reads for the export API and chargebacks: grouped metrics and raw rows.
 
-Every read takes the caller's `apps.usage.scope.UsageScope` explicitly. Grouping runs in the
-database on PostgreSQL (one GROUP BY; `tags->>'key'` for tag dimensions; `percentile_cont`
-for latency percentiles). SQLite (embedded mode) groups in Python: it has no
-percentile_cont and sums decimals as floats.
+Every read takes the caller's `apps.usage.scope.UsageScope` explicitly. Grouped metrics come
+from the one query layer (`apps.usage.query`), the same one the dashboards read; here they
+get their API shape (labels beside ids, `status_code`, `tag.<key>` columns).
 """
 
 from __future__ import annotations
@@ -11,196 +10,61 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
-import math
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from decimal import Decimal
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core import signing
-from django.db import connection
-from django.db.models import Aggregate, Count, FloatField, Q, QuerySet, Sum
-from django.db.models.functions import TruncDay, TruncHour, TruncMonth
+from django.db.models import Q, QuerySet
 from django.utils import timezone
 
 from apps.accounts.models import Team, VirtualAccount
 from apps.billing.exceptions import UsageQueryError
 from apps.billing.usage_query import Dim, UsageQuery
 from apps.usage.models import UsageRecord
+from apps.usage.query import (
+    PERCENTILES,
+    UsageFilter,
+    UsageTotals,
+    raw_rows,
+    tag_dimension,
+    usage_totals,
+)
 from apps.usage.scope import UsageScope
-from apps.usage.tags import TagText, tag_equals
 
-PERCENTILES = (("latency_p50_ms", 0.5), ("latency_p90_ms", 0.9), ("latency_p99_ms", 0.99))
-_TRUNC = {"hour": TruncHour, "day": TruncDay, "month": TruncMonth}
 MAX_PAGE = 50_000
+# An open end of a range: every row there is.
+_EARLIEST = dt.datetime.min.replace(tzinfo=dt.UTC)
+_LATEST = dt.datetime.max.replace(tzinfo=dt.UTC)
 
 
-class PercentileCont(Aggregate):
-    """PostgreSQL `percentile_cont(f) WITHIN GROUP (ORDER BY expr)` (continuous, interpolated)."""
-
-    function = "percentile_cont"
-    template = "%(function)s(%(fraction)s) WITHIN GROUP (ORDER BY %(expressions)s)"
-    output_field = FloatField()
-
-    def __init__(self, expression, fraction: float, **extra):
-        # A float from our own constants, never from a request: safe to inline in SQL.
-        super().__init__(expression, fraction=repr(float(fraction)), **extra)
-
-
-def _filtered(*, scope: UsageScope, query: UsageQuery) -> QuerySet[UsageRecord]:
+def _usage_filter(*, scope: UsageScope, query: UsageQuery) -> UsageFilter:
+    """The query's row filters for the query layer, once the scope allows them."""
     scope.check_filters(
         team_ids=query.team_ids,
         user_ids=query.user_ids,
         virtual_account_ids=query.virtual_account_ids,
     )
-    rows = scope.filter(UsageRecord.objects.order_by())
-    if query.team_ids:
-        rows = rows.filter(team_id__in=query.team_ids)
-    if query.start is not None:
-        rows = rows.filter(created_at__gte=query.start)
-    if query.end is not None:
-        rows = rows.filter(created_at__lt=query.end)
-    if query.user_ids:
-        rows = rows.filter(user_id__in=query.user_ids)
-    if query.virtual_account_ids:
-        rows = rows.filter(virtual_account_id__in=query.virtual_account_ids)
-    if query.models:
-        rows = rows.filter(model__in=query.models)
-    status = Q()
-    if query.status_codes:
-        status |= Q(status_code__in=query.status_codes)
-    if query.status_range:
-        status |= Q(status_code__gte=query.status_range[0], status_code__lt=query.status_range[1])
-    if status:
-        rows = rows.filter(status)
-    for key, value in query.tags:
-        rows = rows.filter(tag_equals(key, value))
-    return rows
+    return UsageFilter(
+        start=query.start or _EARLIEST,
+        end=query.end or _LATEST,
+        team_ids=query.team_ids,
+        user_ids=query.user_ids,
+        virtual_account_ids=query.virtual_account_ids,
+        models=query.models,
+        tags=query.tags,
+        status_codes=query.status_codes,
+        status_range=query.status_range,
+    )
+
+
+def _filtered(*, scope: UsageScope, query: UsageQuery) -> QuerySet[UsageRecord]:
+    return raw_rows(scope=scope, where=_usage_filter(scope=scope, query=query))
 
 
 # --- Grouped metrics --------------------------------------------------------------------
-
-
-@dataclass
-class _Acc:
-    requests: int = 0
-    errors: int = 0
-    input_tokens: int = 0
-    output_tokens: int = 0
-    cached_tokens: int = 0
-    cost_usd: Decimal = Decimal(0)
-    latencies: list[float] = field(default_factory=list)
-
-
-def _percentile(sorted_values: list[float], fraction: float) -> float | None:
-    """Linear interpolation between closest ranks, as PostgreSQL's percentile_cont."""
-    if not sorted_values:
-        return None
-    pos = (len(sorted_values) - 1) * fraction
-    low, high = math.floor(pos), math.ceil(pos)
-    return sorted_values[low] + (sorted_values[high] - sorted_values[low]) * (pos - low)
-
-
-def _truncate(moment: dt.datetime, granularity: str) -> dt.datetime:
-    moment = moment.astimezone(dt.UTC)
-    if granularity == "hour":
-        return moment.replace(minute=0, second=0, microsecond=0)
-    if granularity == "day":
-        return moment.replace(hour=0, minute=0, second=0, microsecond=0)
-    return moment.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
-
-
-def _dim_aliases(dims: tuple[Dim, ...]) -> tuple[list[str], dict]:
-    names, annotations = [], {}
-    for i, dim in enumerate(dims):
-        if dim.tag:
-            annotations[f"_g{i}"] = TagText(dim.tag)
-            names.append(f"_g{i}")
-        else:
-            names.append(dim.column)
-    return names, annotations
-
-
-def _grouped_sql(rows: QuerySet, query: UsageQuery) -> Iterator[tuple[tuple, dict]]:
-    names, annotations = _dim_aliases(query.group_by)
-    if query.granularity:
-        annotations["_period"] = _TRUNC[query.granularity]("created_at", tzinfo=dt.UTC)
-        names = ["_period", *names]
-    metrics = {
-        "requests": Count("pk"),
-        "errors": Count("pk", filter=Q(status_code__gte=400)),
-        "input_tokens": Sum("input_tokens"),
-        "output_tokens": Sum("output_tokens"),
-        "cached_tokens": Sum("cached_tokens"),
-        "cost_usd": Sum("cost_usd"),
-    }
-    if "latency" in query.metrics:
-        metrics.update({name: PercentileCont("latency_ms", f) for name, f in PERCENTILES})
-    grouped = rows.annotate(**annotations).values(*names).annotate(**metrics).order_by(*names)
-    if not names:
-        grouped = [rows.aggregate(**metrics)]
-        if not grouped[0]["requests"]:
-            return
-    else:
-        # Server-side cursor: a chargeback over millions of groups never sits in memory.
-        grouped = grouped.iterator(chunk_size=2000)
-    for row in grouped:
-        key = tuple(row[name] for name in names)
-        yield key, row
-
-
-def _grouped_python(rows: QuerySet, query: UsageQuery) -> Iterator[tuple[tuple, dict]]:
-    want_latency = "latency" in query.metrics
-    columns = [dim.column for dim in query.group_by if dim.column]
-    accs: dict[tuple, _Acc] = {}
-    fields = ["created_at", "tags", "status_code", "input_tokens", "output_tokens"]
-    fields += ["cached_tokens", "cost_usd", "latency_ms", *columns]
-    for values in rows.values_list(*fields).iterator(chunk_size=5000):
-        row = dict(zip(fields, values, strict=True))
-        tags = row["tags"] if isinstance(row["tags"], dict) else {}
-        key = tuple(
-            row[dim.column] if dim.column else _tag_text(tags.get(dim.tag))
-            for dim in query.group_by
-        )
-        if query.granularity:
-            key = (_truncate(row["created_at"], query.granularity), *key)
-        acc = accs.get(key)
-        if acc is None:
-            acc = accs[key] = _Acc()
-        acc.requests += 1
-        acc.errors += row["status_code"] >= 400
-        acc.input_tokens += row["input_tokens"]
-        acc.output_tokens += row["output_tokens"]
-        acc.cached_tokens += row["cached_tokens"]
-        acc.cost_usd += row["cost_usd"]
-        if want_latency:
-            acc.latencies.append(row["latency_ms"])
-    for key in sorted(accs, key=lambda k: tuple((v is None, str(v)) for v in k)):
-        acc = accs[key]
-        out = {
-            "requests": acc.requests,
-            "errors": acc.errors,
-            "input_tokens": acc.input_tokens,
-            "output_tokens": acc.output_tokens,
-            "cached_tokens": acc.cached_tokens,
-            "cost_usd": acc.cost_usd,
-        }
-        if want_latency:
-            acc.latencies.sort()
-            out.update({name: _percentile(acc.latencies, f) for name, f in PERCENTILES})
-        yield key, out
-
-
-def _tag_text(value) -> str | None:
-    """A tag value as PostgreSQL's `->>` would render it, so both backends agree."""
-    if value is None or isinstance(value, str):
-        return value
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, dict | list):
-        return json.dumps(value)
-    return str(value)
 
 
 def _label_maps(dims: tuple[Dim, ...]) -> dict[str, dict[int, str]]:
@@ -239,23 +103,29 @@ class UsageGroup:
 
 
 def usage_grouped(*, scope: UsageScope, query: UsageQuery) -> Iterator[UsageGroup]:
-    """Grouped metrics, ordered by period then dimensions; a lazy iterator (stream it).
+    """Grouped metrics, ordered by period then dimensions (the query layer,
+    `apps.usage.query.usage_totals`: rollups where they cover, raw rows for the rest).
 
     The scope is checked now, not on the first row: a streamed CSV or NDJSON body starts
     after the response status is sent, too late for the caller to turn a PermissionError
     into a 403.
     """
-    return _usage_groups(_filtered(scope=scope, query=query), query)
+    where = _usage_filter(scope=scope, query=query)
+    found = usage_totals(
+        scope=scope,
+        where=where,
+        group_by=tuple(tag_dimension(d.tag) if d.tag else d.name for d in query.group_by),
+        bucket=query.granularity,
+        latency="latency" in query.metrics,
+    )
+    return _usage_groups(found, query)
 
 
-def _usage_groups(rows: QuerySet[UsageRecord], query: UsageQuery) -> Iterator[UsageGroup]:
-    grouped = _grouped_sql if connection.vendor == "postgresql" else _grouped_python
+def _usage_groups(found: list[UsageTotals], query: UsageQuery) -> Iterator[UsageGroup]:
     labels = _label_maps(query.group_by)
-    for key, values in grouped(rows, query):
-        period = key[0] if query.granularity else None
-        dim_values = key[1:] if query.granularity else key
+    for totals in found:
         dims: dict[str, object] = {}
-        for dim, value in zip(query.group_by, dim_values, strict=True):
+        for dim, value in zip(query.group_by, totals.group, strict=True):
             if dim.name in labels:
                 dims[f"{dim.name}_id"] = value
                 dims[dim.name] = labels[dim.name].get(value) if value is not None else None
@@ -264,15 +134,15 @@ def _usage_groups(rows: QuerySet[UsageRecord], query: UsageQuery) -> Iterator[Us
             else:
                 dims[dim.output] = value
         yield UsageGroup(
-            period=period.astimezone(dt.UTC) if period else None,
+            period=totals.bucket,
             dims=dims,
-            requests=values["requests"] or 0,
-            errors=values["errors"] or 0,
-            input_tokens=values["input_tokens"] or 0,
-            output_tokens=values["output_tokens"] or 0,
-            cached_tokens=values["cached_tokens"] or 0,
-            cost_usd=Decimal(values["cost_usd"] or 0),
-            latency={name: values.get(name) for name, _ in PERCENTILES},
+            requests=totals.requests,
+            errors=totals.errors,
+            input_tokens=totals.input_tokens,
+            output_tokens=totals.output_tokens,
+            cached_tokens=totals.cached_tokens,
+            cost_usd=totals.cost_usd,
+            latency={name: totals.latency.get(name) for name, _ in PERCENTILES},
         )
 
 

@@ -14,7 +14,6 @@ where sorting a million latencies takes seconds.
 from __future__ import annotations
 
 import datetime as dt
-import math
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -34,6 +33,7 @@ from apps.usage.models import (
     UsageCubeDaily,
     UsageCubeHourly,
 )
+from apps.usage.query import COLUMNS, grouped_raw, percentile
 from apps.usage.scope import UsageScope
 
 from ..filters import DashboardFilters
@@ -45,7 +45,6 @@ from .rows import (
     todays_hours,
     uncovered_ranges,
 )
-from .usage import RAW_COLUMNS, raw_grouping
 
 PERCENTILES = (0.5, 0.9, 0.99)
 # Breakdowns the histograms hold (their columns); others read raw rows.
@@ -147,7 +146,7 @@ def _points(found: Iterable[tuple]) -> list[PercentilePoint]:
 
 def _exact(scope, filters, dimension, bucket) -> list[tuple]:
     qs = raw_usage(scope=scope, filters=filters).filter(status_code__lt=400)
-    qs, names = raw_grouping(qs, dimension, bucket)
+    qs, names = grouped_raw(qs, (dimension,) if dimension else (), bucket)
     if connection.vendor != "postgresql":
         return _python_percentiles(qs, names)
     stream_q = Q(is_stream=True, ttft_ms__isnull=False)
@@ -162,27 +161,17 @@ def _exact(scope, filters, dimension, bucket) -> list[tuple]:
     else:
         rows = [qs.aggregate(**aggregates)]
     return [
-        (r.get("_bucket"), r.get("_group"), r["n"], r["lat"], r["n_ttft"], r["ttft"])
+        (r.get("_bucket"), r.get("_g0"), r["n"], r["lat"], r["n_ttft"], r["ttft"])
         for r in rows
         if r["n"]
     ]
-
-
-def _interpolated(values: list[float], fraction: float) -> float | None:
-    """percentile_cont: linear interpolation between the two nearest ranks of sorted values."""
-    if not values:
-        return None
-    position = fraction * (len(values) - 1)
-    low = math.floor(position)
-    high = math.ceil(position)
-    return values[low] + (values[high] - values[low]) * (position - low)
 
 
 def _python_percentiles(qs: QuerySet, names: list[str]) -> list[tuple]:
     latencies: dict[tuple, list[float]] = defaultdict(list)
     ttfts: dict[tuple, list[float]] = defaultdict(list)
     for row in qs.values(*names, "latency_ms", "is_stream", "ttft_ms").iterator(chunk_size=5000):
-        key = (row.get("_bucket"), row.get("_group"))
+        key = (row.get("_bucket"), row.get("_g0"))
         latencies[key].append(row["latency_ms"])
         if row["is_stream"] and row["ttft_ms"] is not None:
             ttfts[key].append(row["ttft_ms"])
@@ -194,9 +183,9 @@ def _python_percentiles(qs: QuerySet, names: list[str]) -> list[tuple]:
             (
                 *key,
                 len(values),
-                [_interpolated(values, f) for f in PERCENTILES],
+                [percentile(values, f) for f in PERCENTILES],
                 len(streams),
-                [_interpolated(streams, f) for f in PERCENTILES] if streams else None,
+                [percentile(streams, f) for f in PERCENTILES] if streams else None,
             )
         )
     return found
@@ -218,7 +207,7 @@ def _from_histograms(
     hours: dict[dt.datetime, dt.datetime],
 ) -> list[tuple]:
     merged: _Merged = defaultdict(lambda: ({}, {}))
-    column = RAW_COLUMNS[dimension] if dimension else None
+    column = COLUMNS[dimension] if dimension else None
     daily, hourly = source
     held_hours = sorted(hours)
     read = (scope, filters, column, bucket)

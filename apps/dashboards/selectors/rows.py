@@ -1,4 +1,5 @@
-"""Which usage rows a read sees: the caller's scope, the filters, and the rollup coverage.
+"""Which usage rows a read sees: the caller's scope, the filters (as the query layer's
+`apps.usage.query.UsageFilter`), and the rollup coverage.
 
 Shared by every dashboard selector so charts, tables and CSV exports filter identically.
 """
@@ -8,17 +9,29 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Iterable, Mapping
 
-from django.db.models import Model, Q, QuerySet
+from django.db.models import Model, QuerySet
 from django.utils import timezone
 
 from apps.usage.coverage import covered_days, covered_hours, uncovered
 from apps.usage.grouping import day_bounds, utc_today
 from apps.usage.grouping import day_runs as grouping_day_runs
 from apps.usage.models import UsageRecord
+from apps.usage.query import UsageFilter, narrowed, raw_rows
 from apps.usage.scope import UsageScope
-from apps.usage.tags import tag_equals
 
 from ..filters import DashboardFilters
+
+
+def usage_filter(filters: DashboardFilters) -> UsageFilter:
+    """The dashboard filters as the query layer's row filter."""
+    low, high = filters.bounds
+    return UsageFilter(
+        start=low,
+        end=high,
+        team_ids=() if filters.team_id is None else (filters.team_id,),
+        models=(filters.model,) if filters.model else (),
+        tags=filters.tags,
+    )
 
 
 def filtered(
@@ -29,16 +42,7 @@ def filtered(
     `tags_field` names the JSON column holding tag values ("tags" on raw rows); None for a
     rollup table, which must not be asked for tag filters.
     """
-    qs = scope.filter(qs)
-    if filters.team_id is not None:
-        qs = qs.filter(team_id=filters.team_id)
-    if filters.model:
-        qs = qs.filter(model=filters.model)
-    if filters.tags and tags_field is None:
-        raise ValueError("tag filters need a table with tags")
-    for key, value in filters.tags:
-        qs = qs.filter(tag_equals(key, value, tags_field))
-    return qs
+    return narrowed(qs, scope=scope, where=usage_filter(filters), tags_field=tags_field)
 
 
 def raw_usage(
@@ -48,13 +52,7 @@ def raw_usage(
     ranges: Iterable[tuple[dt.datetime, dt.datetime]] | None = None,
 ) -> QuerySet[UsageRecord]:
     """Usage rows inside the scope and filters; `ranges` replaces the filters' date range."""
-    if ranges is None:
-        ranges = [filters.bounds]
-    time_q = Q(pk__in=[])
-    for low, high in ranges:
-        time_q |= Q(created_at__gte=low, created_at__lt=high)
-    qs = UsageRecord.objects.order_by().filter(time_q)
-    return filtered(qs, scope=scope, filters=filters, tags_field="tags")
+    return raw_rows(scope=scope, where=usage_filter(filters), ranges=ranges)
 
 
 def day_runs(days: Iterable[dt.date]) -> list[tuple[dt.datetime, dt.datetime]]:

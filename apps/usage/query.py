@@ -1,0 +1,408 @@
+"""The one usage query layer: requests, errors, tokens and cost (and, asked for, latency
+percentiles) per time bucket and group, for any filter the portal or the usage API offers.
+
+The usage API, the chargeback CSV and the dashboards read through `usage_totals`; month-to-date
+(statements, previews, insights, quota seeding) applies the same coverage rule
+(`apps.usage.coverage`). A read is answered from:
+- the daily rollups for whole past days they cover (`UsageCubeDaily` for column groupings;
+  `TagUsageDaily` when one rollup tag key is grouped by or filtered on);
+- today's hourly rollups for the spans they cover;
+- the raw rows for everything else: the last minutes, days not rolled up yet or with late
+  rows, partial days at the range's edges, and every read a rollup cannot answer (status
+  filters or groupings, several tags, tags that are not rollup keys, hourly buckets).
+All parts are summed, so a figure never depends on whether a rollup has run. Exact latency
+percentiles, when asked for, are read from the raw rows beside these sums.
+
+A tag with no value and a tag with the empty value are one group, `None` (rollups store both
+as ""); team, user and virtual account groups are ids.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import uuid
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field, replace
+from decimal import Decimal
+
+from django.db import connection
+from django.db.models import Aggregate, F, FloatField, Model, Q, QuerySet
+from django.db.models.functions import TruncDay, TruncHour, TruncMonth
+
+from .aggregates import RAW_SUMS, ROLLUP_SUMS, summed_cost
+from .coverage import covered_days, covered_hours, uncovered
+from .grouping import day_bounds, day_runs, rollup_tag_keys, utc_midnight, utc_today
+from .models import TagUsageDaily, TagUsageHourly, UsageCubeDaily, UsageCubeHourly, UsageRecord
+from .scope import UsageScope
+from .tags import TagText, tag_equals
+
+# Column dimensions: name -> UsageRecord column.
+COLUMNS = {
+    "team": "team_id",
+    "user": "user_id",
+    "virtual_account": "virtual_account_id",
+    "model": "model",
+    "provider": "provider",
+    "error_type": "error_type",
+    "status": "status_code",
+    "request_type": "request_type",
+}
+BUCKETS = ("hour", "day", "month")
+PERCENTILES = (("latency_p50_ms", 0.5), ("latency_p90_ms", 0.9), ("latency_p99_ms", 0.99))
+_TRUNC = {"hour": TruncHour, "day": TruncDay, "month": TruncMonth}
+_CUBE_DIMENSIONS = frozenset({"team", "user", "virtual_account", "model", "provider", "error_type"})
+_TAG_ROLLUP_DIMENSIONS = frozenset({"team", "user", "virtual_account", "model"})
+
+
+def tag_dimension(key: str) -> str:
+    """The group_by name of tag `key`."""
+    return f"tag:{key}"
+
+
+def dimension_tag_key(dimension: str) -> str | None:
+    """The tag key of a `tag:<key>` dimension, None for a column dimension."""
+    return dimension[4:] if dimension.startswith("tag:") else None
+
+
+@dataclass(frozen=True)
+class UsageFilter:
+    """Which usage rows a read sums: created in [start, end), narrowed by each non-empty field."""
+
+    start: dt.datetime
+    end: dt.datetime
+    team_ids: tuple[int, ...] = ()
+    user_ids: tuple[int, ...] = ()
+    virtual_account_ids: tuple[int, ...] = ()
+    models: tuple[str, ...] = ()
+    tags: tuple[tuple[str, str], ...] = ()
+    status_codes: tuple[int, ...] = ()
+    status_range: tuple[int, int] | None = None
+    # No rollup keeps keys apart: a filter on them reads raw rows.
+    api_key_ids: tuple[int, ...] = ()
+    key_lineage_ids: tuple[uuid.UUID, ...] = ()
+
+    @property
+    def by_status(self) -> bool:
+        return bool(self.status_codes or self.status_range)
+
+    @property
+    def by_key(self) -> bool:
+        return bool(self.api_key_ids or self.key_lineage_ids)
+
+
+@dataclass(frozen=True)
+class UsageTotals:
+    """The sums of one group (a value per group_by dimension) in one time bucket."""
+
+    bucket: dt.datetime | None
+    group: tuple[object, ...]
+    requests: int
+    errors: int
+    input_tokens: int
+    output_tokens: int
+    cached_tokens: int
+    cost_usd: Decimal
+    # Latency percentiles by name (PERCENTILES), when asked for; None for a group whose
+    # rows have none.
+    latency: dict[str, float | None] = field(default_factory=dict)
+
+    @property
+    def tokens(self) -> int:
+        return self.input_tokens + self.output_tokens
+
+
+# --- Rows ----------------------------------------------------------------------------------
+
+
+def narrowed(
+    qs: QuerySet, *, scope: UsageScope, where: UsageFilter, tags_field: str | None = "tags"
+) -> QuerySet:
+    """`qs` (raw rows or a rollup table) narrowed to the scope and the filter's columns and
+    tags; `tags_field` names the JSON column of tags, None for a rollup table (which has none:
+    its one tag is its row selection)."""
+    if where.tags and tags_field is None:
+        raise ValueError("tag filters need a table with tags")
+    qs = scope.filter(qs)
+    for column, values in (
+        ("team_id", where.team_ids),
+        ("user_id", where.user_ids),
+        ("virtual_account_id", where.virtual_account_ids),
+        ("model", where.models),
+        ("api_key_id", where.api_key_ids),
+        ("key_lineage_id", where.key_lineage_ids),
+    ):
+        if values:
+            qs = qs.filter(**{f"{column}__in": values})
+    for key, value in where.tags:
+        qs = qs.filter(tag_equals(key, value, tags_field))
+    status = Q()
+    if where.status_codes:
+        status |= Q(status_code__in=where.status_codes)
+    if where.status_range:
+        low, high = where.status_range
+        status |= Q(status_code__gte=low, status_code__lt=high)
+    return qs.filter(status) if status else qs
+
+
+def raw_rows(
+    *,
+    scope: UsageScope,
+    where: UsageFilter,
+    ranges: Iterable[tuple[dt.datetime, dt.datetime]] | None = None,
+) -> QuerySet[UsageRecord]:
+    """Raw usage rows of the filter; `ranges` (half-open) replaces its [start, end)."""
+    time_q = Q(pk__in=[])
+    for low, high in [(where.start, where.end)] if ranges is None else ranges:
+        time_q |= Q(created_at__gte=low, created_at__lt=high)
+    return narrowed(UsageRecord.objects.order_by().filter(time_q), scope=scope, where=where)
+
+
+def grouped_raw(
+    qs: QuerySet, group_by: tuple[str, ...], bucket: str | None
+) -> tuple[QuerySet, list[str]]:
+    """Raw rows annotated with `_bucket` and `_g0`, `_g1`… (one per dimension), and the names
+    to GROUP BY."""
+    names = []
+    if bucket:
+        qs = qs.annotate(_bucket=_TRUNC[bucket]("created_at", tzinfo=dt.UTC))
+        names.append("_bucket")
+    for index, dimension in enumerate(group_by):
+        key = dimension_tag_key(dimension)
+        qs = qs.annotate(**{f"_g{index}": TagText(key) if key else F(COLUMNS[dimension])})
+        names.append(f"_g{index}")
+    return qs, names
+
+
+def _group_rows(qs: QuerySet, names: list[str], aggregates: dict) -> Iterable[dict]:
+    """GROUP BY `names`; with no names one total row (`.values()` alone would select all)."""
+    if names:
+        # Server-side cursor on PostgreSQL: a chargeback over many groups streams.
+        return qs.values(*names).annotate(**aggregates).iterator(chunk_size=2000)
+    row = qs.aggregate(**aggregates)
+    return [row] if row["n"] else []
+
+
+# --- Which rollup answers a read -----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Rollup:
+    daily: type[Model]
+    hourly: type[Model]
+    # TagUsageDaily/Hourly: the rows of this one tag (key, and value or None for all values).
+    tag: tuple[str, str | None] | None = None
+
+
+def _rollup_for(where: UsageFilter, group_by: tuple[str, ...], bucket: str | None):
+    if bucket == "hour" or where.by_status or where.by_key:
+        return None
+    columns = {d for d in group_by if dimension_tag_key(d) is None}
+    tag_keys = [key for d in group_by if (key := dimension_tag_key(d)) is not None]
+    if not tag_keys and not where.tags:
+        return _Rollup(UsageCubeDaily, UsageCubeHourly) if columns <= _CUBE_DIMENSIONS else None
+    if not columns <= _TAG_ROLLUP_DIMENSIONS:
+        return None
+    if len(tag_keys) == 1 and not where.tags:
+        tag: tuple[str, str | None] = (tag_keys[0], None)
+    elif not tag_keys and len(where.tags) == 1:
+        tag = where.tags[0]
+    else:
+        return None
+    if tag[0] not in rollup_tag_keys():
+        return None
+    return _Rollup(TagUsageDaily, TagUsageHourly, tag)
+
+
+def _held_spans(rollup: _Rollup, where: UsageFilter) -> tuple[set[dt.date], dict]:
+    """The whole days inside the filter that `rollup` covers, and today's covered hourly spans
+    inside it ({hour start: until})."""
+    today = utc_today()
+    first = where.start.astimezone(dt.UTC).date()
+    if utc_midnight(first) < where.start:
+        first += dt.timedelta(days=1)  # a partial first day is read raw
+    last = min(where.end.astimezone(dt.UTC).date(), today)  # exclusive: partial or open
+    days = covered_days(rollup.daily, first, last) if first < last else set()
+    hours = {}
+    if where.start < utc_midnight(today + dt.timedelta(days=1)) and where.end > utc_midnight(today):
+        hours = {
+            hour: until
+            for hour, until in covered_hours(today).items()
+            if hour >= where.start and until <= where.end
+        }
+    return days, hours
+
+
+def _rollup_parts(
+    rollup: _Rollup,
+    *,
+    scope: UsageScope,
+    where: UsageFilter,
+    group_by: tuple[str, ...],
+    days: set[dt.date],
+    hours: dict[dt.datetime, dt.datetime],
+) -> Iterator[tuple[dt.datetime | None, tuple, dict]]:
+    reads = []
+    if days:
+        reads.append(rollup.daily.objects.order_by().filter(day__in=sorted(days)))
+    if hours:
+        reads.append(rollup.hourly.objects.order_by().filter(hour__in=sorted(hours)))
+    # The tag filter, if any, is the rollup's row selection.
+    columns_only = replace(where, tags=())
+    for qs in reads:
+        if rollup.tag is not None:
+            key, value = rollup.tag
+            qs = (
+                qs.filter(tag_key=key) if value is None else qs.filter(tag_key=key, tag_value=value)
+            )
+        qs = narrowed(qs, scope=scope, where=columns_only, tags_field=None)
+        names = ["day"]
+        for index, dimension in enumerate(group_by):
+            source = "tag_value" if dimension_tag_key(dimension) else COLUMNS[dimension]
+            qs = qs.annotate(**{f"_g{index}": F(source)})
+            names.append(f"_g{index}")
+        for row in _group_rows(qs, names, ROLLUP_SUMS):
+            yield utc_midnight(row["day"]), _group_of(row, group_by), row
+
+
+# --- Reading --------------------------------------------------------------------------------
+
+
+def _group_of(row: dict, group_by: tuple[str, ...]) -> tuple:
+    values = []
+    for index, dimension in enumerate(group_by):
+        value = row.get(f"_g{index}")
+        if dimension_tag_key(dimension) is not None and value == "":
+            value = None
+        values.append(value)
+    return tuple(values)
+
+
+def _truncate(moment: dt.datetime | None, bucket: str | None) -> dt.datetime | None:
+    if bucket is None or moment is None:
+        return None
+    moment = moment.astimezone(dt.UTC)
+    if bucket == "hour":
+        return moment.replace(minute=0, second=0, microsecond=0)
+    day = moment.replace(hour=0, minute=0, second=0, microsecond=0)
+    return day.replace(day=1) if bucket == "month" else day
+
+
+def _order(totals: UsageTotals) -> tuple:
+    epoch = dt.datetime.min.replace(tzinfo=dt.UTC)
+    return (
+        totals.bucket or epoch,
+        tuple((v is None, v if v is not None else "") for v in totals.group),
+    )
+
+
+def usage_totals(
+    *,
+    scope: UsageScope,
+    where: UsageFilter,
+    group_by: tuple[str, ...] = (),
+    bucket: str | None = None,
+    latency: bool = False,
+    use_rollups: bool = True,
+) -> list[UsageTotals]:
+    """Sums per (bucket, group), ordered by bucket then group values (None last).
+
+    `group_by` holds names of COLUMNS and `tag:<key>`; `bucket` is one of BUCKETS or None (one
+    total per group). With `latency`, each group also carries its exact latency percentiles,
+    read from the raw rows (None where none are left, past retention). `use_rollups=False`
+    reads raw rows only (what the rollups must agree with).
+    """
+    rollup = _rollup_for(where, group_by, bucket) if use_rollups else None
+    parts: list[Iterable[tuple[dt.datetime | None, tuple, dict]]] = []
+    ranges = [(where.start, where.end)]
+    if rollup is not None:
+        days, hours = _held_spans(rollup, where)
+        held = [*(day_bounds(a, b) for a, b in day_runs(days)), *hours.items()]
+        ranges = uncovered(where.start, where.end, held)
+        if days or hours:
+            parts.append(
+                _rollup_parts(
+                    rollup, scope=scope, where=where, group_by=group_by, days=days, hours=hours
+                )
+            )
+    if ranges:
+        parts.append(_raw_parts(scope, where, group_by, bucket, ranges))
+    sums: dict[tuple, list] = {}
+    for part in parts:
+        for moment, group, row in part:
+            acc = sums.setdefault((_truncate(moment, bucket), group), [0, 0, 0, 0, 0, Decimal(0)])
+            acc[0] += row["n"] or 0
+            acc[1] += row["n_err"] or 0
+            acc[2] += row["s_in"] or 0
+            acc[3] += row["s_out"] or 0
+            acc[4] += row["s_cached"] or 0
+            acc[5] += summed_cost(row["s_cost"])
+    percentiles = _raw_percentiles(scope, where, group_by, bucket) if latency else {}
+    found = [
+        UsageTotals(
+            moment,
+            group,
+            *acc,
+            latency=percentiles.get((moment, group), dict.fromkeys(n for n, _ in PERCENTILES))
+            if latency
+            else {},
+        )
+        for (moment, group), acc in sums.items()
+    ]
+    return sorted(found, key=_order)
+
+
+def _raw_parts(scope, where, group_by, bucket, ranges) -> Iterator[tuple]:
+    qs, names = grouped_raw(raw_rows(scope=scope, where=where, ranges=ranges), group_by, bucket)
+    for row in _group_rows(qs, names, RAW_SUMS):
+        yield row.get("_bucket"), _group_of(row, group_by), row
+
+
+# --- Latency percentiles, from raw rows -------------------------------------------------------
+
+
+class PercentileCont(Aggregate):
+    """PostgreSQL `percentile_cont(f) WITHIN GROUP (ORDER BY expr)` (continuous, interpolated)."""
+
+    function = "percentile_cont"
+    template = "%(function)s(%(fraction)s) WITHIN GROUP (ORDER BY %(expressions)s)"
+    output_field = FloatField()
+
+    def __init__(self, expression, fraction: float, **extra):
+        # A float from our own constants, never from a request: safe to inline in SQL.
+        super().__init__(expression, fraction=repr(float(fraction)), **extra)
+
+
+def percentile(sorted_values: list[float], fraction: float) -> float | None:
+    """Linear interpolation between closest ranks, as PostgreSQL's percentile_cont."""
+    if not sorted_values:
+        return None
+    pos = (len(sorted_values) - 1) * fraction
+    low, high = math.floor(pos), math.ceil(pos)
+    return sorted_values[low] + (sorted_values[high] - sorted_values[low]) * (pos - low)
+
+
+def _raw_percentiles(scope, where, group_by, bucket) -> dict[tuple, dict[str, float | None]]:
+    """Exact latency percentiles per (bucket, group) of the raw rows."""
+    qs, names = grouped_raw(raw_rows(scope=scope, where=where), group_by, bucket)
+    found: dict[tuple, dict[str, float | None]] = {}
+    if connection.vendor == "postgresql":
+        aggregates = {n: PercentileCont("latency_ms", f) for n, f in PERCENTILES}
+        rows = (
+            qs.values(*names).annotate(**aggregates).iterator(chunk_size=2000)
+            if names
+            else [qs.aggregate(**aggregates)]
+        )
+        for row in rows:
+            key = (_truncate(row.get("_bucket"), bucket), _group_of(row, group_by))
+            found[key] = {name: row[name] for name, _ in PERCENTILES}
+        return found
+    # SQLite has no percentile_cont: the latencies are sorted here.
+    latencies: dict[tuple, list[float]] = {}
+    for values in qs.values(*names, "latency_ms").iterator(chunk_size=5000):
+        key = (_truncate(values.get("_bucket"), bucket), _group_of(values, group_by))
+        latencies.setdefault(key, []).append(values["latency_ms"])
+    for key, values in latencies.items():
+        values.sort()
+        found[key] = {name: percentile(values, f) for name, f in PERCENTILES}
+    return found
