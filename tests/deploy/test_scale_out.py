@@ -173,6 +173,7 @@ class Outcome:
     request_id: str
     complete: bool  # the whole answer arrived: a JSON completion, or a stream up to [DONE]
     stream: bool
+    error: str = ""  # the client's exception, when there was no complete answer
 
 
 async def call_once(client: httpx.AsyncClient, secret: str, model: str, stream: bool) -> Outcome:
@@ -185,8 +186,8 @@ async def call_once(client: httpx.AsyncClient, secret: str, model: str, stream: 
             headers={"Authorization": f"Bearer {secret}"},
         ) as response:
             data = b"".join([chunk async for chunk in response.aiter_bytes()])
-    except httpx.HTTPError:
-        return Outcome(None, "", False, stream)
+    except httpx.HTTPError as exc:
+        return Outcome(None, "", False, stream, error=repr(exc))
     complete = response.status_code == 200 and (
         b"data: [DONE]" in data if stream else b'"choices"' in data
     )
@@ -230,6 +231,14 @@ class Load(threading.Thread):
         self._halt.set()
         self.join(60)
         return self.outcomes
+
+
+def supervisor_lines(*logs: str | GatewayServer) -> list[str]:
+    """What the instances' uvicorn supervisors said about their workers (a worker it found
+    hung and killed cuts the calls it was serving)."""
+    texts = [log if isinstance(log, str) else log.log() for log in logs]
+    words = ("died", "Stopping", "Started parent", "Waiting for", "Terminated", "ERROR")
+    return [line for text in texts for line in text.splitlines() if any(w in line for w in words)]
 
 
 # --- the tests ------------------------------------------------------------------------------
@@ -376,6 +385,7 @@ def test_a_rolling_restart_behind_the_balancer_fails_no_call(cluster, user):
         time.sleep(0.05)
     os.kill(cluster.b.process.pid, signal.SIGTERM)
     assert cluster.b.process.wait(30) == 0
+    old_b_log = cluster.b.log()
     port = int(cluster.b.url.rsplit(":", 1)[1])  # the address the balancer knows
     cluster.b = spawn_instance(INSTANCE_ENV, port=port)
     wait_healthy(cluster.b)
@@ -385,7 +395,10 @@ def test_a_rolling_restart_behind_the_balancer_fails_no_call(cluster, user):
     outcomes = load.stop()
 
     failed = [o for _, o in outcomes if not o.complete]
-    assert not failed, f"{len(failed)} of {len(outcomes)} calls failed: {failed[:3]}"
+    assert not failed, (
+        f"{len(failed)} of {len(outcomes)} calls failed: {failed[:3]}\n"
+        f"instances' supervisor lines: {supervisor_lines(old_b_log, cluster.a, cluster.b)}"
+    )
     rows = wait_for_rows([o.request_id for _, o in outcomes])
     assert len(rows) == len(outcomes)
     # The new instance B took its share after rejoining.
