@@ -1,15 +1,16 @@
 """The one usage query layer: requests, errors, tokens and cost (and, asked for, latency
 percentiles) per time bucket and group, for any filter the portal or the usage API offers.
 
-The usage API, the chargeback CSV and the dashboards read through `usage_totals`; month-to-date
-(statements, previews, insights, quota seeding) applies the same coverage rule
+The usage API, the chargeback CSV, the dashboards and month-to-date (statements, previews,
+insights, quota seeding) read through `usage_totals`, under one coverage rule
 (`apps.usage.coverage`). A read is answered from:
 - the daily rollups for whole past days they cover (`UsageCubeDaily` for column groupings;
-  `TagUsageDaily` when one rollup tag key is grouped by or filtered on);
-- today's hourly rollups for the spans they cover;
+  `TagUsageDaily` when one rollup tag key is grouped by or filtered on), except in hourly
+  buckets;
+- today's hourly rollups (the same two shapes) for the spans they cover;
 - the raw rows for everything else: the last minutes, days not rolled up yet or with late
   rows, partial days at the range's edges, and every read a rollup cannot answer (status
-  filters or groupings, several tags, tags that are not rollup keys, hourly buckets).
+  filters or groupings, API keys, several tags, tags that are not rollup keys).
 All parts are summed, so a figure never depends on whether a rollup has run. Exact latency
 percentiles, when asked for, are read from the raw rows beside these sums.
 
@@ -27,10 +28,21 @@ from dataclasses import dataclass, field, replace
 from decimal import Decimal
 
 from django.db import connection
-from django.db.models import Aggregate, F, FloatField, Model, Q, QuerySet
-from django.db.models.functions import TruncDay, TruncHour, TruncMonth
+from django.db.models import (
+    Aggregate,
+    F,
+    FloatField,
+    Model,
+    OrderBy,
+    Q,
+    QuerySet,
+    TextField,
+    Value,
+)
+from django.db.models.functions import Collate, NullIf, TruncDay, TruncHour, TruncMonth
 
 from .aggregates import RAW_SUMS, ROLLUP_SUMS, summed_cost
+from .constants import TAG_VALUE_LENGTH
 from .coverage import covered_days, covered_hours, uncovered
 from .grouping import day_bounds, day_runs, rollup_tag_keys, utc_midnight, utc_today
 from .models import TagUsageDaily, TagUsageHourly, UsageCubeDaily, UsageCubeHourly, UsageRecord
@@ -169,7 +181,13 @@ def grouped_raw(
         names.append("_bucket")
     for index, dimension in enumerate(group_by):
         key = dimension_tag_key(dimension)
-        qs = qs.annotate(**{f"_g{index}": TagText(key) if key else F(COLUMNS[dimension])})
+        # A tag's empty value and its absence are one group (NULL), as in the rollups.
+        expression = (
+            NullIf(TagText(key), Value("", output_field=TextField()))
+            if key
+            else F(COLUMNS[dimension])
+        )
+        qs = qs.annotate(**{f"_g{index}": expression})
         names.append(f"_g{index}")
     return qs, names
 
@@ -195,7 +213,7 @@ class _Rollup:
 
 
 def _rollup_for(where: UsageFilter, group_by: tuple[str, ...], bucket: str | None):
-    if bucket == "hour" or where.by_status or where.by_key:
+    if where.by_status or where.by_key:
         return None
     columns = {d for d in group_by if dimension_tag_key(d) is None}
     tag_keys = [key for d in group_by if (key := dimension_tag_key(d)) is not None]
@@ -214,15 +232,18 @@ def _rollup_for(where: UsageFilter, group_by: tuple[str, ...], bucket: str | Non
     return _Rollup(TagUsageDaily, TagUsageHourly, tag)
 
 
-def _held_spans(rollup: _Rollup, where: UsageFilter) -> tuple[set[dt.date], dict]:
-    """The whole days inside the filter that `rollup` covers, and today's covered hourly spans
-    inside it ({hour start: until})."""
+def _held_spans(
+    rollup: _Rollup, where: UsageFilter, bucket: str | None
+) -> tuple[set[dt.date], dict]:
+    """The whole days inside the filter that `rollup` covers (none for hourly buckets: a
+    daily row cannot be split into hours), and today's covered hourly spans inside it
+    ({hour start: until})."""
     today = utc_today()
     first = where.start.astimezone(dt.UTC).date()
     if utc_midnight(first) < where.start:
         first += dt.timedelta(days=1)  # a partial first day is read raw
     last = min(where.end.astimezone(dt.UTC).date(), today)  # exclusive: partial or open
-    days = covered_days(rollup.daily, first, last) if first < last else set()
+    days = covered_days(rollup.daily, first, last) if first < last and bucket != "hour" else set()
     hours = {}
     if where.start < utc_midnight(today + dt.timedelta(days=1)) and where.end > utc_midnight(today):
         hours = {
@@ -239,30 +260,35 @@ def _rollup_parts(
     scope: UsageScope,
     where: UsageFilter,
     group_by: tuple[str, ...],
+    bucket: str | None,
     days: set[dt.date],
     hours: dict[dt.datetime, dt.datetime],
 ) -> Iterator[tuple[dt.datetime | None, tuple, dict]]:
+    # (rows, the column giving each its moment): hourly rows carry their day as well.
     reads = []
     if days:
-        reads.append(rollup.daily.objects.order_by().filter(day__in=sorted(days)))
+        reads.append((rollup.daily.objects.filter(day__in=sorted(days)), "day"))
     if hours:
-        reads.append(rollup.hourly.objects.order_by().filter(hour__in=sorted(hours)))
+        moment = "hour" if bucket == "hour" else "day"
+        reads.append((rollup.hourly.objects.filter(hour__in=sorted(hours)), moment))
     # The tag filter, if any, is the rollup's row selection.
     columns_only = replace(where, tags=())
-    for qs in reads:
+    for qs, moment in reads:
+        qs = qs.order_by()
         if rollup.tag is not None:
             key, value = rollup.tag
-            qs = (
-                qs.filter(tag_key=key) if value is None else qs.filter(tag_key=key, tag_value=value)
-            )
+            qs = qs.filter(tag_key=key)
+            if value is not None:
+                qs = qs.filter(tag_value=value[:TAG_VALUE_LENGTH])
         qs = narrowed(qs, scope=scope, where=columns_only, tags_field=None)
-        names = ["day"]
+        names = [moment]
         for index, dimension in enumerate(group_by):
             source = "tag_value" if dimension_tag_key(dimension) else COLUMNS[dimension]
             qs = qs.annotate(**{f"_g{index}": F(source)})
             names.append(f"_g{index}")
         for row in _group_rows(qs, names, ROLLUP_SUMS):
-            yield utc_midnight(row["day"]), _group_of(row, group_by), row
+            at = row[moment] if moment == "hour" else utc_midnight(row["day"])
+            yield at, _group_of(row, group_by), row
 
 
 # --- Reading --------------------------------------------------------------------------------
@@ -304,27 +330,41 @@ def usage_totals(
     bucket: str | None = None,
     latency: bool = False,
     use_rollups: bool = True,
-) -> list[UsageTotals]:
-    """Sums per (bucket, group), ordered by bucket then group values (None last).
+) -> Iterator[UsageTotals]:
+    """Sums per (bucket, group), ordered by bucket then group values (None last, text in code
+    point order); lazy.
 
     `group_by` holds names of COLUMNS and `tag:<key>`; `bucket` is one of BUCKETS or None (one
     total per group). With `latency`, each group also carries its exact latency percentiles,
     read from the raw rows (None where none are left, past retention). `use_rollups=False`
     reads raw rows only (what the rollups must agree with).
+
+    A read the rollups take no part in streams from one GROUP BY (a chargeback over many
+    groups never sits in memory); one that adds rollup rows to raw rows is summed here.
     """
     rollup = _rollup_for(where, group_by, bucket) if use_rollups else None
+    days, hours = _held_spans(rollup, where, bucket) if rollup is not None else (set(), {})
+    if not (days or hours) and (not latency or connection.vendor == "postgresql"):
+        return _raw_streamed(scope, where, group_by, bucket, latency)
+    return iter(_merged(scope, where, group_by, bucket, latency, rollup, days, hours))
+
+
+def _merged(scope, where, group_by, bucket, latency, rollup, days, hours) -> list[UsageTotals]:
     parts: list[Iterable[tuple[dt.datetime | None, tuple, dict]]] = []
-    ranges = [(where.start, where.end)]
-    if rollup is not None:
-        days, hours = _held_spans(rollup, where)
-        held = [*(day_bounds(a, b) for a, b in day_runs(days)), *hours.items()]
-        ranges = uncovered(where.start, where.end, held)
-        if days or hours:
-            parts.append(
-                _rollup_parts(
-                    rollup, scope=scope, where=where, group_by=group_by, days=days, hours=hours
-                )
+    held = [*(day_bounds(a, b) for a, b in day_runs(days)), *hours.items()]
+    ranges = uncovered(where.start, where.end, held)
+    if days or hours:
+        parts.append(
+            _rollup_parts(
+                rollup,
+                scope=scope,
+                where=where,
+                group_by=group_by,
+                bucket=bucket,
+                days=days,
+                hours=hours,
             )
+        )
     if ranges:
         parts.append(_raw_parts(scope, where, group_by, bucket, ranges))
     sums: dict[tuple, list] = {}
@@ -350,6 +390,52 @@ def usage_totals(
         for (moment, group), acc in sums.items()
     ]
     return sorted(found, key=_order)
+
+
+_TEXT_COLUMNS = frozenset({"model", "provider", "error_type", "request_type"})
+
+
+def _db_order(group_by: tuple[str, ...], names: list[str]) -> list[OrderBy]:
+    """ORDER BY the group names as `_order` sorts: NULLs last, text by code point (the "C"
+    collation on PostgreSQL; SQLite's BINARY already compares UTF-8 bytes)."""
+    text = {
+        f"_g{index}"
+        for index, dimension in enumerate(group_by)
+        if dimension_tag_key(dimension) is not None or dimension in _TEXT_COLUMNS
+    }
+    order = []
+    for name in names:
+        expression = F(name)
+        if name in text and connection.vendor == "postgresql":
+            expression = Collate(expression, "C")
+        order.append(OrderBy(expression, nulls_last=True))
+    return order
+
+
+def _raw_streamed(scope, where, group_by, bucket, latency) -> Iterator[UsageTotals]:
+    """Raw rows grouped, ordered and (with `latency`) given percentiles in the database."""
+    qs, names = grouped_raw(raw_rows(scope=scope, where=where), group_by, bucket)
+    aggregates = dict(RAW_SUMS)
+    if latency:
+        aggregates.update({n: PercentileCont("latency_ms", f) for n, f in PERCENTILES})
+    if names:
+        grouped = qs.values(*names).annotate(**aggregates).order_by(*_db_order(group_by, names))
+        rows: Iterable[dict] = grouped.iterator(chunk_size=2000)
+    else:
+        total = qs.aggregate(**aggregates)
+        rows = [total] if total["n"] else []
+    for row in rows:
+        yield UsageTotals(
+            _truncate(row.get("_bucket"), bucket),
+            _group_of(row, group_by),
+            row["n"] or 0,
+            row["n_err"] or 0,
+            row["s_in"] or 0,
+            row["s_out"] or 0,
+            row["s_cached"] or 0,
+            summed_cost(row["s_cost"]),
+            latency={name: row[name] for name, _ in PERCENTILES} if latency else {},
+        )
 
 
 def _raw_parts(scope, where, group_by, bucket, ranges) -> Iterator[tuple]:

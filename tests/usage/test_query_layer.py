@@ -33,7 +33,8 @@ WHOLE_DAY_READS = [
     {"group_by": "user", "tag.feature": "search", **SUMS},
     {"granularity": "day", **SUMS},
 ]
-# Reads the rollups cannot answer, served from raw rows whatever has run.
+# Reads served from raw rows whatever has run (status, latency), or from raw rows but for
+# today's hourly rollups (hourly buckets).
 RAW_ONLY_READS = [
     {"group_by": "status", "granularity": "day"},
     {"group_by": "model", "status": "error"},

@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from decimal import Decimal
 
@@ -121,7 +121,7 @@ def usage_grouped(*, scope: UsageScope, query: UsageQuery) -> Iterator[UsageGrou
     return _usage_groups(found, query)
 
 
-def _usage_groups(found: list[UsageTotals], query: UsageQuery) -> Iterator[UsageGroup]:
+def _usage_groups(found: Iterable[UsageTotals], query: UsageQuery) -> Iterator[UsageGroup]:
     labels = _label_maps(query.group_by)
     for totals in found:
         dims: dict[str, object] = {}
