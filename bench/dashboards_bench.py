@@ -129,7 +129,15 @@ def time_refresh() -> None:
               f"{len(run.days)} days, {run.requests:,} rows rolled")  # fmt: skip
 
 
-def time_billing(finance, runs: int) -> None:
+def consumed(response) -> bytes:
+    """The whole body, streamed or not (a streamed one is only computed as it is read)."""
+    assert response.status_code == 200, response.status_code
+    if response.streaming:
+        return b"".join(response.streaming_content)
+    return response.content
+
+
+def time_billing(finance, runs: int, days: int) -> None:
     """Month-to-date surfaces (live: rollups plus the raw rows after them), and one run of the
     scheduled rollup task over the current month and the last two complete days."""
     from django.test import Client
@@ -153,6 +161,9 @@ def time_billing(finance, runs: int) -> None:
     client = Client()
     client.force_login(finance)
     subject = BillingSubject(type=SubjectType.TEAM, team=Team.objects.order_by("pk").first())
+    sums = {"granularity": "day", "metrics": "requests,tokens,cost,error_rate"}
+    today = dt.datetime.now(dt.UTC).date()
+    long_range = {"start": str(today - dt.timedelta(days=days - 1)), "end": str(today)}
     print(f"\nbilling (finance): server time, {runs} runs after a warm-up (ms)")
     cases = [
         ("/billing/ (this month's statements)", lambda: client.get("/billing/")),
@@ -160,6 +171,26 @@ def time_billing(finance, runs: int) -> None:
         (
             "tier-change preview (selector)",
             lambda: tier_change_preview(subject=subject, tier=standard),
+        ),
+        # The usage API and the chargeback: the same query layer as the pages.
+        (
+            "/api/usage/ (team x model by day, month to date)",
+            lambda: consumed(client.get("/api/usage/", {**sums, "group_by": "team,model"})),
+        ),
+        (
+            f"/api/usage/ (by day and tag.customer_id, {days} days)",
+            lambda: consumed(
+                client.get("/api/usage/", {**sums, **long_range, "group_by": "tag.customer_id"})
+            ),
+        ),
+        (
+            "/api/usage/chargeback.csv (this month, team x customer)",
+            lambda: consumed(
+                client.get(
+                    "/api/usage/chargeback.csv",
+                    {"month": start.strftime("%Y-%m"), "group_by": "team,tag.customer_id"},
+                )
+            ),
         ),
     ]
     for label, call in cases:
@@ -246,7 +277,7 @@ def main() -> None:
                         cursor.execute(f"ANALYZE {table}")
 
             if args.billing:
-                time_billing(users["finance"], args.runs)
+                time_billing(users["finance"], args.runs, args.days)
 
             today = dt.datetime.now(dt.UTC).date()
             ranges = ["", f"start={today - dt.timedelta(days=args.days - 1)}&end={today}"]
