@@ -264,16 +264,14 @@ def _rollup_parts(
     days: set[dt.date],
     hours: dict[dt.datetime, dt.datetime],
 ) -> Iterator[tuple[dt.datetime | None, tuple, dict]]:
-    # (rows, the column giving each its moment): hourly rows carry their day as well.
     reads = []
     if days:
-        reads.append((rollup.daily.objects.filter(day__in=sorted(days)), "day"))
+        reads.append((rollup.daily.objects.filter(day__in=sorted(days)), False))
     if hours:
-        moment = "hour" if bucket == "hour" else "day"
-        reads.append((rollup.hourly.objects.filter(hour__in=sorted(hours)), moment))
+        reads.append((rollup.hourly.objects.filter(hour__in=sorted(hours)), True))
     # The tag filter, if any, is the rollup's row selection.
     columns_only = replace(where, tags=())
-    for qs, moment in reads:
+    for qs, hourly in reads:
         qs = qs.order_by()
         if rollup.tag is not None:
             key, value = rollup.tag
@@ -281,14 +279,34 @@ def _rollup_parts(
             if value is not None:
                 qs = qs.filter(tag_value=value[:TAG_VALUE_LENGTH])
         qs = narrowed(qs, scope=scope, where=columns_only, tags_field=None)
-        names = [moment]
+        names = []
+        if bucket is not None:
+            # Hourly rows carry their day too; months are summed in the database.
+            qs = qs.annotate(_bucket=_ROLLUP_BUCKET[bucket, hourly]())
+            names.append("_bucket")
         for index, dimension in enumerate(group_by):
             source = "tag_value" if dimension_tag_key(dimension) else COLUMNS[dimension]
             qs = qs.annotate(**{f"_g{index}": F(source)})
             names.append(f"_g{index}")
         for row in _group_rows(qs, names, ROLLUP_SUMS):
-            at = row[moment] if moment == "hour" else utc_midnight(row["day"])
-            yield at, _group_of(row, group_by), row
+            yield _moment(row.get("_bucket")), _group_of(row, group_by), row
+
+
+# (bucket, whether hourly rows) -> the rollup column or expression giving each row's bucket.
+_ROLLUP_BUCKET = {
+    ("hour", True): lambda: F("hour"),
+    ("day", True): lambda: F("day"),
+    ("day", False): lambda: F("day"),
+    ("month", True): lambda: TruncMonth("day"),
+    ("month", False): lambda: TruncMonth("day"),
+}
+
+
+def _moment(value: dt.date | dt.datetime | None) -> dt.datetime | None:
+    """A bucket as an aware UTC datetime (rollup days and months are dates)."""
+    if value is None or isinstance(value, dt.datetime):
+        return value
+    return utc_midnight(value)
 
 
 # --- Reading --------------------------------------------------------------------------------
