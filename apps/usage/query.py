@@ -243,7 +243,9 @@ def _held_spans(
     if utc_midnight(first) < where.start:
         first += dt.timedelta(days=1)  # a partial first day is read raw
     last = min(where.end.astimezone(dt.UTC).date(), today)  # exclusive: partial or open
-    days = covered_days(rollup.daily, first, last) if first < last and bucket != "hour" else set()
+    # One run rolls every daily table of a day in one transaction: the cube's small index
+    # on (day, computed_at) answers for the tag rollup too.
+    days = covered_days(UsageCubeDaily, first, last) if first < last and bucket != "hour" else set()
     hours = {}
     if where.start < utc_midnight(today + dt.timedelta(days=1)) and where.end > utc_midnight(today):
         hours = {
