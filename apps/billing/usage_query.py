@@ -18,20 +18,12 @@ from django.utils.dateparse import parse_date, parse_datetime
 
 from apps.accounts.models import TagDefinition, Team, VirtualAccount
 from apps.usage.grouping import day_bounds, next_month, rollup_tag_keys
-from apps.usage.tags import control_character, tag_key_problem
+from apps.usage.tags import MAX_TAG_VALUE_CHARS, control_character, tag_key_problem
 
 from .exceptions import UsageQueryError
 
-# Built-in dimensions: name -> UsageRecord column.
-DIMENSIONS = {
-    "team": "team_id",
-    "user": "user_id",
-    "virtual_account": "virtual_account_id",
-    "model": "model",
-    "status": "status_code",
-    "provider": "provider",
-    "request_type": "request_type",
-}
+# Built-in group_by dimensions (the query layer's columns this API offers).
+DIMENSIONS = ("team", "user", "virtual_account", "model", "status", "provider", "request_type")
 GRANULARITIES = ("hour", "day", "month")
 METRICS = ("requests", "tokens", "cost", "latency", "error_rate")
 DATE_RE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
@@ -40,10 +32,9 @@ STATUS_CLASSES = {"success": (0, 400), "error": (400, 1000)}
 
 @dataclass(frozen=True)
 class Dim:
-    """A group_by dimension: a built-in column or a tag key (`tag` is set)."""
+    """A group_by dimension: a built-in column (`name`) or a tag key (`tag` is set)."""
 
     name: str
-    column: str | None = None
     tag: str | None = None
 
     @property
@@ -136,7 +127,7 @@ def parse_group_by(value: str | None) -> tuple[Dim, ...]:
     tag_keys: set[str] | None = None
     for item in _split(value):
         if item in DIMENSIONS:
-            dim = Dim(item, column=DIMENSIONS[item])
+            dim = Dim(item)
         elif item.startswith("tag."):
             dim = Dim(item, tag=_tag_key(item[4:], name="group_by"))
         else:
@@ -192,6 +183,11 @@ def parse_usage_query(
             key = _tag_key(name[4:], name=name)
             if not value:
                 raise UsageQueryError(f"{name}: a tag filter needs a value (tag.<key>=<value>)")
+            if len(value) > MAX_TAG_VALUE_CHARS:
+                # No row holds one (the metadata header refuses them): a mistake, said so.
+                raise UsageQueryError(
+                    f"{name}: a tag value is at most {MAX_TAG_VALUE_CHARS} characters"
+                )
             tags.append((key, value))
 
     granularity = params.get("granularity") or None

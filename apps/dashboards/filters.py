@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 
+from apps.usage.query import dimension_tag_key
 from apps.usage.tags import tag_key_problem
 
 # Ranges up to this many days are bucketed by hour, longer ones by day.
@@ -57,11 +58,6 @@ class DashboardFilters:
 
 def default_filters(*, today: dt.date) -> DashboardFilters:
     return DashboardFilters(start=today - dt.timedelta(days=DEFAULT_DAYS - 1), end=today)
-
-
-def dimension_tag_key(dimension: str) -> str | None:
-    """The tag key of a `tag:<key>` dimension, None for a column dimension."""
-    return dimension[4:] if dimension.startswith("tag:") else None
 
 
 def is_valid_dimension(dimension: str) -> bool:

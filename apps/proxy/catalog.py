@@ -12,10 +12,8 @@ key itself. Embedded mode (no Redis) has no snapshot.
 """
 
 import asyncio
-import contextlib
 import logging
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -23,10 +21,11 @@ from typing import Any
 import orjson
 from asgiref.sync import sync_to_async
 from django.conf import settings
-from django.db import DatabaseError, connection, transaction
+from django.db import DatabaseError, connection
 from django.db.models import Count, Max
 
 from apps.billing.models import ModelPrice
+from gateway_portal.db_snapshot import read_snapshot
 
 from .crypto import resolve_deployment_api_key
 from .errors import GatewayError
@@ -154,27 +153,6 @@ def _build(records: dict) -> tuple[dict[str, ModelEntry], PriceBook]:
     return models, PriceBook.from_values(records["prices"])
 
 
-@contextlib.contextmanager
-def _one_snapshot() -> Iterator[None]:
-    """The fingerprint and the tables read after it see one committed state.
-
-    Read statement by statement, a reload that straddles a commit (`models apply`, or a test
-    declaring a model under a running gateway) could see a model but not the deployments
-    committed with it, and answer 503 `no_deployment` for it until the next refresh.
-    SQLite's read transaction holds one snapshot (in WAL mode it blocks no writer);
-    PostgreSQL's READ COMMITTED takes one per statement, hence REPEATABLE READ.
-    """
-    if connection.in_atomic_block:
-        # Inside the caller's transaction, whose isolation is no longer ours to set.
-        yield
-        return
-    with transaction.atomic():
-        if connection.vendor == "postgresql":
-            with connection.cursor() as cursor:
-                cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-        yield
-
-
 def _fingerprint() -> tuple:
     parts = []
     for model in (GatewayModel, Deployment):
@@ -205,7 +183,7 @@ class Catalog:
     def _load_sync(self, *, force: bool) -> dict | None:
         """Reload if the database changed; returns the records it was built from, if so."""
         try:
-            with _one_snapshot():
+            with read_snapshot():
                 fingerprint = _fingerprint()
                 if not force and fingerprint == self._fingerprint:
                     return None

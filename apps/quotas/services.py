@@ -8,7 +8,7 @@ from asgiref.sync import async_to_sync
 from django.db import transaction
 from django.db.models import Max
 
-from apps.usage.month_to_date import UsageSubject, UsageTotals, month_to_date
+from apps.usage.month_to_date import MonthTotals, UsageSubject, month_to_date
 
 from .counters import CounterSeed
 from .engine import COUNTER_GRACE_SECONDS, get_quota_engine
@@ -40,7 +40,7 @@ def _counts(rule: QuotaRule) -> tuple:
     return (rule.unit, rule.subjects, rule.models, rule.metadata, rule.per)
 
 
-def _amount(rule: QuotaRule, usage: UsageTotals) -> int:
+def _amount(rule: QuotaRule, usage: MonthTotals) -> int:
     if rule.metric == "tokens":
         return usage.tokens
     if rule.metric == "input_tokens":

@@ -5,9 +5,10 @@ A UTC day's rollup rows answer for that day only when they were computed at leas
 transaction from one GROUP BY, so it holds every usage row committed by then, and the margin
 lets the writer's last rows of the day land first), and no row of the day has landed since
 (`UsageLateDay`, marked by the writer, cleared by the next rollup run). A day rolled up while
-still open, not at all, or with late rows waiting is read from the raw rows. Statements, insights, quota seeding (`month_to_date`) and
-the dashboards use this same rule, so no two surfaces can disagree about which days a rollup
-covers.
+still open, not at all, or with late rows waiting is read from the raw rows. Every reader of
+sums goes through `apps.usage.query` (the usage API, the chargeback, the dashboards,
+statements, insights and quota seeding through `month_to_date`), and dashboard percentiles
+use the same rule, so no two surfaces can disagree about which days a rollup covers.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ import uuid
 
 from django.db import models
 
-from .constants import TAG_VALUE_LENGTH
+from .tags import MAX_TAG_VALUE_CHARS
 
 # Rows that logged a body: the partial index `usage_logged_bodies` and body retention's
 # query must use this one condition, or PostgreSQL stops using the index for the query.
@@ -244,7 +244,7 @@ class TagUsageFields(UsageSums):
     virtual_account_id = models.BigIntegerField(null=True)
     model = models.CharField(max_length=200, blank=True)
     tag_key = models.CharField(max_length=64)
-    tag_value = models.CharField(max_length=TAG_VALUE_LENGTH, blank=True)
+    tag_value = models.CharField(max_length=MAX_TAG_VALUE_CHARS, blank=True)
 
     class Meta:
         abstract = True
@@ -258,7 +258,7 @@ class TagLatencyFields(LatencyHistograms):
     key, for percentiles under one tag filter (abstract)."""
 
     tag_key = models.CharField(max_length=64)
-    tag_value = models.CharField(max_length=TAG_VALUE_LENGTH, blank=True)
+    tag_value = models.CharField(max_length=MAX_TAG_VALUE_CHARS, blank=True)
 
     class Meta:
         abstract = True

@@ -63,7 +63,7 @@ def _one(value):
 
 
 @dataclass(frozen=True)
-class UsageTotals:
+class MonthTotals:
     requests: int = 0
     input_tokens: int = 0
     output_tokens: int = 0
@@ -73,8 +73,8 @@ class UsageTotals:
     def tokens(self) -> int:
         return self.input_tokens + self.output_tokens
 
-    def __add__(self, other: UsageTotals) -> UsageTotals:
-        return UsageTotals(
+    def __add__(self, other: MonthTotals) -> MonthTotals:
+        return MonthTotals(
             self.requests + other.requests,
             self.input_tokens + other.input_tokens,
             self.output_tokens + other.output_tokens,
@@ -108,7 +108,7 @@ def current_month() -> dt.date:
 
 def month_to_date(
     *, subject: UsageSubject, month: dt.date | None = None, models: Iterable[str] = ()
-) -> UsageTotals:
+) -> MonthTotals:
     """Requests, tokens and cost of `subject` in `month` (default: this one) so far.
 
     `models`, when given, counts only those models (a tier's included models, a rule's
@@ -116,9 +116,9 @@ def month_to_date(
     """
     month = month_start(month or current_month())
     found = usage_totals(scope=EVERYTHING, where=subject.usage_filter(month, models))
-    total = UsageTotals()
+    total = MonthTotals()
     for totals in found:
-        total += UsageTotals(
+        total += MonthTotals(
             totals.requests, totals.input_tokens, totals.output_tokens, totals.cost_usd
         )
     return total

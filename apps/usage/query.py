@@ -41,8 +41,9 @@ from django.db.models import (
 )
 from django.db.models.functions import Collate, NullIf, TruncDay, TruncHour, TruncMonth
 
+from gateway_portal.db_snapshot import read_snapshot
+
 from .aggregates import RAW_SUMS, ROLLUP_SUMS, summed_cost
-from .constants import TAG_VALUE_LENGTH
 from .coverage import covered_days, covered_hours, uncovered
 from .grouping import day_bounds, day_runs, rollup_tag_keys, utc_midnight, utc_today
 from .models import TagUsageDaily, TagUsageHourly, UsageCubeDaily, UsageCubeHourly, UsageRecord
@@ -232,12 +233,10 @@ def _rollup_for(where: UsageFilter, group_by: tuple[str, ...], bucket: str | Non
     return _Rollup(TagUsageDaily, TagUsageHourly, tag)
 
 
-def _held_spans(
-    rollup: _Rollup, where: UsageFilter, bucket: str | None
-) -> tuple[set[dt.date], dict]:
-    """The whole days inside the filter that `rollup` covers (none for hourly buckets: a
-    daily row cannot be split into hours), and today's covered hourly spans inside it
-    ({hour start: until})."""
+def _held_spans(where: UsageFilter, bucket: str | None) -> tuple[set[dt.date], dict]:
+    """The whole days inside the filter the daily rollups cover (none for hourly buckets: a
+    daily row cannot be split into hours), and today's spans inside it the hourly rollups
+    cover ({hour start: until})."""
     today = utc_today()
     first = where.start.astimezone(dt.UTC).date()
     if utc_midnight(first) < where.start:
@@ -279,7 +278,8 @@ def _rollup_parts(
             key, value = rollup.tag
             qs = qs.filter(tag_key=key)
             if value is not None:
-                qs = qs.filter(tag_value=value[:TAG_VALUE_LENGTH])
+                # No tag value is longer than the column (capture refuses them).
+                qs = qs.filter(tag_value=value)
         qs = narrowed(qs, scope=scope, where=columns_only, tags_field=None)
         names = []
         if bucket is not None:
@@ -363,10 +363,14 @@ def usage_totals(
     groups never sits in memory); one that adds rollup rows to raw rows is summed here.
     """
     rollup = _rollup_for(where, group_by, bucket) if use_rollups else None
-    days, hours = _held_spans(rollup, where, bucket) if rollup is not None else (set(), {})
-    if not (days or hours) and (not latency or connection.vendor == "postgresql"):
-        return _raw_streamed(scope, where, group_by, bucket, latency)
-    return iter(_merged(scope, where, group_by, bucket, latency, rollup, days, hours))
+    # Coverage and the rows it selects from one committed state: a rollup run committing
+    # between them would count its new span twice (its rows, and the raw rows after the
+    # old `until`).
+    with read_snapshot():
+        days, hours = _held_spans(where, bucket) if rollup is not None else (set(), {})
+        if days or hours or (latency and connection.vendor != "postgresql"):
+            return iter(_merged(scope, where, group_by, bucket, latency, rollup, days, hours))
+    return _raw_streamed(scope, where, group_by, bucket, latency)
 
 
 def _merged(scope, where, group_by, bucket, latency, rollup, days, hours) -> list[UsageTotals]:

@@ -18,9 +18,10 @@ partition (or the day, on SQLite) is refused and logged; run the rollups (`manag
 --month`) and the next run drops it.
 
 A day past the cutoff is never rolled up again (`apps.usage.rollups` skips such late days):
-a re-roll would replace its rollups with whatever raw rows are left. Surfaces that read raw
-rows only (the usage API's `mode=rows` and chargeback CSV, filters on tag keys that are not
-rollup dimensions) answer within the raw retention; statements and dashboards beyond it.
+a re-roll would replace its rollups with whatever raw rows are left. Reads only raw
+rows can answer (the usage API's `mode=rows`, exact latency percentiles, status filters,
+filters on tag keys that are not rollup dimensions) answer within the raw retention; the
+sums of statements, dashboards, the grouped usage API and the chargeback beyond it.
 """
 
 from __future__ import annotations

@@ -24,7 +24,6 @@ from django.db.models.functions import TruncDay, TruncHour
 from django.utils import timezone
 
 from .aggregates import RAW_SUMS, group_text, summed_cost
-from .constants import TAG_VALUE_LENGTH
 from .grouping import day_bounds, rollup_tag_keys
 from .histograms import Histogram, merge_into, sql_bucket
 from .models import (
@@ -38,7 +37,7 @@ from .models import (
     UsageCubeHourly,
     UsageRecord,
 )
-from .tags import TagText
+from .tags import MAX_TAG_VALUE_CHARS, TagText
 
 INSERT_BATCH = 2000
 HOUR = dt.timedelta(hours=1)
@@ -207,7 +206,7 @@ def _tag_usage(
                 row["user_id"],
                 row["virtual_account_id"],
                 row["model"],
-                group_text(row["_tag"])[:TAG_VALUE_LENGTH],
+                group_text(row["_tag"])[:MAX_TAG_VALUE_CHARS],
             )
             acc = sums.setdefault(group, [0, 0, 0, 0, 0, Decimal(0)])
             acc[0] += row["n"]
@@ -249,7 +248,7 @@ def _tag_histograms(
         rows.extend(
             grain.tag_latency(
                 tag_key=key,
-                tag_value=hkey[2][:TAG_VALUE_LENGTH],
+                tag_value=hkey[2][:MAX_TAG_VALUE_CHARS],
                 **_histogram_fields(hkey, latency, ttft, now, grain),
             )
             for hkey, latency, ttft in _latency_and_ttft(tagged, ("_tag",))

@@ -84,6 +84,7 @@ def test_csv_and_ndjson_formats(client, finance_user, billing_usage):
         ({"tag.customer_id": ""}, "needs a value"),
         ({"tag.bad\nkey": "x"}, "control character U+000A"),
         ({"tag.customer_id": "nul\x00"}, "control character U+0000"),
+        ({"tag.customer_id": "c" * 257}, "at most 256 characters"),
         ({"start": "yesterday"}, "not an ISO date"),
         ({"granularity": "week"}, "granularity"),
         ({"metrics": "joy"}, "unknown joy"),
