@@ -25,7 +25,7 @@ from apps.billing.constants import COST_QUANTUM, CURRENCY, EXPORT_SCHEMA_VERSION
 from apps.billing.models import Statement
 from apps.billing.selectors.usage import ROW_FIELDS, UsageGroup, dim_columns
 from apps.billing.usage_query import UsageQuery
-from apps.usage.query import PERCENTILES
+from apps.usage.query import PERCENTILES, UsageTotals
 from gateway_portal.csv_stream import Echo, csv_safe
 
 NDJSON = "application/x-ndjson"
@@ -64,23 +64,28 @@ def group_columns(query: UsageQuery) -> list[str]:
 
 def group_record(group: UsageGroup, query: UsageQuery) -> dict[str, object]:
     """Schema v1 of a grouped row (documented on /api/docs)."""
+    totals = group.totals
     values: dict[str, object] = {
-        "requests": group.requests,
-        "errors": group.errors,
-        "error_rate": group.error_rate,
-        "input_tokens": group.input_tokens,
-        "output_tokens": group.output_tokens,
-        "cached_tokens": group.cached_tokens,
-        "total_tokens": group.total_tokens,
-        "cost_usd": money(group.cost_usd),
+        "requests": totals.requests,
+        "errors": totals.errors,
+        "error_rate": totals.error_rate,
+        "input_tokens": totals.input_tokens,
+        "output_tokens": totals.output_tokens,
+        "cached_tokens": totals.cached_tokens,
+        "total_tokens": totals.tokens,
+        "cost_usd": money(totals.cost_usd),
         **{
             name: None if value is None else round(value, 3)
-            for name, value in group.latency.items()
+            for name, value in totals.latency.items()
         },
         **group.dims,
-        "period": iso_utc(group.period),
+        "period": iso_utc(totals.bucket),
     }
     return {column: values.get(column) for column in group_columns(query)}
+
+
+def _count(totals: UsageTotals, metric: str) -> int:
+    return totals.tokens if metric == "total_tokens" else getattr(totals, metric)
 
 
 def _csv_stream(header: list[str], rows: Iterable[list[object]]) -> Iterator[str]:
@@ -124,15 +129,16 @@ def chargeback_csv(
         cost = Decimal(0)
         for group in groups:
             record = group_record(group, query)
+            counts = {metric: _count(group.totals, metric) for metric in metrics}
             yield [
                 *(record.get(column) for column in dims),
-                *(getattr(group, metric) for metric in metrics),
-                money(group.cost_usd),
+                *counts.values(),
+                money(group.totals.cost_usd),
                 CURRENCY,
             ]
-            for metric in metrics:
-                totals[metric] += getattr(group, metric)
-            cost += group.cost_usd
+            for metric, count in counts.items():
+                totals[metric] += count
+            cost += group.totals.cost_usd
         label = ["TOTAL", *[""] * (len(dims) - 1)] if dims else []
         yield [*label, *totals.values(), money(cost), CURRENCY]
 

@@ -124,6 +124,10 @@ class UsageTotals:
     def tokens(self) -> int:
         return self.input_tokens + self.output_tokens
 
+    @property
+    def error_rate(self) -> float:
+        return round(self.errors / self.requests, 6) if self.requests else 0.0
+
 
 # --- Rows ----------------------------------------------------------------------------------
 

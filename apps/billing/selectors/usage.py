@@ -12,7 +12,6 @@ import hashlib
 import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from decimal import Decimal
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
@@ -25,7 +24,6 @@ from apps.billing.exceptions import UsageQueryError
 from apps.billing.usage_query import Dim, UsageQuery
 from apps.usage.models import UsageRecord
 from apps.usage.query import (
-    PERCENTILES,
     UsageFilter,
     UsageTotals,
     raw_rows,
@@ -81,25 +79,11 @@ def _label_maps(dims: tuple[Dim, ...]) -> dict[str, dict[int, str]]:
 
 @dataclass(frozen=True)
 class UsageGroup:
-    """One output row of grouped usage: the period, dimension values and metrics."""
+    """One output row of grouped usage: the query layer's sums and the API's dimension
+    columns (labels beside ids, `status_code`, `tag.<key>`)."""
 
-    period: dt.datetime | None
+    totals: UsageTotals
     dims: dict[str, object]
-    requests: int
-    errors: int
-    input_tokens: int
-    output_tokens: int
-    cached_tokens: int
-    cost_usd: Decimal
-    latency: dict[str, float | None]
-
-    @property
-    def total_tokens(self) -> int:
-        return self.input_tokens + self.output_tokens
-
-    @property
-    def error_rate(self) -> float:
-        return round(self.errors / self.requests, 6) if self.requests else 0.0
 
 
 def usage_grouped(*, scope: UsageScope, query: UsageQuery) -> Iterator[UsageGroup]:
@@ -133,17 +117,7 @@ def _usage_groups(found: Iterable[UsageTotals], query: UsageQuery) -> Iterator[U
                 dims["status_code"] = value
             else:
                 dims[dim.output] = value
-        yield UsageGroup(
-            period=totals.bucket,
-            dims=dims,
-            requests=totals.requests,
-            errors=totals.errors,
-            input_tokens=totals.input_tokens,
-            output_tokens=totals.output_tokens,
-            cached_tokens=totals.cached_tokens,
-            cost_usd=totals.cost_usd,
-            latency={name: totals.latency.get(name) for name, _ in PERCENTILES},
-        )
+        yield UsageGroup(totals, dims)
 
 
 def dim_columns(query: UsageQuery) -> list[str]:
