@@ -200,7 +200,7 @@ def grouped_raw(
 def _group_rows(qs: QuerySet, names: list[str], aggregates: dict) -> Iterable[dict]:
     """GROUP BY `names`; with no names one total row (`.values()` alone would select all)."""
     if names:
-        # Server-side cursor on PostgreSQL: a chargeback over many groups streams.
+        # A server-side cursor on PostgreSQL: rows reach Python in chunks.
         return qs.values(*names).annotate(**aggregates).iterator(chunk_size=2000)
     row = qs.aggregate(**aggregates)
     return [row] if row["n"] else []
@@ -211,13 +211,16 @@ def _group_rows(qs: QuerySet, names: list[str], aggregates: dict) -> Iterable[di
 
 @dataclass(frozen=True)
 class _Rollup:
+    """The daily and hourly tables of one rollup shape."""
+
     daily: type[Model]
     hourly: type[Model]
     # TagUsageDaily/Hourly: the rows of this one tag (key, and value or None for all values).
     tag: tuple[str, str | None] | None = None
 
 
-def _rollup_for(where: UsageFilter, group_by: tuple[str, ...], bucket: str | None):
+def _rollup_for(where: UsageFilter, group_by: tuple[str, ...]) -> _Rollup | None:
+    """The rollup shape that holds this read's rows and groups, if one does."""
     if where.by_status or where.by_key:
         return None
     columns = {d for d in group_by if dimension_tag_key(d) is None}
@@ -366,7 +369,7 @@ def usage_totals(
     A read the rollups take no part in streams from one GROUP BY (a chargeback over many
     groups never sits in memory); one that adds rollup rows to raw rows is summed here.
     """
-    rollup = _rollup_for(where, group_by, bucket) if use_rollups else None
+    rollup = _rollup_for(where, group_by) if use_rollups else None
     # Coverage and the rows it selects from one committed state: a rollup run committing
     # between them would count its new span twice (its rows, and the raw rows after the
     # old `until`).
