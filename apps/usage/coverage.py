@@ -19,7 +19,7 @@ from collections.abc import Collection, Iterable, Mapping
 from django.conf import settings
 from django.db.models import Min, Model
 
-from .grouping import day_bounds
+from .grouping import day_bounds, day_runs
 
 
 def day_is_final(day: dt.date, computed_at: dt.datetime, late: Collection[dt.date] = ()) -> bool:
@@ -85,6 +85,14 @@ def uncovered(
     if start < high:
         ranges.append((start, high))
     return [(a, b) for a, b in ranges if a < b]
+
+
+def held_ranges(
+    days: Iterable[dt.date], hours: Mapping[dt.datetime, dt.datetime] | None = None
+) -> list[tuple[dt.datetime, dt.datetime]]:
+    """Covered days (as runs of whole UTC days) and covered hourly spans ({hour: until}) as
+    half-open datetime ranges: what `uncovered` leaves out."""
+    return [*(day_bounds(a, b) for a, b in day_runs(days)), *(hours or {}).items()]
 
 
 def hour_runs(

@@ -44,8 +44,8 @@ from django.db.models.functions import Collate, NullIf, TruncDay, TruncHour, Tru
 from gateway_portal.db_snapshot import read_snapshot
 
 from .aggregates import RAW_SUMS, ROLLUP_SUMS, summed_cost
-from .coverage import covered_days, covered_hours, uncovered
-from .grouping import day_bounds, day_runs, rollup_tag_keys, utc_midnight, utc_today
+from .coverage import covered_days, covered_hours, held_ranges, uncovered
+from .grouping import rollup_tag_keys, utc_midnight, utc_today
 from .models import TagUsageDaily, TagUsageHourly, UsageCubeDaily, UsageCubeHourly, UsageRecord
 from .scope import UsageScope
 from .tags import TagText, tag_equals
@@ -197,13 +197,29 @@ def grouped_raw(
     return qs, names
 
 
-def _group_rows(qs: QuerySet, names: list[str], aggregates: dict) -> Iterable[dict]:
-    """GROUP BY `names`; with no names one total row (`.values()` alone would select all)."""
+def _group_rows(
+    qs: QuerySet, names: list[str], aggregates: dict, order: Iterable[OrderBy] = ()
+) -> Iterable[dict]:
+    """GROUP BY `names` (ordered by `order`); with no names one total row (`.values()` alone
+    would select all), none when no row counts (`aggregates` holds `n`)."""
     if names:
+        grouped = qs.values(*names).annotate(**aggregates).order_by(*order)
         # A server-side cursor on PostgreSQL: rows reach Python in chunks.
-        return qs.values(*names).annotate(**aggregates).iterator(chunk_size=2000)
+        return grouped.iterator(chunk_size=2000)
     row = qs.aggregate(**aggregates)
     return [row] if row["n"] else []
+
+
+def _sums(row: dict) -> tuple[int, int, int, int, int, Decimal]:
+    """Requests, errors, input, output and cached tokens, and cost of a grouped row."""
+    return (
+        row["n"] or 0,
+        row["n_err"] or 0,
+        row["s_in"] or 0,
+        row["s_out"] or 0,
+        row["s_cached"] or 0,
+        summed_cost(row["s_cost"]),
+    )
 
 
 # --- Which rollup answers a read -----------------------------------------------------------
@@ -240,7 +256,9 @@ def _rollup_for(where: UsageFilter, group_by: tuple[str, ...]) -> _Rollup | None
     return _Rollup(TagUsageDaily, TagUsageHourly, tag)
 
 
-def _held_spans(where: UsageFilter, bucket: str | None) -> tuple[set[dt.date], dict]:
+def rollup_coverage(
+    where: UsageFilter, bucket: str | None = None
+) -> tuple[set[dt.date], dict[dt.datetime, dt.datetime]]:
     """The whole days inside the filter the daily rollups cover (none for hourly buckets: a
     daily row cannot be split into hours), and today's spans inside it the hourly rollups
     cover ({hour start: until})."""
@@ -252,7 +270,7 @@ def _held_spans(where: UsageFilter, bucket: str | None) -> tuple[set[dt.date], d
     # One run rolls every daily table of a day in one transaction: the cube's small index
     # on (day, computed_at) answers for the tag rollup too.
     days = covered_days(UsageCubeDaily, first, last) if first < last and bucket != "hour" else set()
-    hours = {}
+    hours: dict[dt.datetime, dt.datetime] = {}
     if where.start < utc_midnight(today + dt.timedelta(days=1)) and where.end > utc_midnight(today):
         hours = {
             hour: until
@@ -331,16 +349,6 @@ def _group_of(row: dict, group_by: tuple[str, ...]) -> tuple:
     return tuple(values)
 
 
-def _truncate(moment: dt.datetime | None, bucket: str | None) -> dt.datetime | None:
-    if bucket is None or moment is None:
-        return None
-    moment = moment.astimezone(dt.UTC)
-    if bucket == "hour":
-        return moment.replace(minute=0, second=0, microsecond=0)
-    day = moment.replace(hour=0, minute=0, second=0, microsecond=0)
-    return day.replace(day=1) if bucket == "month" else day
-
-
 def _order(totals: UsageTotals) -> tuple:
     epoch = dt.datetime.min.replace(tzinfo=dt.UTC)
     return (
@@ -374,7 +382,7 @@ def usage_totals(
     # between them would count its new span twice (its rows, and the raw rows after the
     # old `until`).
     with read_snapshot():
-        days, hours = _held_spans(where, bucket) if rollup is not None else (set(), {})
+        days, hours = rollup_coverage(where, bucket) if rollup is not None else (set(), {})
         if days or hours or (latency and connection.vendor != "postgresql"):
             return iter(_merged(scope, where, group_by, bucket, latency, rollup, days, hours))
     return _raw_streamed(scope, where, group_by, bucket, latency)
@@ -382,8 +390,7 @@ def usage_totals(
 
 def _merged(scope, where, group_by, bucket, latency, rollup, days, hours) -> list[UsageTotals]:
     parts: list[Iterable[tuple[dt.datetime | None, tuple, dict]]] = []
-    held = [*(day_bounds(a, b) for a, b in day_runs(days)), *hours.items()]
-    ranges = uncovered(where.start, where.end, held)
+    ranges = uncovered(where.start, where.end, held_ranges(days, hours))
     if days or hours:
         parts.append(
             _rollup_parts(
@@ -401,13 +408,9 @@ def _merged(scope, where, group_by, bucket, latency, rollup, days, hours) -> lis
     sums: dict[tuple, list] = {}
     for part in parts:
         for moment, group, row in part:
-            acc = sums.setdefault((_truncate(moment, bucket), group), [0, 0, 0, 0, 0, Decimal(0)])
-            acc[0] += row["n"] or 0
-            acc[1] += row["n_err"] or 0
-            acc[2] += row["s_in"] or 0
-            acc[3] += row["s_out"] or 0
-            acc[4] += row["s_cached"] or 0
-            acc[5] += summed_cost(row["s_cost"])
+            acc = sums.setdefault((moment, group), [0, 0, 0, 0, 0, Decimal(0)])
+            for index, value in enumerate(_sums(row)):
+                acc[index] += value
     percentiles = _raw_percentiles(scope, where, group_by, bucket) if latency else {}
     found = [
         UsageTotals(
@@ -449,22 +452,11 @@ def _raw_streamed(scope, where, group_by, bucket, latency) -> Iterator[UsageTota
     aggregates = dict(RAW_SUMS)
     if latency:
         aggregates.update({n: PercentileCont("latency_ms", f) for n, f in PERCENTILES})
-    if names:
-        grouped = qs.values(*names).annotate(**aggregates).order_by(*_db_order(group_by, names))
-        rows: Iterable[dict] = grouped.iterator(chunk_size=2000)
-    else:
-        total = qs.aggregate(**aggregates)
-        rows = [total] if total["n"] else []
-    for row in rows:
+    for row in _group_rows(qs, names, aggregates, _db_order(group_by, names)):
         yield UsageTotals(
-            _truncate(row.get("_bucket"), bucket),
+            _moment(row.get("_bucket")),
             _group_of(row, group_by),
-            row["n"] or 0,
-            row["n_err"] or 0,
-            row["s_in"] or 0,
-            row["s_out"] or 0,
-            row["s_cached"] or 0,
-            summed_cost(row["s_cost"]),
+            *_sums(row),
             latency={name: row[name] for name, _ in PERCENTILES} if latency else {},
         )
 
@@ -472,7 +464,7 @@ def _raw_streamed(scope, where, group_by, bucket, latency) -> Iterator[UsageTota
 def _raw_parts(scope, where, group_by, bucket, ranges) -> Iterator[tuple]:
     qs, names = grouped_raw(raw_rows(scope=scope, where=where, ranges=ranges), group_by, bucket)
     for row in _group_rows(qs, names, RAW_SUMS):
-        yield row.get("_bucket"), _group_of(row, group_by), row
+        yield _moment(row.get("_bucket")), _group_of(row, group_by), row
 
 
 # --- Latency percentiles, from raw rows -------------------------------------------------------
@@ -505,19 +497,14 @@ def _raw_percentiles(scope, where, group_by, bucket) -> dict[tuple, dict[str, fl
     found: dict[tuple, dict[str, float | None]] = {}
     if connection.vendor == "postgresql":
         aggregates = {n: PercentileCont("latency_ms", f) for n, f in PERCENTILES}
-        rows = (
-            qs.values(*names).annotate(**aggregates).iterator(chunk_size=2000)
-            if names
-            else [qs.aggregate(**aggregates)]
-        )
-        for row in rows:
-            key = (_truncate(row.get("_bucket"), bucket), _group_of(row, group_by))
+        for row in _group_rows(qs, names, {"n": RAW_SUMS["n"], **aggregates}):
+            key = (_moment(row.get("_bucket")), _group_of(row, group_by))
             found[key] = {name: row[name] for name, _ in PERCENTILES}
         return found
     # SQLite has no percentile_cont: the latencies are sorted here.
     latencies: dict[tuple, list[float]] = {}
     for values in qs.values(*names, "latency_ms").iterator(chunk_size=5000):
-        key = (_truncate(values.get("_bucket"), bucket), _group_of(values, group_by))
+        key = (_moment(values.get("_bucket")), _group_of(values, group_by))
         latencies.setdefault(key, []).append(values["latency_ms"])
     for key, values in latencies.items():
         values.sort()

@@ -8,7 +8,7 @@ import pytest
 from apps.accounts.selectors import portal_identity
 from apps.dashboards import selectors
 from apps.dashboards.filters import DashboardFilters
-from apps.dashboards.selectors.rows import day_runs
+from apps.usage.coverage import held_ranges
 from apps.usage.models import UsageRecord
 from apps.usage.rollups import usage_rollup_day
 from apps.usage.scope import UsageScope, usage_scope_for
@@ -158,7 +158,7 @@ def test_daily_rollups_serve_whole_past_days(world):
 
 
 def test_raw_rows_only_for_days_the_rollup_lacks(world):
-    assert day_runs([DAY1, DAY1 + dt.timedelta(days=1), DAY1 + dt.timedelta(days=3)]) == [
+    assert held_ranges([DAY1, DAY1 + dt.timedelta(days=1), DAY1 + dt.timedelta(days=3)]) == [
         (at(DAY1, 0), at(DAY1 + dt.timedelta(days=2), 0)),
         (at(DAY1 + dt.timedelta(days=3), 0), at(DAY1 + dt.timedelta(days=4), 0)),
     ]

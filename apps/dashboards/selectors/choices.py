@@ -5,11 +5,12 @@ from __future__ import annotations
 from apps.accounts.models import TagDefinition, Team
 from apps.accounts.selectors import tag_keys_recent
 from apps.usage.grouping import rollup_tag_keys
-from apps.usage.models import UsageCubeDaily, UsageRecord
+from apps.usage.models import UsageRecord
+from apps.usage.query import usage_totals
 from apps.usage.scope import UsageScope
 
 from ..filters import DashboardFilters
-from .rows import filtered, last_rollup_day, raw_usage, rolled_up_days, uncovered_ranges
+from .rows import usage_filter
 
 
 def tag_keys_in_use(*, scope: UsageScope) -> list[str]:
@@ -22,19 +23,9 @@ def tag_keys_in_use(*, scope: UsageScope) -> list[str]:
 
 def model_names(*, scope: UsageScope, filters: DashboardFilters) -> list[str]:
     """Models with usage in range and scope, for the model filter."""
-    unfiltered = DashboardFilters(start=filters.start, end=filters.end)
-    last = last_rollup_day(unfiltered)
-    covered = rolled_up_days(UsageCubeDaily, unfiltered.start, last)
-    names: set[str] = set()
-    if covered:
-        cube = UsageCubeDaily.objects.order_by().filter(day__gte=unfiltered.start, day__lt=last)
-        cube = filtered(cube, scope=scope, filters=unfiltered, tags_field=None)
-        names.update(cube.values_list("model", flat=True).distinct())
-    ranges = uncovered_ranges(unfiltered, covered)
-    if ranges:
-        raw = raw_usage(scope=scope, filters=unfiltered, ranges=ranges)
-        names.update(raw.values_list("model", flat=True).distinct())
-    return sorted(names)
+    unfiltered = usage_filter(DashboardFilters(start=filters.start, end=filters.end))
+    found = usage_totals(scope=scope, where=unfiltered, group_by=("model",))
+    return sorted({str(totals.group[0]) for totals in found})
 
 
 def teams_for_filter(*, scope: UsageScope) -> list[tuple[int, str]]:

@@ -24,6 +24,7 @@ from django.db.models.functions import TruncDay
 
 from apps.usage import histograms
 from apps.usage.aggregates import group_text
+from apps.usage.coverage import held_ranges, uncovered
 from apps.usage.grouping import rollup_tag_keys
 from apps.usage.models import (
     LatencyHistogramDaily,
@@ -33,18 +34,11 @@ from apps.usage.models import (
     UsageCubeDaily,
     UsageCubeHourly,
 )
-from apps.usage.query import COLUMNS, grouped_raw, percentile
+from apps.usage.query import COLUMNS, grouped_raw, percentile, rollup_coverage
 from apps.usage.scope import UsageScope
 
 from ..filters import DashboardFilters
-from .rows import (
-    day_runs,
-    last_rollup_day,
-    raw_usage,
-    rolled_up_days,
-    todays_hours,
-    uncovered_ranges,
-)
+from .rows import raw_usage, usage_filter
 
 PERCENTILES = (0.5, 0.9, 0.99)
 # Breakdowns the histograms hold (their columns); others read raw rows.
@@ -95,9 +89,7 @@ def percentile_points(
     successful request are left out. `bucket` is "hour", "day" or None."""
     source = _histogram_source(filters, dimension, bucket)
     if source is not None:
-        last = last_rollup_day(filters)
-        covered = rolled_up_days(LatencyHistogramDaily, filters.start, last)
-        hours = todays_hours(filters)
+        covered, hours = rollup_coverage(usage_filter(filters))
         if covered or hours:
             found = _from_histograms(source, scope, filters, dimension, bucket, covered, hours)
             return _points(found)
@@ -216,18 +208,16 @@ def _from_histograms(
     if held_hours:
         _add_rollup(merged, hourly.filter(hour__in=held_hours), *read)
     # Periods without a histogram (the current hour, days not rolled up): raw rows.
-    ranges = uncovered_ranges(filters, covered, hours)
+    low, high = filters.bounds
+    ranges = uncovered(low, high, held_ranges(covered, hours))
     if ranges:
         rows = raw_usage(scope=scope, filters=filters, ranges=ranges)
         _add_raw(merged, rows, column, bucket)
     # Histograms are per team, so a user's own rows outside the teams in scope come raw.
     if not scope.everything and scope.user_id is not None:
         cubes = [
-            (UsageCubeDaily.objects.filter(day__in=sorted(covered)), day_runs(covered)),
-            (
-                UsageCubeHourly.objects.filter(hour__in=held_hours),
-                [(hour, hours[hour]) for hour in held_hours],
-            ),
+            (UsageCubeDaily.objects.filter(day__in=sorted(covered)), held_ranges(covered)),
+            (UsageCubeHourly.objects.filter(hour__in=held_hours), held_ranges((), hours)),
         ]
         for cube, periods in cubes:
             elsewhere = _own_teams_elsewhere(scope, filters, cube) if periods else None
