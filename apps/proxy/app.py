@@ -18,6 +18,10 @@ from apps.usage.models import UsageRecord
 from . import calls
 from .auth import KeyInfo, authenticate, presented_secret
 from .catalog import ModelEntry, catalog
+from .endpoints import ENDPOINTS
+from .endpoints.base import Endpoint
+from .endpoints.messages import MESSAGES_ENDPOINT
+from .endpoints.messages_validation import validate_count_tokens
 from .errors import (
     BadRequest,
     Forbidden,
@@ -28,24 +32,11 @@ from .errors import (
     Unauthorized,
 )
 from .metadata import LOG_REQUEST_TAG, metadata_header, parse_metadata_header
-from .providers.base import CHAT, COMPLETION, EMBEDDING, RERANK
 from .refusals import record_refusal
 from .responses import send_json
-from .validation import check_content_type, validate_body
+from .validation import check_content_type
 
-POST_ROUTES = {
-    "/v1/chat/completions": CHAT,
-    "/v1/completions": COMPLETION,
-    "/v1/embeddings": EMBEDDING,
-    "/v1/rerank": RERANK,
-}
-# The model modes that can serve each kind of request.
-MODES_FOR_KIND = {
-    CHAT: ("chat",),
-    COMPLETION: ("completion", "chat"),
-    EMBEDDING: ("embedding",),
-    RERANK: ("rerank",),
-}
+COUNT_TOKENS_PATH = "/v1/messages/count_tokens"
 
 
 async def read_body(receive, headers: dict[bytes, bytes]) -> bytes:
@@ -129,18 +120,20 @@ async def app(scope, receive, send) -> None:
     headers = dict(raw_headers)
     path = scope["path"]
     method = scope["method"]
+    endpoint = ENDPOINTS.get(path)
+    # Errors are worded in the dialect of the API the path belongs to.
+    dialect = MESSAGES_ENDPOINT if path == COUNT_TOKENS_PATH else endpoint
     key: KeyInfo | None = None
     body: object = None
     try:
-        kind = POST_ROUTES.get(path)
-        if kind is None and not path.startswith("/v1/models"):
+        if dialect is None and not path.startswith("/v1/models"):
             raise NotFound(f"Unknown path {path}.", code="unknown_url")
-        if kind is not None and method != "POST":
+        if dialect is not None and method != "POST":
             raise MethodNotAllowed(f"{method} is not allowed on {path}; use POST.")
         check_one_credential(raw_headers)
         key = await authenticate(headers)
         await catalog.ensure_loaded()
-        if kind is None:
+        if dialect is None:
             if method != "GET":
                 raise MethodNotAllowed(f"{method} is not allowed on {path}; use GET.")
             name = path.removeprefix("/v1/models").strip("/")
@@ -150,27 +143,44 @@ async def app(scope, receive, send) -> None:
         # Decided on the header alone: a body not declared as JSON is not read as JSON.
         check_content_type(headers.get(b"content-type"))
         body = parse_body(await read_body(receive, headers))
+        if endpoint is None:
+            await send_json(send, 200, _count_tokens(key, body), request_id)
+            return
         call = _prepare_call(
-            kind=kind, body=body, key=key, headers=headers, request_id=request_id, started=started
+            endpoint=endpoint,
+            body=body,
+            key=key,
+            headers=headers,
+            request_id=request_id,
+            started=started,
         )
     except calls.ClientGone:
         return
     except GatewayError as error:
         # Refused after authentication, before any upstream call: the key's ledger shows it.
-        # Model listing is not a call and is not recorded, nor are server-side failures.
-        if key is not None and kind is not None and 400 <= error.status < 500:
+        # Model listing and token counts are not calls and are not recorded, nor are
+        # server-side failures.
+        if key is not None and endpoint is not None and 400 <= error.status < 500:
             await record_refusal(
                 error=error,
                 key=key,
-                kind=kind,
+                endpoint=endpoint,
                 body=body,
                 headers=headers,
                 request_id=request_id,
                 started=started,
             )
-        await send_json(send, error.status, error.body(), request_id, error.headers)
+        error_body = dialect.error_body(error) if dialect is not None else error.body()
+        await send_json(send, error.status, error_body, request_id, error.headers)
         return
     await calls.run(call, receive, send)
+
+
+def _count_tokens(key: KeyInfo, body: object) -> bytes:
+    """Anthropic's token count, as the gateway estimates it: no upstream call, no cost."""
+    body = validate_count_tokens(body)
+    _served_model(key, MESSAGES_ENDPOINT, body["model"])
+    return orjson.dumps({"input_tokens": MESSAGES_ENDPOINT.estimate_input(body)})
 
 
 def parse_body(raw: bytes) -> object:
@@ -182,18 +192,7 @@ def parse_body(raw: bytes) -> object:
         ) from None
 
 
-def _prepare_call(
-    *,
-    kind: str,
-    body: object,
-    key: KeyInfo,
-    headers: dict[bytes, bytes],
-    request_id: str,
-    started: float,
-) -> "calls.Call":
-    body = validate_body(kind, body)
-    request_tags = parse_metadata_header(metadata_header(headers))
-    model_name = body["model"]
+def _served_model(key: KeyInfo, endpoint: Endpoint, model_name: str) -> ModelEntry:
     entry = catalog.models.get(model_name)
     if entry is None:
         raise NotFound(
@@ -203,12 +202,27 @@ def _prepare_call(
         )
     if not key.may_use(model_name):
         raise Forbidden(f"This API key may not use the model '{model_name}'.", param="model")
-    if entry.mode not in MODES_FOR_KIND[kind]:
+    if entry.mode not in endpoint.modes:
         raise BadRequest(
-            f"The model '{model_name}' is a {entry.mode} model and cannot serve {path_for(kind)}.",
+            f"The model '{model_name}' is a {entry.mode} model and cannot serve {endpoint.path}.",
             param="model",
             code="wrong_model_mode",
         )
+    return entry
+
+
+def _prepare_call(
+    *,
+    endpoint: Endpoint,
+    body: object,
+    key: KeyInfo,
+    headers: dict[bytes, bytes],
+    request_id: str,
+    started: float,
+) -> "calls.Call":
+    body = endpoint.validate(body)
+    request_tags = parse_metadata_header(metadata_header(headers))
+    entry = _served_model(key, endpoint, body["model"])
     tags = key.tags_with(request_tags)
     for required in key.required_tag_keys:
         if not tags.get(required):
@@ -219,19 +233,22 @@ def _prepare_call(
                 code="missing_required_tag",
             )
     log_bodies = tags.get(LOG_REQUEST_TAG) == "true" and key.allow_request_logging
+    passed = {
+        name.decode(): headers[name].decode("latin-1")
+        for name in endpoint.passed_headers
+        if name in headers
+    }
     return calls.Call(
         request_id=request_id,
         started=started,
         key=key,
-        kind=kind,
+        endpoint=endpoint,
+        kind=endpoint.kind,
         model=entry,
         body=body,
         tags=tags,
-        end_user=body.get("user") or "",
-        stream=bool(body.get("stream")) and kind in (CHAT, COMPLETION),
+        end_user=endpoint.end_user(body),
+        stream=endpoint.is_stream(body),
         log_bodies=log_bodies,
+        passed_headers=passed,
     )
-
-
-def path_for(kind: str) -> str:
-    return next(path for path, value in POST_ROUTES.items() if value == kind)

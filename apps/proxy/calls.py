@@ -1,4 +1,9 @@
-"""Forwarding one client call upstream: failover, streaming relay, usage capture.
+"""The one call pipeline of every /v1 endpoint: admission -> route -> attempt (with
+failover) -> relay (JSON or stream) -> settle -> record.
+
+It is endpoint-neutral: what differs between chat, messages, embeddings... (how a request is
+built for a deployment, how its answer and usage are read, how errors look) comes from the
+call's `Endpoint` and the `Exchange` it gives for each deployment tried (`endpoints/`).
 
 The usage record is put in the durable buffer *before* the last byte of the answer is sent,
 so a worker killed after answering cannot lose it; the database write happens later, in
@@ -8,7 +13,6 @@ batches, in the usage writer.
 import asyncio
 import logging
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -23,23 +27,15 @@ from apps.usage.event import UsageEvent
 from . import metrics, upstream
 from .auth import KeyInfo
 from .catalog import ModelEntry, catalog
+from .endpoints.base import ClientStream, Endpoint, Exchange
 from .errors import BadRequest, GatewayError, UpstreamError
 from .health import board as health
 from .health import ttft_timeout
-from .providers.base import (
-    CHAT,
-    COMPLETION,
-    DeploymentInfo,
-    InvalidAnswer,
-    UnsupportedRequest,
-    Usage,
-    check_answer,
-)
-from .providers.openai import OpenAIStreamRelay
+from .providers.base import DeploymentInfo, InvalidAnswer, UnsupportedRequest, Usage
 from .providers.registry import provider_for
 from .responses import send_json
 from .router import deployments_to_try
-from .tokens import estimate_content_tokens, estimate_input_tokens, estimate_text_tokens
+from .tokens import estimate_text_tokens
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +51,7 @@ class Call:
     request_id: str
     started: float
     key: KeyInfo
+    endpoint: Endpoint
     kind: str
     model: ModelEntry
     body: dict
@@ -62,6 +59,8 @@ class Call:
     end_user: str
     stream: bool
     log_bodies: bool
+    # Client headers the endpoint forwards to a native deployment (`Endpoint.passed_headers`).
+    passed_headers: dict[str, str] = field(default_factory=dict)
     created_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     # Outcome, filled in as the call goes.
     status: int = 0
@@ -132,10 +131,10 @@ def _invalid_answer(deployment: DeploymentInfo, reason: str) -> _Failure:
     return _Failure("invalid_answer", f"deployment '{deployment.name}': {reason}")
 
 
-def _client_error_from_upstream(provider, status: int, raw: bytes) -> GatewayError:
-    """An upstream 4xx caused by the request itself, passed on in OpenAI's shape."""
+def _client_error_from_upstream(exchange: Exchange, status: int, raw: bytes) -> GatewayError:
+    """An upstream 4xx caused by the request itself, passed on in the endpoint's shape."""
     try:
-        message = provider.error_message(orjson.loads(raw))
+        message = exchange.error_message(orjson.loads(raw))
     except (orjson.JSONDecodeError, AttributeError, TypeError, KeyError):
         message = raw[:500].decode("utf-8", "replace") or f"upstream answered {status}"
     error = GatewayError(message, status=status, code="upstream_rejected_request")
@@ -151,7 +150,7 @@ async def _backoff(attempt: int) -> None:
 async def _open(
     call: Call, stream: bool, tried: set[int] | None = None, failure: _Failure | None = None
 ):
-    """Try deployments in router order; return (deployment, provider, open response).
+    """Try deployments in router order; return (deployment, exchange, open response).
 
     Failover on connection errors, timeouts, 429, 5xx and credential errors; a 4xx caused by
     the request is returned to the client at once. `tried` (ids, filled in) and `failure`
@@ -162,9 +161,9 @@ async def _open(
     candidates = [d for d in deployments_to_try(call.model, call.body) if d.id not in tried]
     candidates = candidates[: max(settings.PROXY_MAX_ATTEMPTS - call.attempts, 0)]
     for attempt, deployment in enumerate(candidates, call.attempts + 1):
-        provider = provider_for(deployment)
+        exchange = call.endpoint.exchange(provider_for(deployment), deployment)
         try:
-            request = provider.build(call.kind, call.body, deployment)
+            request = exchange.build(call.body, call.passed_headers)
         except UnsupportedRequest as exc:
             unsupported += 1
             failure = failure or _Failure("status", str(exc), 400)
@@ -204,7 +203,7 @@ async def _open(
             continue
         status = response.status
         if status == 200:
-            return deployment, provider, response
+            return deployment, exchange, response
         raw = await upstream.read_body(response)
         if status >= 500 or status in RETRYABLE_STATUSES:
             failure = _Failure(
@@ -218,7 +217,7 @@ async def _open(
             continue
         call.upstream_ms = (time.perf_counter() - call.upstream_started) * 1000
         health.attempt_answered(call)
-        raise _client_error_from_upstream(provider, status, raw)
+        raise _client_error_from_upstream(exchange, status, raw)
     if unsupported and unsupported == len(candidates):
         raise BadRequest(
             f"The model '{call.model.name}' cannot serve this kind of request.",
@@ -234,12 +233,8 @@ class QuotaRefused(GatewayError):
 async def _admit(call: Call) -> None:
     """Check every matching quota rule (one Redis round trip); raise when one is broken."""
     engine = get_quota_engine()
-    body = call.body
-    if call.kind in (CHAT, COMPLETION):
-        max_output = body.get("max_completion_tokens") or body.get("max_tokens")
-    else:
-        max_output = 0
-    input_estimate = estimate_input_tokens(call.kind, body)
+    max_output = call.endpoint.max_output_tokens(call.body)
+    input_estimate = call.endpoint.estimate_input(call.body)
 
     def cost_estimate() -> Decimal:
         # Priced only if a budget rule matches: most requests never need it.
@@ -295,7 +290,9 @@ async def run(call: Call, receive, send) -> None:
         call.error_type = error.code or error.error_type
         await _record(call)
         headers = {**call.response_headers, **error.headers}
-        await send_json(send, error.status, error.body(), call.request_id, headers)
+        await send_json(
+            send, error.status, call.endpoint.error_body(error), call.request_id, headers
+        )
     finally:
         health.attempt_released(call)  # an attempt cut short (cancelled, crashed) says nothing
         await _settle(call)  # a call cut short before its record still gives its reservation back
@@ -320,7 +317,7 @@ async def _settle(call: Call) -> None:
 
 
 async def _run_json(call: Call, send) -> None:
-    deployment, provider, response = await _open(call, stream=False)
+    deployment, exchange, response = await _open(call, stream=False)
     try:
         raw = await upstream.read_body(response)
     except (upstream.UpstreamTimeout, upstream.UpstreamConnectionError) as exc:
@@ -331,29 +328,46 @@ async def _run_json(call: Call, send) -> None:
         ) from exc
     call.upstream_ms = (time.perf_counter() - call.upstream_started) * 1000
     try:
-        payload, data = _parse_answer(call.kind, provider, deployment, raw)
+        data, reported = _parse_answer(exchange, raw)
     except InvalidAnswer as exc:
         health.attempt_failed(call, "invalid_answer")
         logger.warning("deployment %s sent an invalid answer: %s", deployment.name, exc)
         raise _failure_error(_invalid_answer(deployment, str(exc))) from exc
     health.attempt_succeeded(call, call.upstream_ms)
     call.status = 200
-    reported = provider.usage(call.kind, data, payload)
     if reported is None or reported.suspect:
-        call.usage = _estimate_usage(call, data, suspect=reported is not None)
-        # The client is told the counts it is billed, not what the upstream claimed.
-        data["usage"] = call.usage.to_openai()
+        # The gateway's own count; the client is told the counts it is billed, not what the
+        # upstream claimed.
+        call.usage = Usage(
+            call.endpoint.estimate_input(call.body),
+            exchange.estimate_output(data),
+            0,
+            estimated=True,
+            suspect=reported is not None,
+        )
+        exchange.bill(data, call.usage)
     else:
         call.usage = reported
     if call.log_bodies:
         call.response_body = data
     body = orjson.dumps(data)
     await _record(call)
-    await send_json(send, 200, body, call.request_id, call.response_headers)
+    await send_json(send, 200, body, call.request_id, _answer_headers(call))
 
 
-def _parse_answer(kind: str, provider, deployment: DeploymentInfo, raw: bytes) -> tuple[dict, dict]:
-    """(the upstream's JSON, the OpenAI-shaped answer); InvalidAnswer for anything else."""
+def _answer_headers(call: Call) -> dict[str, str]:
+    """The quota headers, and what the call cost and what the gateway added to its time."""
+    headers = dict(call.response_headers)
+    if call.cost_usd is not None:
+        headers["x-gateway-cost-usd"] = format(call.cost_usd.normalize(), "f")
+    if call.upstream_ms is not None:
+        overhead = (time.perf_counter() - call.started) * 1000 - call.upstream_ms
+        headers["x-gateway-overhead-ms"] = f"{max(overhead, 0.0):.3f}"
+    return headers
+
+
+def _parse_answer(exchange: Exchange, raw: bytes) -> tuple[dict, Usage | None]:
+    """(the client's answer, the usage reported); InvalidAnswer for anything else."""
     try:
         payload = orjson.loads(raw)
     except orjson.JSONDecodeError:
@@ -361,24 +375,10 @@ def _parse_answer(kind: str, provider, deployment: DeploymentInfo, raw: bytes) -
     if not isinstance(payload, dict):
         raise InvalidAnswer("the answer is not a JSON object")
     try:
-        data = provider.parse(kind, payload, deployment)
+        return exchange.answer(payload)
     except (AttributeError, KeyError, TypeError, ValueError) as exc:
         # The adapter tripped over a field of the wrong type: the answer's fault.
         raise InvalidAnswer("a field of the answer has the wrong type") from exc
-    check_answer(kind, data)
-    return payload, data
-
-
-def _estimate_usage(call: Call, data: dict, *, suspect: bool = False) -> Usage:
-    """The gateway's own count, for an answer with no usage or with usage not believed."""
-    output = 0
-    for choice in data.get("choices") or ():
-        message = choice.get("message") or {}
-        output += estimate_content_tokens(message.get("content") or choice.get("text"))
-        output += sum(map(estimate_text_tokens, _tool_arguments(message.get("tool_calls"))))
-    return Usage(
-        estimate_input_tokens(call.kind, call.body), output, 0, estimated=True, suspect=suspect
-    )
 
 
 async def _watch_disconnect(receive, gone: asyncio.Event) -> None:
@@ -387,10 +387,6 @@ async def _watch_disconnect(receive, gone: asyncio.Event) -> None:
         if message["type"] == "http.disconnect":
             gone.set()
             return
-
-
-def _sse(data: bytes) -> bytes:
-    return b"data: " + data + b"\n\n"
 
 
 async def _sse_events(content):
@@ -413,7 +409,7 @@ async def _sse_events(content):
 
 
 def _read_event(
-    provider, deployment: DeploymentInfo, data: bytes
+    exchange: Exchange, deployment: DeploymentInfo, data: bytes
 ) -> tuple[dict, None] | tuple[None, _Failure]:
     """An upstream stream event's JSON object, or the failure it is instead."""
     try:
@@ -424,7 +420,7 @@ def _read_event(
         return None, _invalid_answer(deployment, "a stream event is not a JSON object")
     if parsed.get("error") and "choices" not in parsed:
         # How OpenAI and Anthropic report a failure mid-stream.
-        message = provider.error_message(parsed)[:500]
+        message = exchange.error_message(parsed)[:500]
         return None, _Failure("stream_error", f"deployment '{deployment.name}': {message}")
     return parsed, None
 
@@ -434,12 +430,12 @@ async def _open_stream(call: Call):
     a deployment silent past its time-to-first-token limit, or answering something that is
     not an event stream, is abandoned for the next one.
 
-    Returns (deployment, provider, response, events) with the first event put back in front.
+    Returns (deployment, exchange, response, events) with the first event put back in front.
     """
     tried: set[int] = set()
     failure: _Failure | None = None
     while True:
-        deployment, provider, response = await _open(
+        deployment, exchange, response = await _open(
             call, stream=True, tried=tried, failure=failure
         )
         events = _sse_events(response.content)
@@ -467,13 +463,13 @@ async def _open_stream(call: Call):
         if first is None or first[1] == b"[DONE]":
             failure = _invalid_answer(deployment, "the stream ended before its first event")
         else:
-            failure = _read_event(provider, deployment, first[1])[1]
+            failure = _read_event(exchange, deployment, first[1])[1]
         if failure is not None:
             response.release()
             health.attempt_failed(call, failure.kind)
             logger.warning("%s; trying the next deployment", failure.detail)
             continue
-        return deployment, provider, response, _prepend(first, events)
+        return deployment, exchange, response, _prepend(first, events)
 
 
 async def _prepend(first: tuple, events):
@@ -483,26 +479,22 @@ async def _prepend(first: tuple, events):
 
 
 async def _run_stream(call: Call, receive, send) -> None:
-    client_wants_usage = bool((call.body.get("stream_options") or {}).get("include_usage"))
-    deployment, provider, response, events = await _open_stream(call)
+    deployment, exchange, response, events = await _open_stream(call)
     gone = asyncio.Event()
     watcher = asyncio.get_running_loop().create_task(_watch_disconnect(receive, gone))
-    # Native OpenAI streams are relayed chunk by chunk, as they came; others are translated.
-    relay = OpenAIStreamRelay(deployment) if provider.openai_native_stream else None
-    translator = None if relay is not None else provider.stream_translator(deployment)
-    produced: list[str] = []
+    stream = exchange.stream()
     call.status = 200
-    await send(
-        {
-            "type": "http.response.start",
-            "status": 200,
-            "headers": [
-                (b"content-type", b"text/event-stream; charset=utf-8"),
-                (b"cache-control", b"no-cache"),
-                (b"x-request-id", call.request_id.encode()),
-            ],
-        }
-    )
+    headers = [
+        (b"content-type", stream.content_type),
+        (b"cache-control", b"no-cache"),
+        (b"x-request-id", call.request_id.encode()),
+    ]
+    # A stream's cost is known only at its end (the ledger has it); what the gateway added
+    # before the answering attempt began is known now.
+    overhead = ((call.upstream_started or call.started) - call.started) * 1000
+    headers.append((b"x-gateway-overhead-ms", f"{overhead:.3f}".encode()))
+    headers.extend((k.encode(), v.encode()) for k, v in call.response_headers.items())
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
     failure: _Failure | None = None
     cancelled = False
     try:
@@ -512,20 +504,13 @@ async def _run_stream(call: Call, receive, send) -> None:
                 break
             if data == b"[DONE]":
                 break
-            parsed, failure = _read_event(provider, deployment, data)
+            parsed, failure = _read_event(exchange, deployment, data)
             if failure is not None:
                 logger.warning("stream from %s: %s", deployment.name, failure.kind)
                 break
-            if relay is not None:
-                _note_chunk(call, parsed, produced)
-                out = relay.feed(parsed, data)
-                out_chunks = [out] if out is not None else []
-            else:
-                out_chunks = [
-                    _sse(orjson.dumps(chunk))
-                    for chunk in translator.feed(event, parsed)
-                    if _note_chunk(call, chunk, produced)
-                ]
+            out_chunks = stream.feed(event, parsed, data)
+            if call.ttft_ms is None and stream.produced:
+                call.ttft_ms = (time.perf_counter() - call.started) * 1000
             for chunk in out_chunks:
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
     except asyncio.CancelledError:
@@ -550,31 +535,30 @@ async def _run_stream(call: Call, receive, send) -> None:
         health.attempt_released(call)  # cut by us, not by the deployment: says nothing of it
     else:
         _report_stream(call, failure)
-    stream = relay or translator
-    call.usage = stream.usage
-    streamed = "".join(produced)
-    if call.usage is None or call.usage.suspect:
-        call.usage = Usage(
-            estimate_input_tokens(call.kind, call.body),
-            estimate_text_tokens(streamed),
-            0,
-            estimated=True,
-            suspect=call.usage is not None,
-        )
+    call.usage = _stream_usage(call, stream)
     if call.log_bodies:
-        call.response_body = {"streamed_content": streamed}
+        call.response_body = {"streamed_content": "".join(stream.produced)}
     if cancelled:
         call.error_type = "stream_cancelled"
         await _record(call)
         raise asyncio.CancelledError
-    tail = b""
-    if client_wants_usage and not call.client_disconnected:
-        # Exactly one usage chunk, of the counts billed, whatever the upstream sent.
-        tail += _sse(orjson.dumps(stream.usage_chunk(call.usage)))
-    if error is not None:
-        tail += _sse(error.body())
+    tail = stream.tail(call.usage, error, call.client_disconnected)
     await _record(call)
-    await send({"type": "http.response.body", "body": tail + _sse(b"[DONE]"), "more_body": False})
+    await send({"type": "http.response.body", "body": tail, "more_body": False})
+
+
+def _stream_usage(call: Call, stream: ClientStream) -> Usage:
+    """The usage the stream reported, or the gateway's count of what it produced."""
+    usage = stream.usage
+    if usage is not None and not usage.suspect:
+        return usage
+    return Usage(
+        call.endpoint.estimate_input(call.body),
+        estimate_text_tokens("".join(stream.produced)),
+        0,
+        estimated=True,
+        suspect=usage is not None,
+    )
 
 
 def _report_stream(call: Call, failure: _Failure | None) -> None:
@@ -588,35 +572,6 @@ def _report_stream(call: Call, failure: _Failure | None) -> None:
             # Measured from this attempt's start, not the client's, for the deployment's EWMA.
             ttft = call.ttft_ms - (call.upstream_started - call.started) * 1000
         health.attempt_succeeded(call, call.upstream_ms, ttft)
-
-
-def _note_chunk(call: Call, chunk: dict, produced: list[str]) -> bool:
-    """Track time to first token and produced text of an OpenAI chunk; keep all."""
-    for choice in chunk.get("choices") or ():
-        if not isinstance(choice, dict):
-            continue
-        delta = choice.get("delta")
-        delta = delta if isinstance(delta, dict) else {}
-        # Chat chunks carry a delta; legacy completion chunks their text.
-        text = delta.get("content") or choice.get("text") or ""
-        text = text if isinstance(text, str) else ""
-        tool_calls = delta.get("tool_calls")
-        tool_calls = tool_calls if isinstance(tool_calls, list) else ()
-        if text or tool_calls:
-            if call.ttft_ms is None:
-                call.ttft_ms = (time.perf_counter() - call.started) * 1000
-            produced.append(text)
-            produced.extend(_tool_arguments(tool_calls))
-    return True
-
-
-def _tool_arguments(tool_calls: object) -> Iterator[str]:
-    """The argument strings of OpenAI tool calls (whole or streamed), skipping odd entries."""
-    for tool_call in tool_calls if isinstance(tool_calls, list) else ():
-        function = tool_call.get("function") if isinstance(tool_call, dict) else None
-        arguments = function.get("arguments") if isinstance(function, dict) else None
-        if isinstance(arguments, str):
-            yield arguments
 
 
 def _cost(call: Call) -> Decimal:

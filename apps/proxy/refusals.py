@@ -20,9 +20,9 @@ from apps.usage.models import UsageRecord
 from . import metrics
 from .auth import KeyInfo
 from .catalog import catalog
+from .endpoints.base import Endpoint
 from .errors import BadRequest, GatewayError
 from .metadata import metadata_header, parse_metadata_header
-from .providers.base import CHAT, COMPLETION
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ async def record_refusal(
     *,
     error: GatewayError,
     key: KeyInfo,
-    kind: str,
+    endpoint: Endpoint,
     body: object,
     headers: dict[bytes, bytes],
     request_id: str,
@@ -56,16 +56,16 @@ async def record_refusal(
     """
     fields = body if isinstance(body, dict) else {}
     model = fields.get("model")
-    end_user = fields.get("user")
+    end_user = endpoint.end_user(fields)
     tags = key.tags_with(_request_tags(headers))
     event = UsageEvent(
         request_id=request_id,
         created_at=datetime.now(UTC),
         **key.attribution(),
-        end_user=clean_text(end_user, END_USER_CHARS) if isinstance(end_user, str) else "",
+        end_user=clean_text(end_user, END_USER_CHARS),
         model=clean_text(model, MODEL_CHARS) if isinstance(model, str) else "",
-        request_type=kind,
-        is_stream=fields.get("stream") is True and kind in (CHAT, COMPLETION),
+        request_type=endpoint.kind,
+        is_stream=fields.get("stream") is True and endpoint.is_stream(fields),
         status_code=error.status,
         error_type=error.code or error.error_type,
         latency_ms=round((time.perf_counter() - started) * 1000, 3),

@@ -1,0 +1,130 @@
+"""Anthropic's Messages API, inbound: `POST /v1/messages` and its token count.
+
+An Anthropic deployment gets the request as it came (the model renamed, `anthropic-version`
+and `anthropic-beta` passed through) and its answer, whole or streamed, is relayed as it
+came. Any other deployment is reached through chat completions (`messages_via_chat`).
+Errors take Anthropic's shape, so the official SDK raises the class a user expects.
+"""
+
+from __future__ import annotations
+
+import orjson
+
+from ..errors import GatewayError
+from ..providers.anthropic import DEFAULT_VERSION, AnthropicStreamTranslator, _usage
+from ..providers.base import DeploymentInfo, InvalidAnswer, Provider, UpstreamRequest, Usage
+from ..tokens import estimate_text_tokens
+from .anthropic_wire import (
+    anthropic_error,
+    anthropic_usage,
+    content_text,
+    estimate_messages_input,
+    event_bytes,
+)
+from .base import ClientStream, Endpoint, Exchange
+from .messages_validation import validate_messages
+from .messages_via_chat import MessagesViaChat
+from .openai_api import chunk_text
+
+MESSAGES = "messages"
+
+
+class NativeStream(ClientStream):
+    """An Anthropic event stream relayed as it came; the model renamed in `message_start`.
+
+    Usage and produced text are read by the chat translator of the same events, so the
+    native relay and the translated chat stream bill alike.
+    """
+
+    def __init__(self, deployment: DeploymentInfo) -> None:
+        super().__init__()
+        self.reader = AnthropicStreamTranslator(deployment)
+        self.model = deployment.model_name
+        self.rename = deployment.upstream_model != deployment.model_name
+
+    def feed(self, event: str | None, parsed: dict, raw: bytes) -> list[bytes]:
+        for chunk in self.reader.feed(event, parsed):
+            self.produced.extend(chunk_text(chunk))
+        self.usage = self.reader.usage
+        name = event or str(parsed.get("type") or "")
+        if self.rename and name == "message_start" and isinstance(parsed.get("message"), dict):
+            parsed["message"]["model"] = self.model
+            raw = orjson.dumps(parsed)
+        return [b"event: " + name.encode() + b"\ndata: " + raw + b"\n\n"]
+
+    def tail(self, usage: Usage, error: GatewayError | None, client_gone: bool) -> bytes:
+        # A finished native stream ended with its own message_stop: nothing to add.
+        return event_bytes("error", anthropic_error(error)) if error is not None else b""
+
+
+class NativeExchange(Exchange):
+    """Messages to an Anthropic deployment, as they came."""
+
+    def build(self, body: dict, headers: dict[str, str]) -> UpstreamRequest:
+        out = dict(body)
+        out["model"] = self.deployment.upstream_model
+        upstream_headers = {
+            "content-type": "application/json",
+            "anthropic-version": headers.get("anthropic-version")
+            or self.deployment.api_version
+            or DEFAULT_VERSION,
+        }
+        if headers.get("anthropic-beta"):
+            upstream_headers["anthropic-beta"] = headers["anthropic-beta"]
+        if self.deployment.api_key:
+            upstream_headers["x-api-key"] = self.deployment.api_key
+        url = self.deployment.base_url.rstrip("/") + "/messages"
+        return UpstreamRequest(method="POST", url=url, headers=upstream_headers, json=out)
+
+    def answer(self, payload: dict) -> tuple[dict, Usage | None]:
+        content = payload.get("content")
+        if not isinstance(content, list) or not all(isinstance(b, dict) for b in content):
+            raise InvalidAnswer("the answer has no 'content' list of blocks")
+        answer = dict(payload)
+        answer["model"] = self.deployment.model_name
+        raw = payload.get("usage")
+        return answer, _usage(raw) if raw else None
+
+    def estimate_output(self, answer: dict) -> int:
+        return estimate_text_tokens(content_text(answer.get("content")))
+
+    def bill(self, answer: dict, usage: Usage) -> None:
+        answer["usage"] = anthropic_usage(usage)
+
+    def stream(self) -> ClientStream:
+        return NativeStream(self.deployment)
+
+
+class MessagesEndpoint(Endpoint):
+    kind = MESSAGES
+    path = "/v1/messages"
+    modes = ("chat",)
+    passed_headers = (b"anthropic-version", b"anthropic-beta")
+
+    def validate(self, body: object) -> dict:
+        return validate_messages(body)
+
+    def is_stream(self, body: dict) -> bool:
+        return body.get("stream") is True
+
+    def end_user(self, body: dict) -> str:
+        metadata = body.get("metadata")
+        user = metadata.get("user_id") if isinstance(metadata, dict) else None
+        return user if isinstance(user, str) else ""
+
+    def max_output_tokens(self, body: dict) -> int | None:
+        return body["max_tokens"]
+
+    def estimate_input(self, body: dict) -> int:
+        return estimate_messages_input(body)
+
+    def error_body(self, error: GatewayError) -> bytes:
+        return orjson.dumps(anthropic_error(error))
+
+    def exchange(self, provider: Provider, deployment: DeploymentInfo) -> Exchange:
+        if provider.name == "anthropic":
+            return NativeExchange(provider, deployment)
+        return MessagesViaChat(provider, deployment)
+
+
+MESSAGES_ENDPOINT = MessagesEndpoint()

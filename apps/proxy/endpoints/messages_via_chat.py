@@ -1,0 +1,310 @@
+"""Anthropic Messages served by a deployment that speaks chat completions.
+
+The request is translated to chat completions and handed to the deployment's provider
+adapter as any chat request would be; its OpenAI-shaped answer, whole or streamed, is
+translated back to a Message. Features chat completions cannot express (server tools,
+documents, thinking blocks) are an UnsupportedRequest, so failover looks for another
+deployment and the client gets a clear 400 when none can serve it.
+"""
+
+from __future__ import annotations
+
+import orjson
+
+from ..errors import GatewayError
+from ..providers.base import CHAT, UnsupportedRequest, UpstreamRequest, Usage
+from ..tokens import estimate_text_tokens
+from .anthropic_wire import anthropic_error, anthropic_usage, content_text, event_bytes
+from .base import ClientStream, Exchange
+from .openai_api import chunk_text, parse_openai_answer
+
+# OpenAI finish_reason -> Anthropic stop_reason.
+STOP_REASONS = {
+    "stop": "end_turn",
+    "length": "max_tokens",
+    "tool_calls": "tool_use",
+    "function_call": "tool_use",
+    "content_filter": "refusal",
+}
+# OpenAI accepts at most this many stop sequences.
+MAX_STOPS = 4
+
+
+def _image_part(block: dict) -> dict:
+    source = block["source"]
+    if source["type"] == "base64":
+        url = f"data:{source['media_type']};base64,{source['data']}"
+    else:
+        url = source["url"]
+    return {"type": "image_url", "image_url": {"url": url}}
+
+
+def _user_messages(content: list) -> list[dict]:
+    """One Anthropic user turn -> OpenAI tool messages (first, answering the assistant's
+    calls) and a user message with the rest."""
+    tools: list[dict] = []
+    parts: list[dict] = []
+    for block in content:
+        kind = block["type"]
+        if kind == "tool_result":
+            text = content_text(block.get("content"))
+            if block.get("is_error"):
+                text = f"Error: {text}"
+            tools.append({"role": "tool", "tool_call_id": block["tool_use_id"], "content": text})
+        elif kind == "text":
+            parts.append({"type": "text", "text": block["text"]})
+        elif kind == "image":
+            parts.append(_image_part(block))
+        else:
+            raise UnsupportedRequest(f"content blocks of type '{kind}' need an Anthropic model")
+    return tools + ([{"role": "user", "content": parts}] if parts else [])
+
+
+def _assistant_message(content: list) -> dict:
+    texts: list[str] = []
+    calls: list[dict] = []
+    for block in content:
+        kind = block["type"]
+        if kind == "text":
+            texts.append(block["text"])
+        elif kind == "tool_use":
+            arguments = orjson.dumps(block["input"]).decode()
+            calls.append(
+                {
+                    "id": block["id"],
+                    "type": "function",
+                    "function": {"name": block["name"], "arguments": arguments},
+                }
+            )
+        elif kind not in ("thinking", "redacted_thinking"):
+            # Earlier thinking means nothing to another model and is dropped.
+            raise UnsupportedRequest(f"content blocks of type '{kind}' need an Anthropic model")
+    message: dict = {"role": "assistant", "content": "".join(texts) or None}
+    if calls:
+        message["tool_calls"] = calls
+    return message
+
+
+def _tools(tools: list) -> list[dict]:
+    out = []
+    for tool in tools:
+        if tool.get("type", "custom") != "custom":
+            raise UnsupportedRequest(f"server tools ('{tool['type']}') need an Anthropic model")
+        function = {"name": tool["name"], "parameters": tool["input_schema"]}
+        if tool.get("description"):
+            function["description"] = tool["description"]
+        out.append({"type": "function", "function": function})
+    return out
+
+
+def _tool_choice(choice: dict) -> object:
+    kind = choice["type"]
+    if kind == "tool":
+        return {"type": "function", "function": {"name": choice.get("name")}}
+    return {"auto": "auto", "any": "required", "none": "none"}[kind]
+
+
+def to_chat(body: dict) -> dict:
+    """A Messages request as a chat completions request."""
+    messages: list[dict] = []
+    system = content_text(body.get("system"))
+    if system:
+        messages.append({"role": "system", "content": system})
+    for message in body["messages"]:
+        content = message["content"]
+        if isinstance(content, str):
+            messages.append({"role": message["role"], "content": content})
+        elif message["role"] == "user":
+            messages.extend(_user_messages(content))
+        else:
+            messages.append(_assistant_message(content))
+    out: dict = {"model": body["model"], "messages": messages, "max_tokens": body["max_tokens"]}
+    for name in ("temperature", "top_p", "stream"):
+        if body.get(name) is not None:
+            out[name] = body[name]
+    stops = body.get("stop_sequences")
+    if stops:
+        if len(stops) > MAX_STOPS:
+            raise UnsupportedRequest(f"at most {MAX_STOPS} stop_sequences reach this model")
+        out["stop"] = stops
+    if body.get("tools"):
+        out["tools"] = _tools(body["tools"])
+    choice = body.get("tool_choice")
+    if choice and out.get("tools"):
+        out["tool_choice"] = _tool_choice(choice)
+        if choice.get("disable_parallel_tool_use"):
+            out["parallel_tool_calls"] = False
+    user_id = (body.get("metadata") or {}).get("user_id")
+    if user_id:
+        out["user"] = user_id
+    return out
+
+
+def _tool_input(arguments: object) -> dict:
+    try:
+        value = orjson.loads(arguments) if isinstance(arguments, str) else arguments
+    except orjson.JSONDecodeError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def to_message(answer: dict, usage: Usage) -> dict:
+    """A chat completion answer (checked by `check_answer`) as a Message."""
+    choice = answer["choices"][0] if answer["choices"] else {"message": {}}
+    message = choice["message"]
+    content: list[dict] = []
+    text = message.get("content")
+    if isinstance(text, list):
+        text = "".join(str(p.get("text") or "") for p in text if isinstance(p, dict))
+    if text:
+        content.append({"type": "text", "text": text})
+    for call in message.get("tool_calls") or ():
+        function = call.get("function") or {}
+        content.append(
+            {
+                "type": "tool_use",
+                "id": call.get("id"),
+                "name": function.get("name"),
+                "input": _tool_input(function.get("arguments")),
+            }
+        )
+    return {
+        "id": "msg_" + str(answer.get("id") or "").removeprefix("chatcmpl-"),
+        "type": "message",
+        "role": "assistant",
+        "model": answer.get("model"),
+        "content": content,
+        "stop_reason": STOP_REASONS.get(choice.get("finish_reason") or "stop", "end_turn"),
+        "stop_sequence": None,
+        "usage": anthropic_usage(usage),
+    }
+
+
+class ChunksToEvents(ClientStream):
+    """OpenAI chunks (as the provider's translator gives them) -> Anthropic stream events."""
+
+    def __init__(self, exchange: MessagesViaChat) -> None:
+        super().__init__()
+        self.translator = exchange.provider.stream_translator(exchange.deployment)
+        self.model = exchange.deployment.model_name
+        self.started = False
+        self.block: int | None = None  # index of the open content block
+        self.block_kind = ""
+        self.blocks = 0
+        self.tool_blocks: dict[int, int] = {}  # OpenAI tool call index -> block index
+        self.stop_reason = "end_turn"
+
+    def _start(self, chunk: dict) -> list[bytes]:
+        self.started = True
+        message = {
+            "id": "msg_" + str(chunk.get("id") or "").removeprefix("chatcmpl-"),
+            "type": "message",
+            "role": "assistant",
+            "model": self.model,
+            "content": [],
+            "stop_reason": None,
+            "stop_sequence": None,
+            # Chat streams report usage at their end; the counts come in message_delta.
+            "usage": {"input_tokens": 0, "output_tokens": 0},
+        }
+        return [
+            event_bytes("message_start", {"type": "message_start", "message": message}),
+            event_bytes("ping", {"type": "ping"}),
+        ]
+
+    def _close(self) -> list[bytes]:
+        if self.block is None:
+            return []
+        index, self.block = self.block, None
+        return [event_bytes("content_block_stop", {"type": "content_block_stop", "index": index})]
+
+    def _open(self, kind: str, block: dict) -> list[bytes]:
+        out = self._close()
+        self.block, self.block_kind = self.blocks, kind
+        self.blocks += 1
+        start = {"type": "content_block_start", "index": self.block, "content_block": block}
+        return [*out, event_bytes("content_block_start", start)]
+
+    def _delta(self, delta: dict) -> bytes:
+        data = {"type": "content_block_delta", "index": self.block, "delta": delta}
+        return event_bytes("content_block_delta", data)
+
+    def _text(self, text: str) -> list[bytes]:
+        out = [] if self.block_kind == "text" and self.block is not None else None
+        if out is None:
+            out = self._open("text", {"type": "text", "text": ""})
+        return [*out, self._delta({"type": "text_delta", "text": text})]
+
+    def _tool_call(self, call: dict) -> list[bytes]:
+        out: list[bytes] = []
+        index = call.get("index", 0)
+        function = call.get("function") or {}
+        if call.get("id") or index not in self.tool_blocks:
+            block = {
+                "type": "tool_use",
+                "id": call.get("id"),
+                "name": function.get("name"),
+                "input": {},
+            }
+            out = self._open("tool_use", block)
+            self.tool_blocks[index] = self.block  # type: ignore[assignment]
+        arguments = function.get("arguments")
+        if isinstance(arguments, str) and arguments:
+            if self.block != self.tool_blocks[index]:
+                return out  # arguments of an earlier call after a later one began: rare, kept out
+            out.append(self._delta({"type": "input_json_delta", "partial_json": arguments}))
+        return out
+
+    def feed(self, event: str | None, parsed: dict, raw: bytes) -> list[bytes]:
+        out: list[bytes] = []
+        for chunk in self.translator.feed(event, parsed):
+            self.produced.extend(chunk_text(chunk))
+            if not self.started:
+                out += self._start(chunk)
+            for choice in chunk.get("choices") or ():
+                if not isinstance(choice, dict):
+                    continue
+                delta = choice.get("delta") if isinstance(choice.get("delta"), dict) else {}
+                text = delta.get("content")
+                if isinstance(text, str) and text:
+                    out += self._text(text)
+                for call in delta.get("tool_calls") or ():
+                    if isinstance(call, dict):
+                        out += self._tool_call(call)
+                if choice.get("finish_reason"):
+                    self.stop_reason = STOP_REASONS.get(choice["finish_reason"], "end_turn")
+        self.usage = self.translator.usage
+        return out
+
+    def tail(self, usage: Usage, error: GatewayError | None, client_gone: bool) -> bytes:
+        if error is not None:
+            return event_bytes("error", anthropic_error(error))
+        out = b"" if self.started else b"".join(self._start({}))
+        out += b"".join(self._close())
+        delta = {
+            "type": "message_delta",
+            "delta": {"stop_reason": self.stop_reason, "stop_sequence": None},
+            "usage": anthropic_usage(usage),
+        }
+        out += event_bytes("message_delta", delta)
+        return out + event_bytes("message_stop", {"type": "message_stop"})
+
+
+class MessagesViaChat(Exchange):
+    def build(self, body: dict, headers: dict[str, str]) -> UpstreamRequest:
+        return self.provider.build(CHAT, to_chat(body), self.deployment)
+
+    def answer(self, payload: dict) -> tuple[dict, Usage | None]:
+        chat = parse_openai_answer(CHAT, self.provider, self.deployment, payload)
+        usage = self.provider.usage(CHAT, chat, payload)
+        # Written with zero counts here; the pipeline bills the counts it believes (`bill`).
+        return to_message(chat, usage or Usage()), usage
+
+    def estimate_output(self, answer: dict) -> int:
+        return estimate_text_tokens(content_text(answer["content"]))
+
+    def bill(self, answer: dict, usage: Usage) -> None:
+        answer["usage"] = anthropic_usage(usage)
+
+    def stream(self) -> ClientStream:
+        return ChunksToEvents(self)
