@@ -219,8 +219,9 @@ async def _open(
         health.attempt_answered(call)
         raise _client_error_from_upstream(exchange, status, raw)
     if unsupported and unsupported == len(candidates):
+        reason = failure.detail if failure is not None else "not supported"
         raise BadRequest(
-            f"The model '{call.model.name}' cannot serve this kind of request.",
+            f"The model '{call.model.name}' cannot serve this request: {reason}.",
             code="unsupported_request",
         )
     raise _failure_error(failure)
