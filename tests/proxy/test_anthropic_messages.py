@@ -5,6 +5,7 @@ came. Translated: a chat-completions deployment serves it through the chat trans
 """
 
 import json
+import time
 from decimal import Decimal
 
 import anthropic
@@ -12,6 +13,7 @@ import httpx
 import pytest
 
 from apps.proxy.services import model_catalog_apply
+from apps.quotas.services import quota_config_apply
 from tests import factories
 from tests.proxy.helpers import declare_model, wait_for_usage
 
@@ -303,3 +305,53 @@ def test_count_tokens_is_answered_by_the_gateway(gateway, secret):
         client(gateway, secret).messages.count_tokens(
             model="no-such-model", messages=[{"role": "user", "content": "hi"}]
         )
+
+
+def test_quotas_required_tags_and_failover_hold_on_messages(gateway, team, user):
+    """The pipeline is the same for every endpoint: what chat gets, messages gets."""
+    suffix = str(time.monotonic_ns())
+    _, secret = factories.make_key(user=user)
+    declare_model("msg-failover", gateway.simulator_url, "always-500", "demo-chat")
+    gateway.wait_for_model(secret, "msg-failover")
+    sdk = client(gateway, secret)
+    raw = sdk.messages.with_raw_response.create(
+        model="msg-failover", max_tokens=16, messages=[{"role": "user", "content": "hi"}]
+    )
+    assert raw.parse().content[0].text
+    row = wait_for_usage(raw.headers["x-request-id"])
+    assert (row.status_code, row.attempts, row.deployment) == (200, 2, "d1-demo-chat")
+
+    quota_config_apply(
+        yaml_text=f"""
+name: test
+type: gateway-rate-limiting-config
+rules:
+  - id: messages-burst-{suffix}
+    when: {{subjects: ["team:{team.slug}"], models: ["msg-failover"]}}
+    limit_to: 1
+    unit: requests_per_minute
+"""
+    )
+    time.sleep(0.8)  # the test gateway reloads quota configs every 0.2 s
+    hello = [{"role": "user", "content": "hi"}]
+    sdk.messages.create(model="msg-failover", max_tokens=16, messages=hello)
+    with pytest.raises(anthropic.RateLimitError) as caught:
+        sdk.messages.create(
+            model="msg-failover", max_tokens=16, messages=[{"role": "user", "content": "hi"}]
+        )
+    error = caught.value.body["error"]
+    assert error["type"] == "rate_limit_error" and error["code"] == "quota_exceeded"
+    assert [rule["rule"] for rule in error["broken_rules"]] == [f"messages-burst-{suffix}"]
+    refused = wait_for_usage(caught.value.response.headers["x-request-id"])
+    assert (refused.status_code, refused.request_type) == (429, "messages")
+
+    team.required_tag_keys = ["project"]
+    team.save()
+    _, tagged_secret = factories.make_key(user=user)
+    native_model(gateway)
+    gateway.wait_for_model(tagged_secret, "claude-native")
+    with pytest.raises(anthropic.BadRequestError) as caught:
+        client(gateway, tagged_secret).messages.create(
+            model="claude-native", max_tokens=16, messages=[{"role": "user", "content": "hi"}]
+        )
+    assert caught.value.body["error"]["code"] == "missing_required_tag"
