@@ -290,7 +290,7 @@ async def run(call: Call, receive, send) -> None:
         call.status = error.status
         call.error_type = error.code or error.error_type
         await _record(call)
-        headers = {**call.response_headers, **error.headers}
+        headers = {**_answer_headers(call), **error.headers}
         await send_json(
             send, error.status, call.endpoint.error_body(error), call.request_id, headers
         )
@@ -419,10 +419,9 @@ def _read_event(
         return None, _invalid_answer(deployment, "a stream event is not JSON")
     if not isinstance(parsed, dict):
         return None, _invalid_answer(deployment, "a stream event is not a JSON object")
-    if parsed.get("error") and "choices" not in parsed:
-        # How OpenAI and Anthropic report a failure mid-stream.
-        message = exchange.error_message(parsed)[:500]
-        return None, _Failure("stream_error", f"deployment '{deployment.name}': {message}")
+    message = exchange.stream_failure(parsed)
+    if message is not None:
+        return None, _Failure("stream_error", f"deployment '{deployment.name}': {message[:500]}")
     return parsed, None
 
 

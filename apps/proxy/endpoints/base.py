@@ -68,6 +68,15 @@ class Exchange:
     def error_message(self, payload: dict) -> str:
         return self.provider.error_message(payload)
 
+    def stream_failure(self, event: dict) -> str | None:
+        """The message of a stream event that reports a failure, else None.
+
+        How OpenAI chunk streams and Anthropic's events report one: an `error` member.
+        """
+        if event.get("error") and "choices" not in event:
+            return self.error_message(event)
+        return None
+
 
 class Endpoint:
     """A /v1 path: its request kind (the ledger's `request_type`) and its dialect."""

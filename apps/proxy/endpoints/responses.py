@@ -1,0 +1,137 @@
+"""OpenAI's Responses API, inbound: `POST /v1/responses`.
+
+A deployment of OpenAI's own API shape gets the request as it came (the model renamed) and
+its answer, whole or streamed, is relayed as it came; so does what only a stateful server
+can do (`previous_response_id`, `store`). A deployment whose server has no Responses API
+(`extra.responses_api: false`, Anthropic, Azure, Cohere) is reached through chat
+completions (`responses_via_chat`): the stateless subset.
+"""
+
+from __future__ import annotations
+
+import orjson
+
+from ..providers.base import DeploymentInfo, InvalidAnswer, Provider, UpstreamRequest, Usage
+from ..providers.openai import OpenAIProvider
+from ..tokens import estimate_text_tokens
+from .base import ClientStream, Endpoint, Exchange
+from .responses_validation import validate_responses
+from .responses_via_chat import ResponsesViaChat
+from .responses_wire import (
+    error_event,
+    input_text,
+    output_text,
+    responses_usage,
+    usage_from_responses,
+)
+
+RESPONSES = "responses"
+# Events whose `response` names the model.
+_RESPONSE_EVENTS = frozenset(
+    {
+        "response.created",
+        "response.in_progress",
+        "response.completed",
+        "response.incomplete",
+        "response.failed",
+    }
+)
+
+
+class NativeStream(ClientStream):
+    """Responses events relayed as they came; usage read from `response.completed`."""
+
+    def __init__(self, deployment: DeploymentInfo) -> None:
+        super().__init__()
+        self.model = deployment.model_name
+        self.rename = deployment.upstream_model != deployment.model_name
+        self.sequence = 0
+
+    def feed(self, event: str | None, parsed: dict, raw: bytes) -> list[bytes]:
+        name = str(parsed.get("type") or event or "")
+        self.sequence = max(self.sequence, int(parsed.get("sequence_number") or 0))
+        if name in ("response.output_text.delta", "response.function_call_arguments.delta"):
+            delta = parsed.get("delta")
+            if isinstance(delta, str) and delta:
+                self.produced.append(delta)
+        response = parsed.get("response")
+        if name in _RESPONSE_EVENTS and isinstance(response, dict):
+            if response.get("usage"):
+                self.usage = usage_from_responses(response["usage"])
+            if self.rename:
+                response["model"] = self.model
+                raw = orjson.dumps(parsed)
+        return [b"event: " + name.encode() + b"\ndata: " + raw + b"\n\n"]
+
+    def tail(self, usage: Usage, error, client_gone: bool) -> bytes:
+        return error_event(error, self.sequence + 1) if error is not None else b""
+
+
+class NativeExchange(Exchange):
+    """Responses to a server that speaks them, as they came."""
+
+    provider: OpenAIProvider
+
+    def build(self, body: dict, headers: dict[str, str]) -> UpstreamRequest:
+        out = dict(body)
+        out["model"] = self.deployment.upstream_model
+        url = self.deployment.base_url.rstrip("/") + "/responses"
+        return UpstreamRequest(
+            method="POST", url=url, headers=self.provider.headers(self.deployment), json=out
+        )
+
+    def answer(self, payload: dict) -> tuple[dict, Usage | None]:
+        output = payload.get("output")
+        if not isinstance(output, list) or not all(isinstance(i, dict) for i in output):
+            raise InvalidAnswer("the answer has no 'output' list of items")
+        answer = dict(payload)
+        answer["model"] = self.deployment.model_name
+        raw = payload.get("usage")
+        return answer, usage_from_responses(raw) if raw else None
+
+    def estimate_output(self, answer: dict) -> int:
+        return estimate_text_tokens(output_text(answer.get("output")))
+
+    def bill(self, answer: dict, usage: Usage) -> None:
+        answer["usage"] = responses_usage(usage)
+
+    def stream(self) -> ClientStream:
+        return NativeStream(self.deployment)
+
+    def stream_failure(self, event: dict) -> str | None:
+        kind = event.get("type")
+        if kind == "error":
+            return str(event.get("message") or "upstream stream error")
+        if kind == "response.failed":
+            error = (event.get("response") or {}).get("error") or {}
+            return str(error.get("message") or "the response failed")
+        return None
+
+
+class ResponsesEndpoint(Endpoint):
+    kind = RESPONSES
+    path = "/v1/responses"
+    modes = ("chat",)
+
+    def validate(self, body: object) -> dict:
+        return validate_responses(body)
+
+    def is_stream(self, body: dict) -> bool:
+        return body.get("stream") is True
+
+    def max_output_tokens(self, body: dict) -> int | None:
+        return body.get("max_output_tokens")
+
+    def estimate_input(self, body: dict) -> int:
+        text = input_text(body.get("input"))
+        tools = orjson.dumps(body.get("tools") or []).decode() if body.get("tools") else ""
+        return 3 + estimate_text_tokens(str(body.get("instructions") or "") + text + tools)
+
+    def exchange(self, provider: Provider, deployment: DeploymentInfo) -> Exchange:
+        speaks_responses = isinstance(provider, OpenAIProvider) and provider.name == "openai"
+        if speaks_responses and deployment.extra.get("responses_api", True):
+            return NativeExchange(provider, deployment)
+        return ResponsesViaChat(provider, deployment)
+
+
+RESPONSES_ENDPOINT = ResponsesEndpoint()
