@@ -349,6 +349,9 @@ async def _run_json(call: Call, send) -> None:
         exchange.bill(data, call.usage)
     else:
         call.usage = reported
+    if settings.PROXY_COST_IN_USAGE and isinstance(data.get("usage"), dict):
+        call.cost_usd = _cost(call)
+        data["usage"]["cost"] = float(call.cost_usd)
     if call.log_bodies:
         call.response_body = data
     body = orjson.dumps(data)
@@ -542,6 +545,8 @@ async def _run_stream(call: Call, receive, send) -> None:
         call.error_type = "stream_cancelled"
         await _record(call)
         raise asyncio.CancelledError
+    if settings.PROXY_COST_IN_USAGE:
+        stream.cost_usd = _cost(call)
     tail = stream.tail(call.usage, error, call.client_disconnected)
     await _record(call)
     await send({"type": "http.response.body", "body": tail, "more_body": False})

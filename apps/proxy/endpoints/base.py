@@ -9,6 +9,8 @@ whole or streamed, into the client's dialect, reading the usage on the way.
 
 from __future__ import annotations
 
+from decimal import Decimal
+
 from ..errors import GatewayError
 from ..providers.base import DeploymentInfo, Provider, UpstreamRequest, Usage
 
@@ -27,6 +29,14 @@ class ClientStream:
     def __init__(self) -> None:
         self.usage: Usage | None = None
         self.produced: list[str] = []
+        # Set by the pipeline before `tail` when PROXY_COST_IN_USAGE is on.
+        self.cost_usd: Decimal | None = None
+
+    def with_cost(self, usage: dict) -> dict:
+        """`usage` with the call's cost, when the client is told it (`PROXY_COST_IN_USAGE`)."""
+        if self.cost_usd is not None:
+            usage["cost"] = float(self.cost_usd)
+        return usage
 
     def feed(self, event: str | None, parsed: dict, raw: bytes) -> list[bytes]:
         raise NotImplementedError

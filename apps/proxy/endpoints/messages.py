@@ -41,6 +41,9 @@ class NativeStream(ClientStream):
         self.reader = AnthropicStreamTranslator(deployment)
         self.model = deployment.model_name
         self.rename = deployment.upstream_model != deployment.model_name
+        # The closing `message_delta` (and what follows it), held back for `tail` to add the
+        # cost to its usage.
+        self.closing: list[tuple[str, dict]] = []
 
     def feed(self, event: str | None, parsed: dict, raw: bytes) -> list[bytes]:
         for chunk in self.reader.feed(event, parsed):
@@ -50,11 +53,20 @@ class NativeStream(ClientStream):
         if self.rename and name == "message_start" and isinstance(parsed.get("message"), dict):
             parsed["message"]["model"] = self.model
             raw = orjson.dumps(parsed)
+        if name == "message_delta" or self.closing:
+            self.closing.append((name, parsed))
+            return []
         return [b"event: " + name.encode() + b"\ndata: " + raw + b"\n\n"]
 
     def tail(self, usage: Usage, error: GatewayError | None, client_gone: bool) -> bytes:
-        # A finished native stream ended with its own message_stop: nothing to add.
-        return event_bytes("error", anthropic_error(error)) if error is not None else b""
+        out = b""
+        for name, data in self.closing:
+            if name == "message_delta" and isinstance(data.get("usage"), dict):
+                self.with_cost(data["usage"])
+            out += event_bytes(name, data)
+        if error is not None:
+            out += event_bytes("error", anthropic_error(error))
+        return out
 
 
 class NativeExchange(Exchange):

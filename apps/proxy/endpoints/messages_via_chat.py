@@ -284,7 +284,7 @@ class ChunksToEvents(ClientStream):
         delta = {
             "type": "message_delta",
             "delta": {"stop_reason": self.stop_reason, "stop_sequence": None},
-            "usage": anthropic_usage(usage),
+            "usage": self.with_cost(anthropic_usage(usage)),
         }
         out += event_bytes("message_delta", delta)
         return out + event_bytes("message_stop", {"type": "message_stop"})

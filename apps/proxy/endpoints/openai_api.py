@@ -109,7 +109,9 @@ class RelayedChunks(ClientStream):
     def tail(self, usage: Usage, error: GatewayError | None, client_gone: bool) -> bytes:
         out = b""
         if self.wants_usage and not client_gone:
-            out += sse(orjson.dumps(self.usage_chunk(usage)))
+            chunk = self.usage_chunk(usage)
+            chunk["usage"] = self.with_cost(dict(chunk["usage"]))
+            out += sse(orjson.dumps(chunk))
         if error is not None:
             out += sse(error.body())
         return out + sse(b"[DONE]")

@@ -19,6 +19,7 @@ from .responses_validation import validate_responses
 from .responses_via_chat import ResponsesViaChat
 from .responses_wire import (
     error_event,
+    event_bytes,
     input_text,
     output_text,
     responses_usage,
@@ -46,6 +47,8 @@ class NativeStream(ClientStream):
         self.model = deployment.model_name
         self.rename = deployment.upstream_model != deployment.model_name
         self.sequence = 0
+        # `response.completed`, held back for `tail` to add the cost to its usage.
+        self.completed: dict | None = None
 
     def feed(self, event: str | None, parsed: dict, raw: bytes) -> list[bytes]:
         name = str(parsed.get("type") or event or "")
@@ -61,10 +64,21 @@ class NativeStream(ClientStream):
             if self.rename:
                 response["model"] = self.model
                 raw = orjson.dumps(parsed)
+            if name == "response.completed" and self.completed is None:
+                self.completed = parsed
+                return []
         return [b"event: " + name.encode() + b"\ndata: " + raw + b"\n\n"]
 
     def tail(self, usage: Usage, error, client_gone: bool) -> bytes:
-        return error_event(error, self.sequence + 1) if error is not None else b""
+        out = b""
+        if self.completed is not None:
+            response = self.completed["response"]
+            if isinstance(response.get("usage"), dict):
+                self.with_cost(response["usage"])
+            out = event_bytes("response.completed", self.completed)
+        if error is not None:
+            out += error_event(error, self.sequence + 1)
+        return out
 
 
 class NativeExchange(Exchange):

@@ -339,7 +339,7 @@ class ChunksToEvents(ClientStream):
             **self.response,
             "status": self.status,
             "output": self.output,
-            "usage": responses_usage(usage),
+            "usage": self.with_cost(responses_usage(usage)),
         }
         if self.status == "incomplete":
             final["incomplete_details"] = {"reason": "max_output_tokens"}
