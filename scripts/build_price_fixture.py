@@ -5,7 +5,9 @@
 Keeps the providers the gateway can call (or bill like) and the modes it serves, adds the
 demo models, and writes a Django fixture that `billing.services.model_prices_import`
 upserts on (model_name, effective_from). Prices are written as decimal strings so no float
-noise reaches the catalog.
+noise reaches the catalog. Prompt-cache prices come along where an entry lists them:
+`cache_read_input_token_cost` as `cached_input_cost_per_token`, and
+`cache_creation_input_token_cost` as `cache_write_cost_per_token`.
 """
 
 import argparse
@@ -33,13 +35,14 @@ PROVIDERS = {
 }
 MODES = {"chat", "completion", "embedding", "rerank"}
 # The simulator's models, priced like the public models they imitate.
+# (provider, mode, input, output, cache read, cache write)
 DEMO_MODELS = {
-    # like gpt-4o-mini
-    "demo-chat": ("simulator", "chat", 1.5e-07, 6e-07, 7.5e-08),
+    # like gpt-4o-mini (OpenAI lists no cache write price)
+    "demo-chat": ("simulator", "chat", 1.5e-07, 6e-07, 7.5e-08, None),
     # like text-embedding-3-small
-    "demo-embed": ("simulator", "embedding", 2e-08, 0.0, None),
+    "demo-embed": ("simulator", "embedding", 2e-08, 0.0, None, None),
     # like cohere rerank-v5.0-fast (per token; per-query prices have no column)
-    "demo-rerank": ("simulator", "rerank", 2e-08, 0.0, None),
+    "demo-rerank": ("simulator", "rerank", 2e-08, 0.0, None, None),
 }
 
 
@@ -50,7 +53,7 @@ def money(value: float | int | None) -> str | None:
     return format(Decimal(repr(float(value))).normalize(), "f")
 
 
-def entry(name: str, provider: str, mode: str, inp, out, cached) -> dict:
+def entry(name: str, provider: str, mode: str, inp, out, cached, cache_write) -> dict:
     return {
         "model": "billing.modelprice",
         "fields": {
@@ -60,6 +63,7 @@ def entry(name: str, provider: str, mode: str, inp, out, cached) -> dict:
             "input_cost_per_token": money(inp),
             "output_cost_per_token": money(out or 0),
             "cached_input_cost_per_token": money(cached),
+            "cache_write_cost_per_token": money(cache_write),
             "effective_from": EFFECTIVE_FROM,
         },
     }
@@ -81,10 +85,11 @@ def build(source: Path) -> list[dict]:
                 info["input_cost_per_token"],
                 info.get("output_cost_per_token"),
                 info.get("cache_read_input_token_cost"),
+                info.get("cache_creation_input_token_cost"),
             )
         )
-    for name, (provider, mode, inp, out, cached) in DEMO_MODELS.items():
-        rows.append(entry(name, provider, mode, inp, out, cached))
+    for name, (provider, mode, *prices) in DEMO_MODELS.items():
+        rows.append(entry(name, provider, mode, *prices))
     return rows
 
 

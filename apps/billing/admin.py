@@ -24,6 +24,7 @@ class ModelPriceAdmin(admin.ModelAdmin):
         "input_cost_per_token",
         "output_cost_per_token",
         "cached_input_cost_per_token",
+        "cache_write_cost_per_token",
         "effective_from",
     ]
     list_filter = ["provider", "mode", "effective_from"]

@@ -6,7 +6,8 @@ from .constants import SubjectType
 
 
 class ModelPrice(models.Model):
-    """A list price per token for a model name, effective from a date.
+    """A list price per token for a model name, effective from a date: input, output, and
+    the cache-read and cache-write rates of providers that price prompt caching.
 
     Prices change by adding a row with a later `effective_from`, so rows already costed keep
     the price that applied when they were made.
@@ -17,7 +18,12 @@ class ModelPrice(models.Model):
     mode = models.CharField(max_length=20, blank=True)
     input_cost_per_token = models.DecimalField(max_digits=20, decimal_places=12)
     output_cost_per_token = models.DecimalField(max_digits=20, decimal_places=12, default=0)
+    # Prompt caching: reading cached prompt tokens, and writing them to the cache. Unset,
+    # such tokens cost as plain input (`apps.proxy.pricing`).
     cached_input_cost_per_token = models.DecimalField(
+        max_digits=20, decimal_places=12, null=True, blank=True
+    )
+    cache_write_cost_per_token = models.DecimalField(
         max_digits=20, decimal_places=12, null=True, blank=True
     )
     effective_from = models.DateField()

@@ -26,6 +26,7 @@ class DeploymentForm(forms.ModelForm):
             "input_cost_per_token",
             "output_cost_per_token",
             "cached_input_cost_per_token",
+            "cache_write_cost_per_token",
             "extra",
             "is_active",
         )

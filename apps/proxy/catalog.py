@@ -46,7 +46,9 @@ snapshot_log = OutageLog(
 )
 
 SNAPSHOT_KEY = "tollgate:catalog-snapshot"
-SNAPSHOT_VERSION = 1
+# Raised when the records change shape (2: cache write prices), so a snapshot written by
+# older code is skipped rather than misread.
+SNAPSHOT_VERSION = 2
 # The fingerprint of a catalog loaded from the snapshot: matches no database state, so the
 # first refresh that reaches the database reloads it.
 _FROM_SNAPSHOT = ("snapshot",)
@@ -87,6 +89,7 @@ _DEPLOYMENT_FIELDS = (
     "input_cost_per_token",
     "output_cost_per_token",
     "cached_input_cost_per_token",
+    "cache_write_cost_per_token",
     "extra",
 )
 
@@ -114,6 +117,7 @@ def deployment_info(record: dict, model_name: str) -> DeploymentInfo:
         input_cost_per_token=_decimal(record["input_cost_per_token"]),
         output_cost_per_token=_decimal(record["output_cost_per_token"]),
         cached_input_cost_per_token=_decimal(record["cached_input_cost_per_token"]),
+        cache_write_cost_per_token=_decimal(record["cache_write_cost_per_token"]),
         extra=dict(record["extra"] or {}),
     )
 

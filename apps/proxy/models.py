@@ -84,6 +84,9 @@ class Deployment(models.Model):
     cached_input_cost_per_token = models.DecimalField(
         max_digits=20, decimal_places=12, null=True, blank=True
     )
+    cache_write_cost_per_token = models.DecimalField(
+        max_digits=20, decimal_places=12, null=True, blank=True
+    )
     extra = models.JSONField(default=dict, blank=True)
     is_active = models.BooleanField(default=True)
     updated_at = models.DateTimeField(auto_now=True)

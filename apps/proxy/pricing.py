@@ -3,6 +3,10 @@
 The proxy loads a `PriceBook` once and refreshes it now and then; costing a request is then
 pure arithmetic, no query. Prices change by new rows with a later `effective_from`, so a
 request is costed with the price in force on its UTC date.
+
+Four token classes are priced: fresh input, output, and prompt-cache reads and writes. Cache
+reads (`cached_tokens`) and writes (`cache_write_tokens`) are part of `input_tokens`, as
+OpenAI counts them, so fresh input is input - cached - cache_write.
 """
 
 from __future__ import annotations
@@ -12,16 +16,21 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from decimal import ROUND_HALF_UP, Decimal
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from apps.billing.models import ModelPrice
+
+if TYPE_CHECKING:
+    from apps.proxy.providers.base import DeploymentInfo
 
 # UsageRecord.cost_usd has decimal_places=10.
 COST_QUANTUM = Decimal("1e-10")
 ZERO = Decimal(0)
 
-PriceOverride = tuple[Decimal | None, Decimal | None, Decimal | None]
-NO_OVERRIDE: PriceOverride = (None, None, None)
+# A deployment's own (input, output, cache read, cache write) prices, None where the catalog's
+# apply. A 3-tuple (no cache write override) is read as if its 4th element were None.
+PriceOverride = tuple[Decimal | None, ...]
+NO_OVERRIDE: PriceOverride = (None, None, None, None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +39,43 @@ class Price:
     input: Decimal
     output: Decimal
     cached_input: Decimal | None
+    cache_write: Decimal | None = None
+
+    def cost(
+        self,
+        input_tokens: int,
+        output_tokens: int,
+        cached_tokens: int = 0,
+        cache_write_tokens: int = 0,
+    ) -> Decimal:
+        """The tokens' cost at these prices, not rounded.
+
+        Cache reads and writes are part of `input_tokens`: each is cut to what the input
+        holds (reads first), and the rest of the input is fresh. Without a cache read or a
+        cache write price, those tokens cost as input.
+        """
+        cached = max(0, min(cached_tokens, input_tokens))
+        written = max(0, min(cache_write_tokens, input_tokens - cached))
+        return (
+            Decimal(input_tokens - cached - written) * self.input
+            + Decimal(cached) * _first(self.cached_input, self.input)
+            + Decimal(written) * _first(self.cache_write, self.input)
+            + Decimal(output_tokens) * self.output
+        )
+
+
+# What an override is laid over when the catalog has no price for the model.
+_UNLISTED = Price(date.min, ZERO, ZERO, None, None)
+
+
+def price_override(deployment: DeploymentInfo) -> PriceOverride:
+    """The prices `deployment` sets itself, in `PriceOverride` order."""
+    return (
+        deployment.input_cost_per_token,
+        deployment.output_cost_per_token,
+        deployment.cached_input_cost_per_token,
+        deployment.cache_write_cost_per_token,
+    )
 
 
 class Quote(NamedTuple):
@@ -60,6 +106,7 @@ class PriceBook:
         "input_cost_per_token",
         "output_cost_per_token",
         "cached_input_cost_per_token",
+        "cache_write_cost_per_token",
     )
 
     @staticmethod
@@ -67,7 +114,7 @@ class PriceBook:
         """From `VALUE_FIELDS` tuples: as the database returns them, or as JSON brought them
         back from the catalog snapshot (dates and decimals as strings)."""
         prices: dict[str, list[Price]] = {}
-        for name, effective_from, input_cost, output_cost, cached_cost in rows:
+        for name, effective_from, input_cost, output_cost, cached_cost, write_cost in rows:
             if not isinstance(effective_from, date):
                 effective_from = date.fromisoformat(effective_from)
             prices.setdefault(name, []).append(
@@ -75,7 +122,8 @@ class PriceBook:
                     effective_from=effective_from,
                     input=Decimal(input_cost),
                     output=Decimal(output_cost),
-                    cached_input=Decimal(cached_cost) if cached_cost is not None else None,
+                    cached_input=_decimal(cached_cost),
+                    cache_write=_decimal(write_cost),
                 )
             )
         return PriceBook(prices)
@@ -107,21 +155,30 @@ class PriceBook:
         cached_tokens: int,
         at: datetime,
         override: PriceOverride = NO_OVERRIDE,
+        *,
+        cache_write_tokens: int = 0,
     ) -> Quote:
+        """The cost of a request's tokens at the price in force at `at`, rounded to the
+        ledger's 10 places.
+
+        `cached_tokens` (cache reads) and `cache_write_tokens` are part of `input_tokens`.
+        Each price is the deployment's `override` if it sets one, else the catalog's. Cache
+        reads, and cache writes, with no price of their own cost as input: a list price
+        without a cache write rate bills writes at the input rate, not at the write premium.
+        """
         listed = self.price_at(price_model_name, at)
-        over_input, over_output, over_cached = override
+        over_input, over_output, over_cached, over_write = (*override, None, None, None, None)[:4]
         if listed is None and over_input is None and over_output is None:
             return Quote(ZERO, False)
-        input_price = _first(over_input, listed.input if listed else None)
-        output_price = _first(over_output, listed.output if listed else None)
-        # Cached tokens are part of the input count; without a cached price they cost as input.
-        cached_price = _first(over_cached, listed.cached_input if listed else None, input_price)
-        cached = max(0, min(cached_tokens, input_tokens))
-        cost = (
-            Decimal(input_tokens - cached) * input_price
-            + Decimal(cached) * cached_price
-            + Decimal(output_tokens) * output_price
+        base = listed or _UNLISTED
+        price = Price(
+            effective_from=base.effective_from,
+            input=_first(over_input, base.input),
+            output=_first(over_output, base.output),
+            cached_input=over_cached if over_cached is not None else base.cached_input,
+            cache_write=over_write if over_write is not None else base.cache_write,
         )
+        cost = price.cost(input_tokens, output_tokens, cached_tokens, cache_write_tokens)
         return Quote(cost.quantize(COST_QUANTUM, rounding=ROUND_HALF_UP), True)
 
     def cost_for(
@@ -132,10 +189,19 @@ class PriceBook:
         cached_tokens: int,
         at: datetime,
         override: PriceOverride = NO_OVERRIDE,
+        *,
+        cache_write_tokens: int = 0,
     ) -> Decimal:
-        """Cost in USD; Decimal 0 for an unknown model (use `quote` to tell the two apart)."""
+        """Cost in USD as `quote` computes it (cache writes without a price of their own cost
+        as input); Decimal 0 for an unknown model (use `quote` to tell the two apart)."""
         return self.quote(
-            price_model_name, input_tokens, output_tokens, cached_tokens, at, override
+            price_model_name,
+            input_tokens,
+            output_tokens,
+            cached_tokens,
+            at,
+            override,
+            cache_write_tokens=cache_write_tokens,
         ).cost_usd
 
 
@@ -144,3 +210,8 @@ def _first(*values: Decimal | None) -> Decimal:
         if value is not None:
             return Decimal(value)
     return ZERO
+
+
+def _decimal(value: Any) -> Decimal | None:
+    # Decimal from the database, str from the catalog snapshot.
+    return Decimal(value) if value is not None else None

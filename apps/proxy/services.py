@@ -31,7 +31,12 @@ DEPLOYMENT_KEYS = {
     "ttft_timeout_seconds",
     "is_active",
 }
-PRICE_KEYS = ("input_cost_per_token", "output_cost_per_token", "cached_input_cost_per_token")
+PRICE_KEYS = (
+    "input_cost_per_token",
+    "output_cost_per_token",
+    "cached_input_cost_per_token",
+    "cache_write_cost_per_token",
+)
 _VAR = re.compile(r"\$\{([A-Z0-9_]+)\}")
 
 

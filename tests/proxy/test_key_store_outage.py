@@ -272,6 +272,7 @@ def make_prices() -> None:
         input_cost_per_token=Decimal("0.0000025"),
         output_cost_per_token=Decimal("0.00001"),
         cached_input_cost_per_token=Decimal("0.00000125"),
+        cache_write_cost_per_token=Decimal("0.000003125"),
         effective_from=date(2025, 1, 1),
     )
     ModelPrice.objects.create(
@@ -291,7 +292,11 @@ async def test_the_catalog_snapshot_rebuilds_the_same_catalog(mirror):
             "http://127.0.0.1:9/v1",
             "demo-chat",
             "demo-chat-2",
-            prices={"input_cost_per_token": "0.0000025", "output_cost_per_token": "0.00001"},
+            prices={
+                "input_cost_per_token": "0.0000025",
+                "output_cost_per_token": "0.00001",
+                "cache_write_cost_per_token": "0.000003125",
+            },
         )
         await sync_to_async(make_prices)()
         from_database = Catalog()
@@ -304,9 +309,14 @@ async def test_the_catalog_snapshot_rebuilds_the_same_catalog(mirror):
         entry = from_snapshot.models["snapshot-chat"]
         assert [d.upstream_model for d in entry.deployments] == ["demo-chat", "demo-chat-2"]
         assert entry.deployments[0].input_cost_per_token == Decimal("0.0000025")
+        assert entry.deployments[0].cache_write_cost_per_token == Decimal("0.000003125")
         march, july = datetime(2025, 3, 1, tzinfo=UTC), datetime(2025, 7, 1, tzinfo=UTC)
         assert from_snapshot.prices.price_at("snapshot-upstream", march) == Price(
-            date(2025, 1, 1), Decimal("0.0000025"), Decimal("0.00001"), Decimal("0.00000125")
+            date(2025, 1, 1),
+            Decimal("0.0000025"),
+            Decimal("0.00001"),
+            Decimal("0.00000125"),
+            Decimal("0.000003125"),
         )
         assert from_snapshot.prices.price_at("snapshot-upstream", july) == Price(
             date(2025, 6, 1), Decimal("0.000003"), Decimal("0.000012"), None

@@ -15,6 +15,7 @@ PRICE_FIELDS = [
     "input_cost_per_token",
     "output_cost_per_token",
     "cached_input_cost_per_token",
+    "cache_write_cost_per_token",
 ]
 
 
@@ -42,6 +43,7 @@ def model_prices_import(*, path: Path | None = None) -> int:
                 input_cost_per_token=_decimal(fields["input_cost_per_token"]),
                 output_cost_per_token=_decimal(fields.get("output_cost_per_token")) or Decimal(0),
                 cached_input_cost_per_token=_decimal(fields.get("cached_input_cost_per_token")),
+                cache_write_cost_per_token=_decimal(fields.get("cache_write_cost_per_token")),
                 effective_from=fields["effective_from"],
             )
         )

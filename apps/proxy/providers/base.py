@@ -40,6 +40,7 @@ class DeploymentInfo:
     input_cost_per_token: Decimal | None = None
     output_cost_per_token: Decimal | None = None
     cached_input_cost_per_token: Decimal | None = None
+    cache_write_cost_per_token: Decimal | None = None
     extra: dict = field(default_factory=dict)
 
 
