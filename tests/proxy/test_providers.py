@@ -473,6 +473,11 @@ def test_anthropic_parse_text_tool_use_and_usage():
     assert provider.usage(CHAT, parsed) == Usage(
         input_tokens=150, output_tokens=40, cached_tokens=30
     )
+    # From the Messages answer itself (as the proxy reads it) the cache writes are kept
+    # apart, still counted in the input: 100 fresh + 30 read + 20 written.
+    assert provider.usage(CHAT, parsed, answer) == Usage(
+        input_tokens=150, output_tokens=40, cached_tokens=30, cache_write_tokens=20
+    )
 
 
 @pytest.mark.parametrize(
@@ -645,6 +650,62 @@ def test_anthropic_stream_transcript():
     assert (
         translator.usage_chunk(Usage(input_tokens=1, output_tokens=2))["usage"]["total_tokens"] == 3
     )
+
+
+def test_anthropic_stream_reports_cache_writes():
+    start = {
+        "type": "message_start",
+        "message": {
+            "id": "msg_cache",
+            "type": "message",
+            "role": "assistant",
+            "model": "claude-sonnet-4-5",
+            "content": [],
+            "usage": {
+                "input_tokens": 12,
+                "output_tokens": 1,
+                "cache_read_input_tokens": 0,
+                "cache_creation_input_tokens": 2048,
+            },
+        },
+    }
+    delta = {
+        "type": "message_delta",
+        "delta": {"stop_reason": "end_turn"},
+        "usage": {"output_tokens": 7},
+    }
+    _, translator = translate([("message_start", start), ("message_delta", delta)])
+    assert translator.usage == Usage(
+        input_tokens=2060, output_tokens=7, cached_tokens=0, cache_write_tokens=2048
+    )
+    # OpenAI's usage shape has no cache write count: writes are in prompt_tokens only.
+    assert translator.usage_chunk()["usage"] == {
+        "prompt_tokens": 2060,
+        "completion_tokens": 7,
+        "total_tokens": 2067,
+        "prompt_tokens_details": {"cached_tokens": 0},
+    }
+    # Newer API versions repeat the cumulative input counts in message_delta.
+    repeated = {
+        **delta,
+        "usage": {
+            "input_tokens": 12,
+            "output_tokens": 7,
+            "cache_read_input_tokens": 1024,
+            "cache_creation_input_tokens": 2048,
+        },
+    }
+    _, translator = translate([("message_start", start), ("message_delta", repeated)])
+    assert translator.usage == Usage(
+        input_tokens=3084, output_tokens=7, cached_tokens=1024, cache_write_tokens=2048
+    )
+
+
+def test_cache_reads_and_writes_beyond_the_input_are_suspect():
+    assert Usage.from_counts(100, 5, 60, 40) == Usage(100, 5, 60, 40)
+    assert Usage.from_counts(100, 5, 60, 41).suspect
+    assert Usage.from_counts(100, 5, None, 100) == Usage(100, 5, 0, 100)
+    assert Usage.from_counts(100, 5, 0, -1).suspect
 
 
 def test_anthropic_stream_two_tools_get_separate_indexes():

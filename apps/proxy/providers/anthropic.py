@@ -38,7 +38,8 @@ def _finish_reason(stop_reason: str | None) -> str:
 def _usage(raw: object) -> Usage:
     """Usage from an Anthropic `usage` object: suspect unless both main counts are believable.
 
-    OpenAI's prompt_tokens include cached tokens; Anthropic reports them apart.
+    OpenAI's prompt_tokens include the cache reads and writes; Anthropic's input_tokens
+    leave both out, and report them apart.
     """
     if not isinstance(raw, dict):
         return Usage(suspect=True)
@@ -50,7 +51,7 @@ def _usage(raw: object) -> Usage:
     )
     if fresh is None or output is None or cache_read is None or cache_write is None:
         return Usage(suspect=True)
-    return Usage.from_counts(fresh + cache_read + cache_write, output, cache_read)
+    return Usage.from_counts(fresh + cache_read + cache_write, output, cache_read, cache_write)
 
 
 def _text_of(content: object, where: str) -> str:
@@ -289,10 +290,9 @@ class AnthropicStreamTranslator(StreamTranslator):
                     # Newer API versions repeat the (cumulative) input counts here.
                     fresh = _usage(raw)
                     usage.suspect = usage.suspect or fresh.suspect
-                    usage.input_tokens, usage.cached_tokens = (
-                        fresh.input_tokens,
-                        fresh.cached_tokens,
-                    )
+                    usage.input_tokens = fresh.input_tokens
+                    usage.cached_tokens = fresh.cached_tokens
+                    usage.cache_write_tokens = fresh.cache_write_tokens
                 self.usage = usage
             stop_reason = (data.get("delta") or {}).get("stop_reason")
             if stop_reason:

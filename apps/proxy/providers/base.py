@@ -74,27 +74,30 @@ def _first_present(raw: dict, names: tuple[str, ...], default: object = _MISSING
 
 @dataclass
 class Usage:
-    """Token counts as OpenAI reports them: `input_tokens` includes the cached ones.
+    """Token counts as OpenAI reports them: `input_tokens` includes the prompt-cache reads
+    (`cached_tokens`) and writes (`cache_write_tokens`, which only Anthropic reports apart).
 
     `suspect` marks counts an upstream reported that are not believable (negative, not
-    whole numbers, beyond `MAX_TOKENS_PER_REQUEST`, null, more cached than input): the proxy
-    then bills its own estimate instead, and the row is flagged so finance can see it.
+    whole numbers, beyond `MAX_TOKENS_PER_REQUEST`, null, more cache reads and writes than
+    input): the proxy then bills its own estimate instead, and the row is flagged so finance
+    can see it.
     """
 
     input_tokens: int = 0
     output_tokens: int = 0
     cached_tokens: int = 0
+    cache_write_tokens: int = 0
     estimated: bool = False
     suspect: bool = False
 
     @classmethod
     def from_counts(cls, *counts: object) -> "Usage":
-        """Usage from raw (input, output, cached) values; None counts as 0."""
+        """Usage from raw (input, output[, cached[, cache write]]) values; None counts as 0."""
         sane = [0 if value is None else sane_token_count(value) for value in counts]
         if None in sane:
             return cls(suspect=True)
         usage = cls(*sane)  # type: ignore[arg-type]
-        if usage.cached_tokens > usage.input_tokens:
+        if usage.cached_tokens + usage.cache_write_tokens > usage.input_tokens:
             return cls(suspect=True)
         return usage
 
@@ -117,7 +120,8 @@ class Usage:
         )
 
     def to_openai(self) -> dict:
-        """The OpenAI `usage` object for these counts."""
+        """The OpenAI `usage` object for these counts: OpenAI has no cache write count, so
+        cache writes are in `prompt_tokens` only."""
         return {
             "prompt_tokens": self.input_tokens,
             "completion_tokens": self.output_tokens,
