@@ -55,7 +55,8 @@ Row schema version {EXPORT_SCHEMA_VERSION} (also in the `schema_version` field a
 only with `granularity`), one column per `group_by` dimension (`team` + `team_id`, `user` +
 `user_id`, `virtual_account` + `virtual_account_id`, `model`, `status_code`, `provider`,
 `request_type`, `tag.<key>`; null when absent), then the metrics asked for: `requests`,
-`errors`, `error_rate` (0..1), `input_tokens`, `output_tokens`, `cached_tokens`,
+`errors`, `error_rate` (0..1), `input_tokens`, `output_tokens`, `cached_tokens` (prompt-cache
+reads), `cache_write_tokens` (prompt-cache writes; both are part of `input_tokens`),
 `total_tokens` (input + output), `cost_usd` ({CURRENCY}, string with {COST_DECIMALS} decimals),
 `latency_p50_ms`, `latency_p90_ms`, `latency_p99_ms` (percentile_cont, interpolated).
 

@@ -2,7 +2,9 @@
 
 Chargeback CSV: one row per group, then a `TOTAL` row. Money is USD (`currency` column),
 `cost_usd` with 6 decimals rounded half-up per cell; the total is the exact sum rounded once,
-so it can differ from the sum of the rounded cells by a few millionths. Tokens are integers.
+so it can differ from the sum of the rounded cells by a few millionths. Tokens are integers;
+prompt-cache reads (`cached_tokens`) and writes (`cache_write_tokens`) are part of
+`input_tokens`.
 Cells that a spreadsheet would run as a formula (starting with = + - @ tab or CR) are
 prefixed with a single quote (OWASP CSV injection).
 
@@ -50,7 +52,13 @@ def metric_columns(query: UsageQuery) -> list[str]:
     if "error_rate" in query.metrics:
         columns += ["errors", "error_rate"]
     if "tokens" in query.metrics:
-        columns += ["input_tokens", "output_tokens", "cached_tokens", "total_tokens"]
+        columns += [
+            "input_tokens",
+            "output_tokens",
+            "cached_tokens",
+            "cache_write_tokens",
+            "total_tokens",
+        ]
     if "cost" in query.metrics:
         columns.append("cost_usd")
     if "latency" in query.metrics:
@@ -72,6 +80,7 @@ def group_record(group: UsageGroup, query: UsageQuery) -> dict[str, object]:
         "input_tokens": totals.input_tokens,
         "output_tokens": totals.output_tokens,
         "cached_tokens": totals.cached_tokens,
+        "cache_write_tokens": totals.cache_write_tokens,
         "total_tokens": totals.tokens,
         "cost_usd": money(totals.cost_usd),
         **{
@@ -121,7 +130,14 @@ def chargeback_csv(
     groups: Iterable[UsageGroup], query: UsageQuery, *, filename: str
 ) -> StreamingHttpResponse:
     dims = [*(["period"] if query.granularity else []), *dim_columns(query)]
-    metrics = ["requests", "input_tokens", "output_tokens", "cached_tokens", "total_tokens"]
+    metrics = [
+        "requests",
+        "input_tokens",
+        "output_tokens",
+        "cached_tokens",
+        "cache_write_tokens",
+        "total_tokens",
+    ]
     header = [*dims, *metrics, "cost_usd", "currency"]
 
     def rows() -> Iterator[list[object]]:

@@ -9,6 +9,7 @@ TOKEN_AND_COST_SUMS = {
     "s_in": Sum("input_tokens"),
     "s_out": Sum("output_tokens"),
     "s_cached": Sum("cached_tokens"),
+    "s_cache_write": Sum("cache_write_tokens"),
     "s_cost": Sum("cost_usd"),
 }
 # Requests, errors, tokens and cost of raw usage rows.

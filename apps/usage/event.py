@@ -49,6 +49,7 @@ class UsageEvent:
     input_tokens: int = 0
     output_tokens: int = 0
     cached_tokens: int = 0
+    cache_write_tokens: int = 0
     tokens_estimated: bool = False
     usage_suspect: bool = False
     cost_usd: Decimal = Decimal(0)
@@ -119,6 +120,8 @@ class UsageEvent:
         input_tokens, bad_input = clamp_token_count(self.input_tokens)
         output_tokens, bad_output = clamp_token_count(self.output_tokens)
         cached_tokens, bad_cached = clamp_token_count(self.cached_tokens)
+        cache_write_tokens, bad_write = clamp_token_count(self.cache_write_tokens)
+        bad = bad_input or bad_output or bad_cached or bad_write
         return {
             "request_id": clean_text(self.request_id, 64),
             "created_at": self.created_at,
@@ -138,8 +141,9 @@ class UsageEvent:
             "input_tokens": input_tokens,
             "output_tokens": output_tokens,
             "cached_tokens": cached_tokens,
+            "cache_write_tokens": cache_write_tokens,
             "tokens_estimated": bool(self.tokens_estimated),
-            "usage_suspect": bool(self.usage_suspect or bad_input or bad_output or bad_cached),
+            "usage_suspect": bool(self.usage_suspect or bad),
             "cost_usd": self.cost_usd.quantize(COST_QUANTUM),
             "latency_ms": self.latency_ms,
             "ttft_ms": self.ttft_ms,

@@ -52,7 +52,12 @@ class UsageRecord(models.Model):
     error_type = models.CharField(max_length=64, blank=True)
     input_tokens = models.PositiveIntegerField(default=0)
     output_tokens = models.PositiveIntegerField(default=0)
+    # Prompt caching, OpenAI's convention: both counts are part of `input_tokens`, so fresh
+    # input is input - cached - cache_write. `cached_tokens` are cache reads. Cache writes
+    # (Anthropic's cache_creation_input_tokens) have a database default too, as
+    # `usage_suspect` has: rows from a writer that predates the column still insert.
     cached_tokens = models.PositiveIntegerField(default=0)
+    cache_write_tokens = models.PositiveIntegerField(default=0, db_default=0)
     tokens_estimated = models.BooleanField(default=False)
     # A database default too: rows written by a writer that predates the column (a rolling
     # upgrade) or by COPY (`generate_usage`) still insert.
@@ -164,6 +169,7 @@ class UsageSums(models.Model):
     input_tokens = models.BigIntegerField(default=0)
     output_tokens = models.BigIntegerField(default=0)
     cached_tokens = models.BigIntegerField(default=0)
+    cache_write_tokens = models.BigIntegerField(default=0)
     cost_usd = models.DecimalField(max_digits=24, decimal_places=10, default=0)
     computed_at = models.DateTimeField()
 

@@ -95,6 +95,7 @@ class UsageRow:
     input_tokens: int
     output_tokens: int
     cached_tokens: int
+    cache_write_tokens: int
     cost_usd: Decimal
 
     @property
@@ -157,6 +158,7 @@ def month_to_date_rows(
                 totals.input_tokens,
                 totals.output_tokens,
                 totals.cached_tokens,
+                totals.cache_write_tokens,
                 totals.cost_usd,
             )
         )

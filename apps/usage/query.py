@@ -115,6 +115,7 @@ class UsageTotals:
     input_tokens: int
     output_tokens: int
     cached_tokens: int
+    cache_write_tokens: int
     cost_usd: Decimal
     # Latency percentiles by name (PERCENTILES), when asked for; None for a group whose
     # rows have none.
@@ -210,14 +211,16 @@ def _group_rows(
     return [row] if row["n"] else []
 
 
-def _sums(row: dict) -> tuple[int, int, int, int, int, Decimal]:
-    """Requests, errors, input, output and cached tokens, and cost of a grouped row."""
+def _sums(row: dict) -> tuple[int, int, int, int, int, int, Decimal]:
+    """Requests, errors, input, output, cache read and cache write tokens, and cost of a
+    grouped row (`UsageTotals` order)."""
     return (
         row["n"] or 0,
         row["n_err"] or 0,
         row["s_in"] or 0,
         row["s_out"] or 0,
         row["s_cached"] or 0,
+        row["s_cache_write"] or 0,
         summed_cost(row["s_cost"]),
     )
 
@@ -408,7 +411,7 @@ def _merged(scope, where, group_by, bucket, latency, rollup, days, hours) -> lis
     sums: dict[tuple, list] = {}
     for part in parts:
         for moment, group, row in part:
-            acc = sums.setdefault((moment, group), [0, 0, 0, 0, 0, Decimal(0)])
+            acc = sums.setdefault((moment, group), [0, 0, 0, 0, 0, 0, Decimal(0)])
             for index, value in enumerate(_sums(row)):
                 acc[index] += value
     percentiles = _raw_percentiles(scope, where, group_by, bucket) if latency else {}

@@ -119,6 +119,7 @@ def _cube(low: dt.datetime, high: dt.datetime, now: dt.datetime, grain: Grain) -
             input_tokens=row["s_in"] or 0,
             output_tokens=row["s_out"] or 0,
             cached_tokens=row["s_cached"] or 0,
+            cache_write_tokens=row["s_cache_write"] or 0,
             cost_usd=summed_cost(row["s_cost"]),
             computed_at=now,
         )
@@ -208,34 +209,35 @@ def _tag_usage(
                 row["model"],
                 group_text(row["_tag"])[:MAX_TAG_VALUE_CHARS],
             )
-            acc = sums.setdefault(group, [0, 0, 0, 0, 0, Decimal(0)])
+            acc = sums.setdefault(group, [0, 0, 0, 0, 0, 0, Decimal(0)])
             acc[0] += row["n"]
             acc[1] += row["n_err"]
             acc[2] += row["s_in"] or 0
             acc[3] += row["s_out"] or 0
             acc[4] += row["s_cached"] or 0
-            acc[5] += summed_cost(row["s_cost"])
-        rows.extend(
-            grain.tags(
-                **grain.period(period),
-                team_id=team,
-                user_id=user,
-                virtual_account_id=va,
-                model=model,
-                tag_key=key,
-                tag_value=value,
-                requests=n,
-                errors=n_err,
-                input_tokens=s_in,
-                output_tokens=s_out,
-                cached_tokens=cached,
-                cost_usd=cost,
-                computed_at=now,
+            acc[5] += row["s_cache_write"] or 0
+            acc[6] += summed_cost(row["s_cost"])
+        for (period, team, user, va, model, value), acc in sums.items():
+            n, n_err, s_in, s_out, cached, written, cost = acc
+            rows.append(
+                grain.tags(
+                    **grain.period(period),
+                    team_id=team,
+                    user_id=user,
+                    virtual_account_id=va,
+                    model=model,
+                    tag_key=key,
+                    tag_value=value,
+                    requests=n,
+                    errors=n_err,
+                    input_tokens=s_in,
+                    output_tokens=s_out,
+                    cached_tokens=cached,
+                    cache_write_tokens=written,
+                    cost_usd=cost,
+                    computed_at=now,
+                )
             )
-            for (period, team, user, va, model, value), (n, n_err, s_in, s_out, cached, cost) in (
-                sums.items()
-            )
-        )
     return rows
 
 

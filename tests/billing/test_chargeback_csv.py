@@ -44,12 +44,12 @@ def test_chargeback_by_customer_escapes_and_totals(client, finance_user, billing
     table = _table(response)
     assert table[0] == [
         "tag.customer_id", "requests", "input_tokens", "output_tokens", "cached_tokens",
-        "total_tokens", "cost_usd", "currency",
+        "cache_write_tokens", "total_tokens", "cost_usd", "currency",
     ]  # fmt: skip
     rows = {row[0]: row for row in table[1:-1]}
     assert set(rows) == {"acme", "globex", '\'=HYPERLINK("x")'}
-    assert rows["acme"][1] == "6" and rows["acme"][6] == "0.060000"
-    assert table[-1] == ["TOTAL", "15", "6000", "600", "0", "6600", "2.600000", "USD"]
+    assert rows["acme"][1] == "6" and rows["acme"][7] == "0.060000"
+    assert table[-1] == ["TOTAL", "15", "6000", "600", "0", "0", "6600", "2.600000", "USD"]
 
 
 def test_chargeback_defaults_to_team_and_range(client, finance_user, billing_usage):

@@ -33,6 +33,7 @@ def test_values_the_database_would_refuse_are_normalised_at_capture(tmp_path):
         end_user="eve\x00" + "x" * 400,
         input_tokens=-5,
         output_tokens=10**12,
+        cache_write_tokens=-7,
         request_body={"messages": [{"role": "user", "content": "a\x00b\nc"}]},
     )
     for event in [*good[:25], hostile, *good[25:]]:
@@ -45,6 +46,7 @@ def test_values_the_database_would_refuse_are_normalised_at_capture(tmp_path):
     assert row.end_user.startswith("eve") and len(row.end_user) == 256
     assert row.input_tokens == 0
     assert row.output_tokens == MAX_TOKENS_PER_REQUEST
+    assert row.cache_write_tokens == 0
     assert row.usage_suspect is True
     # Newlines are part of a prompt; only what the database refuses is taken out.
     assert row.request_body["messages"][0]["content"] == "ab\nc"
@@ -151,6 +153,13 @@ def test_unbelievable_upstream_usage_is_flagged_not_raised():
     assert anthropic_usage(
         {"input_tokens": 4, "output_tokens": 3, "cache_read_input_tokens": 2}
     ) == Usage(6, 3, 2)
+    # Cache writes are part of the input count too, and as unbelievable when negative.
+    assert anthropic_usage(
+        {"input_tokens": 4, "output_tokens": 3, "cache_creation_input_tokens": 5}
+    ) == Usage(9, 3, 0, 5)
+    assert anthropic_usage(
+        {"input_tokens": 4, "output_tokens": 3, "cache_creation_input_tokens": -5}
+    ).suspect
 
 
 def test_costs_stay_exact_through_normalisation(tmp_path):

@@ -20,6 +20,7 @@ def test_json_round_trip_keeps_every_field_exact():
         key_lineage_id=str(uuid.uuid4()),
         cost_usd=Decimal("0.1234567891"),
         cached_tokens=20,
+        cache_write_tokens=15,
         ttft_ms=12.5,
         is_stream=True,
         tags={"feature": "search", "nested": {"a": [1, 2]}},

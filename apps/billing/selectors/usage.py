@@ -219,8 +219,8 @@ ROW_FIELDS = (
     "id", "request_id", "created_at", "inserted_at", "team_id", "user_id",
     "virtual_account_id", "api_key_id", "end_user", "model", "deployment", "provider",
     "request_type", "is_stream", "status_code", "error_type", "input_tokens", "output_tokens",
-    "cached_tokens", "tokens_estimated", "cost_usd", "latency_ms", "ttft_ms",
-    "upstream_latency_ms", "attempts", "client_disconnected", "tags",
+    "cached_tokens", "cache_write_tokens", "tokens_estimated", "cost_usd", "latency_ms",
+    "ttft_ms", "upstream_latency_ms", "attempts", "client_disconnected", "tags",
 )  # fmt: skip
 
 
