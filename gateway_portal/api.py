@@ -12,6 +12,7 @@ from ninja.errors import AuthenticationError, HttpError, ValidationError
 from ninja.renderers import JSONRenderer
 
 from apps.billing.api import router as billing_router
+from apps.proxy.openapi import add_gateway_paths
 from apps.quotas.api import router as quotas_router
 
 
@@ -25,7 +26,15 @@ class Utf8JSONRenderer(JSONRenderer):
         return text.encode("utf-8", "backslashreplace")
 
 
-api = NinjaAPI(
+class TollgateAPI(NinjaAPI):
+    """The portal's API, documented beside the /v1 gateway endpoints it cannot route."""
+
+    def get_openapi_schema(self, *, path_prefix=None, path_params=None):  # type: ignore[override]
+        schema = super().get_openapi_schema(path_prefix=path_prefix, path_params=path_params)
+        return add_gateway_paths(schema)
+
+
+api = TollgateAPI(
     title="Tollgate API",
     version="1.0",
     docs_url="/docs",

@@ -256,10 +256,10 @@ LOGGING = {
 PROXY_MAX_BODY_BYTES = env.int("PROXY_MAX_BODY_BYTES", default=10 * 1024 * 1024)
 # Deployments tried per request (the first plus failovers) and the backoff between them.
 PROXY_MAX_ATTEMPTS = env.int("PROXY_MAX_ATTEMPTS", default=3)
+PROXY_RETRY_BACKOFF = env.float("PROXY_RETRY_BACKOFF", default=0.05)
 # Adds `usage.cost` (USD) to whole answers and to the usage the gateway writes at a stream's
 # end; off by default, since strict clients may refuse an unknown usage field.
 PROXY_COST_IN_USAGE = env.bool("PROXY_COST_IN_USAGE", default=False)
-PROXY_RETRY_BACKOFF = env.float("PROXY_RETRY_BACKOFF", default=0.05)
 UPSTREAM_CONNECT_TIMEOUT = env.float("UPSTREAM_CONNECT_TIMEOUT", default=5.0)
 UPSTREAM_POOL_LIMIT = env.int("UPSTREAM_POOL_LIMIT", default=1000)
 UPSTREAM_POOL_LIMIT_PER_HOST = env.int("UPSTREAM_POOL_LIMIT_PER_HOST", default=0)
