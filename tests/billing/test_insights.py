@@ -16,6 +16,7 @@ import time_machine
 from apps.billing.constants import SubjectType
 from apps.billing.models import ModelPrice, Tier
 from apps.billing.selectors.insights import billing_insights
+from apps.billing.selectors.insights.cheaper_models import model_savings
 from apps.billing.services import subscription_change
 from apps.billing.subjects import BillingSubject
 from apps.usage.grouping import rollup_tag_keys
@@ -357,3 +358,21 @@ def test_api_refuses_api_keys(client, user):
     _, secret = factories.make_key(user=user, scopes=["usage:read"])
     response = client.get("/api/usage/insights", HTTP_AUTHORIZATION=f"Bearer {secret}")
     assert response.status_code == 403
+
+
+def test_cheaper_model_prices_cache_reads_and_writes_at_their_rates():
+    ModelPrice.objects.create(
+        model_name="cached-chat",
+        mode="chat",
+        input_cost_per_token=Decimal("0.000003"),
+        output_cost_per_token=Decimal("0.000015"),
+        cached_input_cost_per_token=Decimal("0.0000003"),
+        cache_write_cost_per_token=Decimal("0.00000375"),
+        effective_from=dt.date(2024, 1, 1),
+    )
+    # 10k input (6k read, 2k written, 2k fresh) and 1k output, on the only chat model:
+    # 2k x 3e-6 + 6k x 3e-7 + 2k x 3.75e-6 + 1k x 1.5e-5 = 0.0303.
+    features = {("agent", "cached-chat"): [10_000, 1_000, 6_000, 2_000, Decimal("0.05")]}
+    (saving,) = model_savings(features, dt.date(2026, 10, 1))
+    assert (saving.cheapest_model, saving.cheapest_cost_usd) == ("cached-chat", Decimal("0.030300"))
+    assert saving.saving_usd == Decimal("0.019700")

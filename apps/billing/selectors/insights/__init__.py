@@ -115,7 +115,7 @@ def billing_insights(*, now: dt.datetime | None = None) -> Insights:
     # feature x model (cheaper-model report). Each key's rollup rows hold all usage once.
     spend: dict[str, list] = defaultdict(lambda: [0, Decimal(0)])
     per_day: dict[str, dict[tuple[dt.date, str], int]] = defaultdict(lambda: defaultdict(int))
-    features: dict[tuple[str, str], list] = defaultdict(lambda: [0, 0, 0, Decimal(0)])
+    features: dict[tuple[str, str], list] = defaultdict(lambda: [0, 0, 0, 0, Decimal(0)])
     total = Decimal(0)
     for row in daily:
         total += row.cost_usd
@@ -129,7 +129,8 @@ def billing_insights(*, now: dt.datetime | None = None) -> Insights:
         acc[0] += row.input_tokens
         acc[1] += row.output_tokens
         acc[2] += row.cached_tokens
-        acc[3] += row.cost_usd
+        acc[3] += row.cache_write_tokens
+        acc[4] += row.cost_usd
 
     # Tier fit: the three full months before this one, tokens per subject x month x model.
     fit_months = tier_fit_months(month)

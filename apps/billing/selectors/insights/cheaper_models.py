@@ -10,6 +10,7 @@ from decimal import ROUND_HALF_UP, Decimal
 from apps.billing.constants import COST_QUANTUM
 from apps.billing.models import ModelPrice
 from apps.proxy.models import GatewayModel
+from apps.proxy.pricing import Price
 
 
 @dataclass(frozen=True)
@@ -29,19 +30,8 @@ class ModelSaving:
 @dataclass(frozen=True)
 class _ListPrice:
     mode: str
-    input: Decimal
-    output: Decimal
-    cached: Decimal | None
-
-    def cost(self, input_tokens: int, output_tokens: int, cached_tokens: int) -> Decimal:
-        # As the proxy prices a request: cached tokens are part of the input count.
-        cached = max(0, min(cached_tokens, input_tokens))
-        cached_price = self.input if self.cached is None else self.cached
-        return (
-            Decimal(input_tokens - cached) * self.input
-            + Decimal(cached) * cached_price
-            + Decimal(output_tokens) * self.output
-        )
+    # Priced as the proxy prices a request (`Price.cost`).
+    price: Price
 
 
 def _latest_prices(today: dt.date) -> dict[str, _ListPrice]:
@@ -53,9 +43,13 @@ def _latest_prices(today: dt.date) -> dict[str, _ListPrice]:
         if row.model_name not in latest:
             latest[row.model_name] = _ListPrice(
                 row.mode,
-                row.input_cost_per_token,
-                row.output_cost_per_token,
-                row.cached_input_cost_per_token,
+                Price(
+                    row.effective_from,
+                    row.input_cost_per_token,
+                    row.output_cost_per_token,
+                    row.cached_input_cost_per_token,
+                    row.cache_write_cost_per_token,
+                ),
             )
     return latest
 
@@ -65,18 +59,20 @@ def _rounded_cost(value: Decimal) -> Decimal:
 
 
 def model_savings(features: dict[tuple[str, str], list], today: dt.date) -> list[ModelSaving]:
-    """`features` maps (feature, model) to [input, output, cached tokens, cost]."""
+    """`features` maps (feature, model) to [input, output, cache read, cache write tokens,
+    cost]."""
     prices = _latest_prices(today)
     modes = dict(GatewayModel.objects.values_list("name", "mode"))
     by_mode: dict[str, list[tuple[str, _ListPrice]]] = defaultdict(list)
-    for name, price in prices.items():
-        if price.mode and (price.input or price.output):
-            by_mode[price.mode].append((name, price))
+    for name, listed in prices.items():
+        if listed.mode and (listed.price.input or listed.price.output):
+            by_mode[listed.mode].append((name, listed))
     out = []
-    for (feature, model), (inp, outp, cached, cost) in features.items():
+    for (feature, model), (inp, outp, cached, written, cost) in features.items():
         mode = prices[model].mode if model in prices else modes.get(model, "")
         quotes = sorted(
-            (price.cost(inp, outp, cached), name) for name, price in by_mode.get(mode, [])
+            (listed.price.cost(inp, outp, cached, written), name)
+            for name, listed in by_mode.get(mode, [])
         )
         cheapest_cost, cheapest = quotes[0] if quotes else (None, None)
         saving = max(Decimal(0), cost - cheapest_cost) if cheapest_cost is not None else Decimal(0)
