@@ -42,6 +42,10 @@ CATALOG_MIX = [
 # (error_type, status_code, weight)
 ERRORS = [("rate_limit_error", 429, 45), ("upstream_error", 502, 25), ("timeout", 504, 12),
           ("invalid_request_error", 400, 14), ("content_filter", 400, 4)]  # fmt: skip
+# Input, output, cache read and cache write per token, like gpt-4o-mini (no write premium).
+SMALL_MODEL_PRICE = (1.5e-7, 6e-7, 7.5e-8, 1.5e-7)
+# Providers that report prompt-cache writes apart (and bill them at a premium).
+CACHE_WRITE_PROVIDERS = {"anthropic"}
 BASE_ERROR_RATE = 0.02
 INCIDENT_ERROR_RATE = 0.35
 
@@ -70,6 +74,7 @@ class _Model:
     price_in: float
     price_out: float
     price_cached: float
+    price_cache_write: float
 
 
 @dataclass
@@ -116,15 +121,25 @@ def _subjects(rng: random.Random) -> list[_Subject]:
     return subjects
 
 
-def _price(name: str) -> tuple[float, float, float] | None:
+def _price(name: str) -> tuple[float, float, float, float] | None:
     row = ModelPrice.objects.filter(model_name=name).order_by("-effective_from").first()
     if row is None:
         return None
-    cached = row.cached_input_cost_per_token
+    return _prices(
+        row.input_cost_per_token,
+        row.output_cost_per_token,
+        row.cached_input_cost_per_token,
+        row.cache_write_cost_per_token,
+    )
+
+
+def _prices(inp, out, cached, cache_write) -> tuple[float, float, float, float]:
+    """Input, output, cache read and cache write prices; unset cache prices are input's."""
     return (
-        float(row.input_cost_per_token),
-        float(row.output_cost_per_token),
-        float(cached if cached is not None else row.input_cost_per_token),
+        float(inp),
+        float(out or 0),
+        float(cached if cached is not None else inp),
+        float(cache_write if cache_write is not None else inp),
     )
 
 
@@ -137,11 +152,11 @@ def _models() -> list[_Model]:
         if mode not in ("chat", "completion", "embedding"):
             continue
         if dep.input_cost_per_token is not None:
-            price = (float(dep.input_cost_per_token), float(dep.output_cost_per_token or 0),
-                     float(dep.cached_input_cost_per_token or dep.input_cost_per_token))  # fmt: skip
+            price = _prices(dep.input_cost_per_token, dep.output_cost_per_token,
+                            dep.cached_input_cost_per_token, dep.cache_write_cost_per_token)  # fmt: skip
         else:
             # The simulator's demo models have no list price: charge like a small model.
-            price = _price(dep.price_model_name or dep.upstream_model) or (1.5e-7, 6e-7, 7.5e-8)
+            price = _price(dep.price_model_name or dep.upstream_model) or SMALL_MODEL_PRICE
         is_chat = mode != "embedding"
         models.append(_Model(dep.model.name, dep.name, dep.provider, 400 if is_chat else 50,
                              90 if is_chat else 0, *price))  # fmt: skip
@@ -151,7 +166,7 @@ def _models() -> list[_Model]:
             models.append(_Model(name, f"{provider}-primary", provider, base_ms, tps, *price))
     if not models:
         models.append(
-            _Model("gpt-4o-mini", "openai-primary", "openai", 450, 110, 1.5e-7, 6e-7, 7.5e-8)
+            _Model("gpt-4o-mini", "openai-primary", "openai", 450, 110, *SMALL_MODEL_PRICE)
         )
     return models
 
@@ -177,6 +192,10 @@ def _row(rng: random.Random, plan: _Plan, moment: dt.datetime, hour_index: int) 
     input_tokens = max(1, int(rng.lognormvariate(6.4 if is_chat else 5.5, 0.9)))
     output_tokens = max(1, int(rng.lognormvariate(5.3, 0.8))) if is_chat else 0
     cached = int(input_tokens * rng.uniform(0.3, 0.9)) if is_chat and rng.random() < 0.2 else 0
+    written = 0
+    if is_chat and model.provider in CACHE_WRITE_PROVIDERS and rng.random() < 0.1:
+        # A prompt's first use writes the cache; part of the input, next to any read.
+        written = int((input_tokens - cached) * rng.uniform(0.5, 1.0))
     is_stream = is_chat and rng.random() < 0.55
     error_rate = (
         INCIDENT_ERROR_RATE if plan.incidents.get(hour_index) == model.provider else BASE_ERROR_RATE
@@ -185,7 +204,7 @@ def _row(rng: random.Random, plan: _Plan, moment: dt.datetime, hour_index: int) 
     ttft = None
     if rng.random() < error_rate:
         error_type, status = _pick_error(rng)
-        output_tokens = cached = 0
+        output_tokens = cached = written = 0
         input_tokens = input_tokens if status != 429 else 0
         latency = rng.uniform(30_000, 60_000) if status == 504 else rng.uniform(15, 400)
         cost = 0.0
@@ -196,8 +215,9 @@ def _row(rng: random.Random, plan: _Plan, moment: dt.datetime, hour_index: int) 
             ttft = model.base_ms * rng.lognormvariate(-0.3, 0.4)
             latency = max(latency, ttft + 1)
         cost = (
-            (input_tokens - cached) * model.price_in
+            (input_tokens - cached - written) * model.price_in
             + cached * model.price_cached
+            + written * model.price_cache_write
             + output_tokens * model.price_out
         )
     overhead = rng.uniform(0.4, 3.0)
@@ -219,6 +239,7 @@ def _row(rng: random.Random, plan: _Plan, moment: dt.datetime, hour_index: int) 
         input_tokens,
         output_tokens,
         cached,
+        written,
         Decimal(f"{cost:.10f}"),
         round(latency, 2),
         None if ttft is None else round(ttft, 2),
@@ -235,8 +256,9 @@ _ERROR_CUM = _cumulative([w for *_, w in ERRORS])
 COLUMNS = (
     "request_id", "created_at", "api_key_id", "key_lineage_id", "user_id", "team_id",
     "virtual_account_id", "model", "deployment", "provider", "request_type", "is_stream",
-    "status_code", "error_type", "input_tokens", "output_tokens", "cached_tokens", "cost_usd",
-    "latency_ms", "ttft_ms", "upstream_latency_ms", "overhead_ms", "tags",
+    "status_code", "error_type", "input_tokens", "output_tokens", "cached_tokens",
+    "cache_write_tokens", "cost_usd", "latency_ms", "ttft_ms", "upstream_latency_ms",
+    "overhead_ms", "tags",
 )  # fmt: skip
 
 
