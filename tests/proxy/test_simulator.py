@@ -483,6 +483,56 @@ def test_output_tokens_knob(client):
     assert answer.choices[0].finish_reason == "stop"
 
 
+def test_cached_tokens_knob(client):
+    answer = client.chat.completions.create(
+        model="m", messages=MESSAGES, extra_headers={"x-sim-cached-tokens": "5"}
+    )
+    assert answer.usage.prompt_tokens_details.cached_tokens == 5
+    assert answer.usage.prompt_tokens == count_message_tokens(MESSAGES)
+    chunks = list(
+        client.chat.completions.create(
+            model="m",
+            messages=MESSAGES,
+            stream=True,
+            stream_options={"include_usage": True},
+            extra_headers={"x-sim-cached-tokens": "100000"},
+        )
+    )
+    # No more than the prompt can come from the cache.
+    assert chunks[-1].usage.prompt_tokens_details.cached_tokens == answer.usage.prompt_tokens
+
+
+def test_stream_error_knob_sends_an_error_chunk(sim_url, client):
+    received = []
+    with pytest.raises(openai.APIError) as caught:
+        for chunk in client.chat.completions.create(
+            model="m",
+            messages=MESSAGES,
+            stream=True,
+            extra_headers={"x-sim-stream-error-after-chunks": "3", "x-sim-error-status": "429"},
+        ):
+            received.append(chunk)
+    assert len(received) == 3
+    assert caught.value.body["code"] == "rate_limit_exceeded"
+    assert "x-sim-stream-error-after-chunks" in caught.value.message
+
+    with httpx.stream(
+        "POST",
+        f"{sim_url}/v1/completions",
+        json={"model": "m", "prompt": "Once", "stream": True},
+        headers={"x-sim-stream-error-after-chunks": "2"},
+    ) as response:
+        lines = [line for line in response.iter_lines() if line]
+    # Ended cleanly after the error, without [DONE].
+    assert len(lines) == 3
+    assert json.loads(lines[-1].removeprefix("data: "))["error"]["type"] == "server_error"
+    # Whole answers ignore it.
+    whole = client.chat.completions.create(
+        model="m", messages=MESSAGES, extra_headers={"x-sim-stream-error-after-chunks": "0"}
+    )
+    assert whole.choices[0].finish_reason == "stop"
+
+
 def test_error_rate_knob_with_retry_after(sim_url, client):
     for _ in range(3):
         response = httpx.post(

@@ -14,13 +14,14 @@ from .content import (
 )
 from .knobs import Knobs
 from .params import (
-    asks_for_tool,
+    cache_counts,
     event_stream,
     non_stream_delay,
     optional_int,
-    preferred_tool,
+    pick_tool,
     require_str,
     stop_list,
+    stream_error,
     text_answer,
 )
 from .wire import ApiError, ChunkTemplate, Request, Send, dumps, send_json, sse_event
@@ -41,29 +42,32 @@ def _check(body: Mapping[str, Any]) -> list[Any]:
 
 
 def _pick_tool(body: Mapping[str, Any], messages: list[Any]) -> Mapping[str, Any] | None:
-    """The tool the answer uses, or None for a text answer (same rule as the OpenAI mode)."""
+    """The tool the answer uses, or None for a text answer (`params.pick_tool`'s rule)."""
     tools = body.get("tools")
     if not isinstance(tools, list):
         return None
     named = [t for t in tools if isinstance(t, Mapping) and isinstance(t.get("name"), str)]
     choice = body.get("tool_choice") if isinstance(body.get("tool_choice"), Mapping) else {}
     kind = choice.get("type", "auto")
-    if not named or kind == "none":
-        return None
-    if kind == "tool":
-        for tool in named:
-            if tool["name"] == choice.get("name"):
-                return tool
-        raise ApiError(400, f"tool_choice.name: unknown tool {choice.get('name')!r}")
-    if kind != "any":
-        last = messages[-1]
-        content = last.get("content")
-        has_result = isinstance(content, list) and any(
-            isinstance(b, Mapping) and b.get("type") == "tool_result" for b in content
-        )
-        if last.get("role") != "user" or has_result or not asks_for_tool(content):
-            return None
-    return preferred_tool(named)
+    mode = "named" if kind == "tool" else kind
+    try:
+        return pick_tool(named, mode, messages[-1], choice.get("name"))
+    except LookupError:
+        raise ApiError(400, f"tool_choice.name: unknown tool {choice.get('name')!r}") from None
+
+
+def _usage(knobs: Knobs, prompt_tokens: int, output_tokens: int) -> dict[str, Any]:
+    """Anthropic's usage: its input_tokens leave out what was read from or written to the
+    cache, which it reports apart."""
+    read, written = cache_counts(knobs, prompt_tokens)
+    return {
+        "input_tokens": prompt_tokens - read - written,
+        "cache_creation_input_tokens": written,
+        "cache_read_input_tokens": read,
+        "cache_creation": {"ephemeral_5m_input_tokens": written, "ephemeral_1h_input_tokens": 0},
+        "output_tokens": output_tokens,
+        "service_tier": "standard",
+    }
 
 
 async def messages_create(req: Request, body: Mapping[str, Any], knobs: Knobs, send: Send) -> None:
@@ -104,12 +108,7 @@ async def messages_create(req: Request, body: Mapping[str, Any], knobs: Knobs, s
         block = {"type": "text", "text": text}
         output_tokens = count_tokens(text)
 
-    usage = {
-        "input_tokens": input_tokens,
-        "cache_creation_input_tokens": 0,
-        "cache_read_input_tokens": 0,
-        "output_tokens": output_tokens,
-    }
+    usage = _usage(knobs, input_tokens, output_tokens)
     message: dict[str, Any] = {
         "id": message_id,
         "type": "message",
@@ -148,7 +147,8 @@ async def messages_create(req: Request, body: Mapping[str, Any], knobs: Knobs, s
         },
         prefix=b"event: content_block_delta\ndata: ",
     )
-    stream = event_stream(send, knobs)
+    failure = sse_event("error", stream_error(knobs).anthropic_body())
+    stream = event_stream(send, knobs, lambda _sent: failure)
     try:
         if not await stream.start(req.receive, knobs.first_token_delay):
             return

@@ -1,4 +1,5 @@
-"""Behaviour knobs: latency, pacing, injected errors, forced lengths and broken streams.
+"""Behaviour knobs: latency, pacing, injected errors, forced lengths, cache usage and broken
+streams.
 
 Each knob comes from a request header (`x-sim-...`) or from the model's defaults given to
 `create_app(model_knobs=...)` or the `SIMULATOR_MODEL_KNOBS` environment variable (JSON);
@@ -20,6 +21,9 @@ HEADERS = {
     "x-sim-error-status": "error_status",
     "x-sim-output-tokens": "output_tokens",
     "x-sim-disconnect-after-chunks": "disconnect_after_chunks",
+    "x-sim-stream-error-after-chunks": "stream_error_after_chunks",
+    "x-sim-cached-tokens": "cached_tokens",
+    "x-sim-cache-creation-tokens": "cache_creation_tokens",
 }
 # The model key whose knobs apply to every model without its own entry.
 ANY_MODEL = "*"
@@ -40,6 +44,14 @@ class Knobs:
     error_status: int = 500
     output_tokens: int | None = None  # forced completion length
     disconnect_after_chunks: int | None = None  # drop the connection after this many events
+    # After this many events a stream sends the API's error event (status error_status) and
+    # ends cleanly, as an upstream failing mid-answer does. Streams only.
+    stream_error_after_chunks: int | None = None
+    # Prompt tokens reported as read from / written to the prompt cache, capped at the
+    # prompt: OpenAI's cached_tokens (and the Responses API's cache_write_tokens), Anthropic's
+    # cache_read_input_tokens and cache_creation_input_tokens (its input_tokens is the rest).
+    cached_tokens: int = 0
+    cache_creation_tokens: int = 0
 
     @property
     def first_token_delay(self) -> float:
@@ -50,11 +62,12 @@ class Knobs:
 
 NO_KNOBS = Knobs()
 _NAMES = frozenset(f.name for f in fields(Knobs))
+_INTEGER_KNOBS = frozenset(f.name for f in fields(Knobs) if f.type in (int, int | None))
 
 
 def _coerce(name: str, value: Any) -> Any:
     try:
-        if name in ("error_status", "output_tokens", "disconnect_after_chunks"):
+        if name in _INTEGER_KNOBS:
             number = int(value)
         else:
             number = float(value)

@@ -2,7 +2,7 @@
 
 import secrets
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from .content import (
@@ -15,13 +15,14 @@ from .content import (
 )
 from .knobs import Knobs
 from .params import (
-    asks_for_tool,
+    cache_counts,
     event_stream,
     non_stream_delay,
     optional_int,
-    preferred_tool,
+    pick_tool,
     require_str,
     stop_list,
+    stream_error,
     text_answer,
 )
 from .wire import ApiError, ChunkTemplate, EventStream, Request, Send, dumps, send_json, sse_data
@@ -30,12 +31,12 @@ SYSTEM_FINGERPRINT = "fp_tollgate_sim"
 _DONE = b"data: [DONE]\n\n"
 
 
-def _usage(prompt_tokens: int, completion_tokens: int) -> dict[str, Any]:
+def _usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int) -> dict[str, Any]:
     return {
         "prompt_tokens": prompt_tokens,
         "completion_tokens": completion_tokens,
         "total_tokens": prompt_tokens + completion_tokens,
-        "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
+        "prompt_tokens_details": {"cached_tokens": cached_tokens, "audio_tokens": 0},
         "completion_tokens_details": {
             "reasoning_tokens": 0,
             "audio_tokens": 0,
@@ -55,6 +56,12 @@ def _include_usage(body: Mapping[str, Any]) -> bool:
     return isinstance(options, Mapping) and options.get("include_usage") is True
 
 
+def _stream_failure(knobs: Knobs) -> Callable[[int], bytes]:
+    """The chunk an OpenAI stream fails with mid-answer: an error body as a data event."""
+    chunk = sse_data(stream_error(knobs).openai_body())
+    return lambda _sent: chunk
+
+
 async def _end_stream(stream: EventStream, usage_chunk: dict[str, Any] | None) -> None:
     """The usage chunk (when the client asked for one), then [DONE] and the end of the body."""
     if usage_chunk is not None and not await stream.event(sse_data(usage_chunk)):
@@ -66,14 +73,17 @@ async def _end_stream(stream: EventStream, usage_chunk: dict[str, Any] | None) -
 # Tools ---------------------------------------------------------------------------------------
 
 
-def _pick_function(body: Mapping[str, Any], messages: list[Any]) -> Mapping[str, Any] | None:
-    """The function the answer calls, or None for a text answer.
+def tool_mode(choice: Any) -> str:
+    """`params.pick_tool`'s mode for an OpenAI tool_choice string ("auto" for anything else)."""
+    if choice == "required":
+        return "any"
+    return "none" if choice == "none" else "auto"
 
-    A call happens when tool_choice forces one, or when the conversation ends with a user
-    message mentioning "weather"; after a tool result the model answers in text.
-    """
+
+def _pick_function(body: Mapping[str, Any], messages: list[Any]) -> Mapping[str, Any] | None:
+    """The function the answer calls, or None for a text answer (`params.pick_tool`'s rule)."""
     tools = body.get("tools")
-    if not isinstance(tools, list) or not tools:
+    if not isinstance(tools, list):
         return None
     functions = [
         t["function"]
@@ -83,23 +93,19 @@ def _pick_function(body: Mapping[str, Any], messages: list[Any]) -> Mapping[str,
         and isinstance(t["function"].get("name"), str)
     ]
     choice = body.get("tool_choice")
-    if not functions or choice == "none":
-        return None
+    forced = None
     if isinstance(choice, Mapping):
         function_choice = choice.get("function")
-        wanted = function_choice.get("name") if isinstance(function_choice, Mapping) else None
-        for function in functions:
-            if function["name"] == wanted:
-                return function
+        forced = function_choice.get("name") if isinstance(function_choice, Mapping) else None
+        mode = "named"
+    else:
+        mode = tool_mode(choice)
+    try:
+        return pick_tool(functions, mode, messages[-1], forced)
+    except LookupError:
         raise ApiError(
-            400, f"tool_choice names an unknown function: {wanted!r}.", param="tool_choice"
-        )
-    last = messages[-1] if isinstance(messages[-1], Mapping) else {}
-    if choice != "required" and (
-        last.get("role") != "user" or not asks_for_tool(last.get("content"))
-    ):
-        return None
-    return preferred_tool(functions)
+            400, f"tool_choice names an unknown function: {forced!r}.", param="tool_choice"
+        ) from None
 
 
 # Chat completions ----------------------------------------------------------------------------
@@ -132,7 +138,7 @@ async def chat_completions(req: Request, body: Mapping[str, Any], knobs: Knobs, 
 
     completion_id = "chatcmpl-" + secrets.token_hex(12)
     created = int(time.time())
-    usage = _usage(prompt_tokens, completion_tokens)
+    usage = _usage(prompt_tokens, completion_tokens, cache_counts(knobs, prompt_tokens)[0])
 
     if body.get("stream") is not True:
         await non_stream_delay(knobs)
@@ -188,7 +194,7 @@ async def chat_completions(req: Request, body: Mapping[str, Any], knobs: Knobs, 
             value["usage"] = None
         return value
 
-    stream = event_stream(send, knobs)
+    stream = event_stream(send, knobs, _stream_failure(knobs))
     try:
         if not await stream.start(req.receive, knobs.first_token_delay):
             return
@@ -297,7 +303,7 @@ async def completions(req: Request, body: Mapping[str, Any], knobs: Knobs, send:
             value["usage"] = None
         return value
 
-    stream = event_stream(send, knobs)
+    stream = event_stream(send, knobs, _stream_failure(knobs))
     try:
         if not await stream.start(req.receive, knobs.first_token_delay):
             return

@@ -1,7 +1,8 @@
-"""Shared by the OpenAI and Anthropic endpoints: checks, answer text, tool pick, streams."""
+"""Shared by the OpenAI and Anthropic endpoints: checks, answer text, tool pick, cache counts,
+streams."""
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from .content import answer_pieces, apply_stop, content_text, default_length
@@ -64,20 +65,66 @@ async def non_stream_delay(knobs: Knobs) -> None:
         await asyncio.sleep(knobs.latency_ms / 1000.0)
 
 
-def event_stream(send: Send, knobs: Knobs) -> EventStream:
-    """An SSE writer paced and cut off as the request's knobs say."""
+def event_stream(send: Send, knobs: Knobs, failure: Callable[[int], bytes]) -> EventStream:
+    """An SSE writer paced, broken and cut off as the request's knobs say.
+
+    `failure(events_sent)` renders the API's own mid-stream error event, sent when the
+    stream-error knob fires.
+    """
     return EventStream(
         send,
         disconnect_after=knobs.disconnect_after_chunks,
         tokens_per_second=knobs.tokens_per_second,
+        fail_after=knobs.stream_error_after_chunks,
+        failure=failure,
     )
 
 
-def asks_for_tool(content: Any) -> bool:
+def stream_error(knobs: Knobs) -> ApiError:
+    """The error a stream reports when the stream-error knob fires (status from error_status)."""
+    return ApiError(
+        knobs.error_status,
+        "The simulator broke this stream on purpose (x-sim-stream-error-after-chunks).",
+    )
+
+
+def cache_counts(knobs: Knobs, prompt_tokens: int) -> tuple[int, int]:
+    """The prompt tokens read from and written to the cache, as the knobs ask, within the
+    prompt (reads first): an upstream cannot cache more than it was sent."""
+    read = min(knobs.cached_tokens, prompt_tokens)
+    written = min(knobs.cache_creation_tokens, prompt_tokens - read)
+    return read, written
+
+
+def _asks_for_tool(content: Any) -> bool:
     """Whether a user message's content prompts a tool call when the model may choose."""
     return _TOOL_TRIGGER in content_text(content).lower()
 
 
-def preferred_tool(tools: list[Mapping[str, Any]]) -> Mapping[str, Any]:
-    """The tool a call uses when none is named: the first weather tool, else the first tool."""
+def pick_tool(
+    tools: list[Mapping[str, Any]], mode: str, last: Any, forced: str | None = None
+) -> Mapping[str, Any] | None:
+    """The tool an answer calls, or None for a text answer: one rule for every API.
+
+    `tools` each have a "name". `mode` is "none", "any" (a call is required), "named"
+    (`forced`, which must be among `tools`, else LookupError) or anything else for auto:
+    a call when the conversation's `last` message is a user's mentioning "weather" and
+    carrying no tool result. After a tool result the model answers in text.
+    """
+    if not tools or mode == "none":
+        return None
+    if mode == "named":
+        for tool in tools:
+            if tool["name"] == forced:
+                return tool
+        raise LookupError(forced)
+    if mode != "any":
+        last = last if isinstance(last, Mapping) else {}
+        content = last.get("content")
+        has_result = isinstance(content, list) and any(
+            isinstance(b, Mapping) and b.get("type") == "tool_result" for b in content
+        )
+        if last.get("role") != "user" or has_result or not _asks_for_tool(content):
+            return None
+    # The first weather tool, else the first tool.
     return next((tool for tool in tools if _TOOL_TRIGGER in tool["name"].lower()), tools[0])

@@ -38,15 +38,18 @@ ANTHROPIC_ERROR_TYPES = {
 class ApiError(Exception):
     """An error answer; rendered in OpenAI's or Anthropic's shape depending on the endpoint."""
 
-    def __init__(self, status: int, message: str, *, param: str | None = None) -> None:
+    def __init__(
+        self, status: int, message: str, *, param: str | None = None, code: str | None = None
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.param = param
+        self.code = code
 
     def openai_body(self) -> dict[str, Any]:
         error_type = OPENAI_ERROR_TYPES.get(self.status, "server_error")
-        code = OPENAI_ERROR_CODES.get(self.status)
+        code = self.code or OPENAI_ERROR_CODES.get(self.status)
         return {
             "error": {
                 "message": self.message,
@@ -112,14 +115,26 @@ async def send_json(
 
 
 class EventStream:
-    """Writes server-sent events, paced, and obeys the disconnect knob.
+    """Writes server-sent events, paced, and obeys the disconnect and stream-error knobs.
 
-    `event()` returns False when the handler must stop: the client went away, or the knob
-    asked to drop the connection. Returning from the ASGI call without the final body message
-    makes the server close the connection mid-stream, which is what a broken upstream does.
+    `event()` returns False when the handler must stop: the client went away, or a knob
+    asked to drop the connection or fail the stream. Returning from the ASGI call without the
+    final body message makes the server close the connection mid-stream, which is what a
+    broken upstream does; a failed stream instead sends `failure(events_sent)`, the API's own
+    error event, and ends the body cleanly, as an upstream reporting an error mid-answer does.
     """
 
-    __slots__ = ("_deadline", "_gone", "_interval", "_limit", "_send", "_sent", "_watcher")
+    __slots__ = (
+        "_deadline",
+        "_fail_after",
+        "_failure",
+        "_gone",
+        "_interval",
+        "_limit",
+        "_send",
+        "_sent",
+        "_watcher",
+    )
 
     def __init__(
         self,
@@ -127,9 +142,13 @@ class EventStream:
         *,
         disconnect_after: int | None,
         tokens_per_second: float,
+        fail_after: int | None = None,
+        failure: Callable[[int], bytes] | None = None,
     ) -> None:
         self._send = send
         self._limit = disconnect_after
+        self._fail_after = fail_after
+        self._failure = failure
         self._sent = 0
         self._interval = 1.0 / tokens_per_second if tokens_per_second > 0 else 0.0
         self._deadline = 0.0
@@ -165,12 +184,24 @@ class EventStream:
                 self._gone = True
                 return
 
+    @property
+    def sent(self) -> int:
+        """Events sent so far: the index of the next one (the Responses API numbers them)."""
+        return self._sent
+
     def _may_send(self) -> bool:
         return not self._gone and (self._limit is None or self._sent < self._limit)
 
     async def event(self, data: bytes, *, paced: bool = False) -> bool:
         """Send one pre-encoded event; `paced` events wait for their turn at the token rate."""
         if not self._may_send():
+            return False
+        if self._sent == self._fail_after and self._failure is not None:
+            # The error event is the last of a body that ends normally.
+            body = self._failure(self._sent)
+            await self._send({"type": "http.response.body", "body": body, "more_body": False})
+            self._sent += 1
+            self._gone = True
             return False
         if paced and self._interval:
             # Pace against an absolute schedule so sleep overshoot does not accumulate.
