@@ -6,6 +6,7 @@ imports nothing from Django so it starts fast and stays a cheap baseline; the ga
 
 Routes (below the prefix):
     POST /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/rerank (/v2/rerank)
+    POST /v1/responses                                    (OpenAI's Responses API)
     POST /v1/messages, /v1/messages/count_tokens          (Anthropic's wire format)
     GET  /v1/models, /v1/models/{id}
     GET  /_sim/last_request, /_sim/requests, /_sim/health; POST /_sim/reset
@@ -19,7 +20,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
-from . import anthropic, openai_api, retrieval
+from . import anthropic, openai_api, responses_api, retrieval
 from .knobs import (
     ErrorGate,
     KnobError,
@@ -71,6 +72,9 @@ class Simulator:
         names = [*models, *(m for m in self.model_knobs if m != "*")]
         self.models = list(dict.fromkeys(names))
         self.errors = ErrorGate()
+        # The Responses API remembers responses for previous_response_id, so it is per app.
+        self.responses = responses_api.ResponsesApi()
+        self.routes: dict[str, Handler] = {**_POST_ROUTES, "/v1/responses": self.responses.create}
         # (method, path, full path, query, raw headers, body or its size when too big):
         # decoded only when asked for, so recording costs the hot path one append.
         self.history: deque[tuple[str, str, str, bytes, list, bytes | int]] = deque(
@@ -139,7 +143,7 @@ class Simulator:
         receive: Receive,
         send: Send,
     ) -> None:
-        handler = _POST_ROUTES.get(path)
+        handler = self.routes.get(path)
         is_models = path == "/v1/models" or path.startswith("/v1/models/")
         if handler is None and not is_models:
             raise ApiError(404, f"Invalid URL ({method} {path})")
@@ -213,6 +217,7 @@ class Simulator:
         elif path == "/_sim/reset" and method == "POST":
             self.history.clear()
             self.errors = ErrorGate()
+            self.responses.reset()
             await send_json(send, 200, {"status": "reset"})
         elif path == "/_sim/health" and method == "GET":
             await send_json(send, 200, {"status": "ok"})
