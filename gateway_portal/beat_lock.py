@@ -27,6 +27,8 @@ import redis
 from celery.beat import PersistentScheduler
 from django.conf import settings
 
+from .redis import sync_client
+
 logger = logging.getLogger("tollgate.beat")
 
 LOCK_KEY = "tollgate:beat-lock"
@@ -108,9 +110,8 @@ class BeatLock:
 def beat_lock_from_settings() -> BeatLock | None:
     if not settings.REDIS_URL:
         return None
-    client = redis.Redis.from_url(
-        settings.REDIS_URL, socket_timeout=2, socket_connect_timeout=2, health_check_interval=30
-    )
+    # One command per tick on a long-lived connection: PING it first when idle for 30 s.
+    client = sync_client(socket_timeout=2, connect_timeout=2, health_check_interval=30)
     return BeatLock(client, key=LOCK_KEY, ttl_seconds=settings.BEAT_LOCK_TTL_SECONDS)
 
 

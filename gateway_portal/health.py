@@ -23,10 +23,10 @@ def _check_redis() -> str | None:
         return None
     import redis
 
+    from .redis import sync_client
+
     try:
-        client = redis.Redis.from_url(
-            settings.REDIS_URL, socket_timeout=1, socket_connect_timeout=1
-        )
+        client = sync_client(socket_timeout=1, connect_timeout=1)
         client.ping()
     except redis.RedisError as exc:
         return f"redis unreachable: {exc.__class__.__name__}"

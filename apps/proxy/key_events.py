@@ -29,7 +29,6 @@ from datetime import UTC, datetime, timedelta
 
 import orjson
 import redis
-import redis.asyncio as aioredis
 from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db import DatabaseError, connection, transaction
@@ -37,6 +36,7 @@ from django.db.models import Max, Q
 from django.utils import timezone
 
 from apps.accounts.models import ApiKey, KeyChange
+from gateway_portal.redis import async_client, sync_client
 
 from . import key_mirror
 from .auth import KeyCache, key_cache, key_info_dumps, key_info_from_row, last_used
@@ -64,9 +64,7 @@ _sync_client: redis.Redis | None = None
 def _client() -> redis.Redis:
     global _sync_client
     if _sync_client is None:
-        _sync_client = redis.Redis.from_url(
-            settings.REDIS_URL, socket_connect_timeout=2, socket_timeout=2
-        )
+        _sync_client = sync_client(socket_timeout=2, connect_timeout=2)
     return _sync_client
 
 
@@ -153,7 +151,9 @@ async def listen_forever(
     channel = channel or settings.KEY_EVENTS_CHANNEL
     backoff = 0.1
     while True:
-        client = aioredis.Redis.from_url(url, socket_connect_timeout=2, socket_keepalive=True)
+        # 5 s: redis-py's default, which this listener has always had (get_message and the
+        # PINGs below bound the waits for events).
+        client = async_client(url=url, socket_timeout=5, connect_timeout=2, keepalive=True)
         pubsub = client.pubsub()
         try:
             await pubsub.subscribe(channel)

@@ -23,7 +23,8 @@ Design (Redis and in-process stores share it):
   its row to the buffer, so a request's reservation and its ledger row never coexist and
   nothing is counted twice.
 
-This module has no Django dependency so worker subprocesses and benchmarks can use it bare.
+This module has no Django dependency so worker subprocesses and benchmarks can use it bare:
+its Redis client comes from `gateway_portal.redis`, given the URL, so no settings are read.
 """
 
 from __future__ import annotations
@@ -34,77 +35,19 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Generic, NamedTuple, Protocol, TypeVar
+from typing import Any, NamedTuple, Protocol
 
-from redis.asyncio import BlockingConnectionPool, Redis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
+from redis.asyncio import Redis
 from redis.exceptions import RedisError
+
+from gateway_portal.redis import PerLoop, blocking_pool_client
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_RESERVATION_TTL = 600.0
 # Errors that mean "the store is unreachable", as opposed to a bug in the script.
 STORE_ERRORS: tuple[type[BaseException], ...] = (RedisError, OSError, asyncio.TimeoutError)
-
-
-T = TypeVar("T")
-
-
-def blocking_redis(
-    url: str,
-    *,
-    max_connections: int,
-    pool_timeout: float,
-    socket_timeout: float,
-    connect_timeout: float,
-) -> Redis:
-    """An async client over a blocking pool, with no retry.
-
-    Under a burst a caller waits up to `pool_timeout` for a free connection instead of
-    failing (the default pool raises when full). Commands are never retried: every caller
-    has its own fallback (the usage spool, `on_store_failure`), and a retried admission that
-    had landed would count twice.
-    """
-    pool = BlockingConnectionPool.from_url(
-        url,
-        max_connections=max_connections,
-        timeout=pool_timeout,
-        socket_timeout=socket_timeout,
-        socket_connect_timeout=connect_timeout,
-        retry=Retry(NoBackoff(), 0),
-    )
-    return Redis.from_pool(pool)
-
-
-class PerLoop(Generic[T]):
-    """One value (a Redis client and what hangs on it) per running event loop.
-
-    redis.asyncio connections belong to the loop that opened them; tests and management
-    commands run several loops in one process, so each loop gets its own, made by `factory`
-    on first use. Entries of closed loops are dropped when a new one is made.
-    """
-
-    def __init__(self, factory: Callable[[], T]) -> None:
-        self._factory = factory
-        self._entries: dict[int, tuple[asyncio.AbstractEventLoop, T]] = {}
-
-    def get(self) -> T:
-        loop = asyncio.get_running_loop()
-        entry = self._entries.get(id(loop))
-        if entry is not None and entry[0] is loop:
-            return entry[1]
-        value = self._factory()
-        self._entries = {k: v for k, v in self._entries.items() if not v[0].is_closed()}
-        self._entries[id(loop)] = (loop, value)
-        return value
-
-    def pop(self) -> T | None:
-        """Forget the running loop's value and return it (for the caller to close)."""
-        entry = self._entries.pop(id(asyncio.get_running_loop()), None)
-        return entry[1] if entry is not None else None
 
 
 class CounterStoreUnavailable(Exception):
@@ -296,8 +239,8 @@ class AsyncRedisCounterStore:
         self._clients: PerLoop[tuple[Redis, Any, Any, Any]] = PerLoop(self._connect)
 
     def _connect(self) -> tuple[Redis, Any, Any, Any]:
-        client = blocking_redis(
-            self.redis_url,
+        client = blocking_pool_client(
+            url=self.redis_url,
             max_connections=self.max_connections,
             # Waiting for a free connection under a burst is not an outage: give it longer
             # than a socket read before it counts as "store unavailable".

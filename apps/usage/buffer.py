@@ -33,8 +33,8 @@ from django.conf import settings
 from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 
-from apps.quotas.counters import PerLoop, blocking_redis
 from apps.usage.event import UsageEvent
+from gateway_portal.redis import PerLoop, blocking_pool_client
 
 logger = logging.getLogger(__name__)
 
@@ -350,8 +350,8 @@ class RedisStreamBuffer:
         # Blocking pool: under a burst of concurrent puts a request waits a moment for a
         # connection instead of failing. No retry: the spool is the retry, and a request
         # must not wait through several attempts.
-        return blocking_redis(
-            self.redis_url,
+        return blocking_pool_client(
+            url=self.redis_url,
             max_connections=self.max_connections,
             pool_timeout=self.socket_timeout,
             socket_timeout=self.socket_timeout,

@@ -22,10 +22,13 @@ import contextlib
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple, TypedDict
+from typing import NamedTuple, TypedDict
 
 import orjson
 from django.conf import settings
+from redis.asyncio import Redis
+
+from gateway_portal.redis import PerLoop, async_client
 
 from .breaker import CLOSED, OPEN, DeploymentHealth
 
@@ -205,19 +208,13 @@ class SharedState:
 
     def __init__(self) -> None:
         self._pending: set[asyncio.Task] = set()  # the loop keeps only weak references
-        self._client: Any = None
-        self._client_loop: asyncio.AbstractEventLoop | None = None
+        # Short timeouts: a sync that cannot reach Redis is skipped, the next one retries.
+        self._clients: PerLoop[Redis] = PerLoop(
+            lambda: async_client(socket_timeout=1.0, connect_timeout=1.0)
+        )
 
-    def _redis(self):
-        import redis.asyncio as aioredis
-
-        loop = asyncio.get_running_loop()
-        if self._client is None or self._client_loop is not loop:
-            self._client = aioredis.Redis.from_url(
-                settings.REDIS_URL, socket_timeout=1.0, socket_connect_timeout=1.0
-            )
-            self._client_loop = loop
-        return self._client
+    def _redis(self) -> Redis:
+        return self._clients.get()
 
     def _key(self, *parts: str) -> str:
         return ":".join((settings.HEALTH_REDIS_PREFIX, *parts))
@@ -283,7 +280,7 @@ class SharedState:
         return FleetState(snapshots, breakers)
 
     async def aclose(self) -> None:
-        if self._client is not None:
+        client = self._clients.pop()
+        if client is not None:
             with contextlib.suppress(Exception):  # shutting down: a dead link is no news
-                await self._client.aclose()
-            self._client = None
+                await client.aclose()
