@@ -31,6 +31,7 @@ from .endpoints.base import ClientStream, Endpoint, Exchange
 from .errors import BadRequest, GatewayError, UpstreamError
 from .health import board as health
 from .health import ttft_timeout
+from .pricing import price_override
 from .providers.base import DeploymentInfo, InvalidAnswer, UnsupportedRequest, Usage
 from .providers.registry import provider_for
 from .responses import send_json
@@ -248,11 +249,7 @@ async def _admit(call: Call) -> None:
             max_output if max_output is not None else engine.default_max_output_tokens,
             0,
             call.created_at,
-            override=(
-                first.input_cost_per_token,
-                first.output_cost_per_token,
-                first.cached_input_cost_per_token,
-            ),
+            override=price_override(first),
         )
 
     admission = await engine.check(
@@ -590,11 +587,8 @@ def _cost(call: Call) -> Decimal:
         usage.output_tokens,
         usage.cached_tokens,
         call.created_at,
-        override=(
-            deployment.input_cost_per_token,
-            deployment.output_cost_per_token,
-            deployment.cached_input_cost_per_token,
-        ),
+        override=price_override(deployment),
+        cache_write_tokens=usage.cache_write_tokens,
     )
 
 
@@ -619,6 +613,7 @@ async def _record(call: Call) -> None:
         input_tokens=usage.input_tokens,
         output_tokens=usage.output_tokens,
         cached_tokens=usage.cached_tokens,
+        cache_write_tokens=usage.cache_write_tokens,
         tokens_estimated=usage.estimated,
         usage_suspect=usage.suspect,
         cost_usd=call.cost_usd,
