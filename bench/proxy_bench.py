@@ -1,11 +1,15 @@
 """Proxy benchmark: the simulator directly vs. through the gateway, same load, alternating.
 
     .venv/bin/python bench/proxy_bench.py [--duration 20] [--concurrency 1 16 64]
+        [--endpoints chat messages responses] [--stream]
 
 Starts the standalone simulator and one gateway worker (uvicorn, uvloop, httptools) pinned to
 CPU 0, with a real key, metadata tags and usage capture on; the load generator (wrk, with a
 Lua script that reports p50/p95/p99) and the simulator share CPU 1. Prints requests/s and
-latency percentiles for both targets and the gateway's overhead. Not a test: numbers only.
+latency percentiles for both targets and the gateway's overhead, per endpoint: chat
+completions, Anthropic Messages (the demo's `demo-claude`, answered natively by the
+simulator in Anthropic's format) and OpenAI Responses (passed through to the simulator).
+Not a test: numbers only.
 """
 
 import argparse
@@ -39,11 +43,28 @@ done = function(summary, latency, requests)
     summary.errors.status))
 end
 """
-BODY = {
-    "model": "demo-chat",
-    "max_tokens": 16,
-    "messages": [{"role": "user", "content": "Say hello to the benchmark."}],
+PROMPT = "Say hello to the benchmark."
+# Endpoint -> (path, body): the same prompt and output budget on each.
+ENDPOINTS = {
+    "chat": (
+        "/v1/chat/completions",
+        {"model": "demo-chat", "max_tokens": 16, "messages": [{"role": "user", "content": PROMPT}]},
+    ),
+    "messages": (
+        "/v1/messages",
+        {
+            "model": "demo-claude",
+            "max_tokens": 16,
+            "messages": [{"role": "user", "content": PROMPT}],
+        },
+    ),
+    "responses": (
+        "/v1/responses",
+        {"model": "demo-chat", "max_output_tokens": 16, "input": PROMPT},
+    ),
 }
+# What the simulator is asked directly for the same call (its model names).
+DIRECT_MODELS = {"demo-chat": "demo-chat", "demo-claude": "sim-claude"}
 
 
 def free_port() -> int:
@@ -84,10 +105,11 @@ def run_wrk(
     duration: int,
     headers: dict,
     workdir: Path,
+    body: dict,
 ) -> dict:
-    script = workdir / f"load-{abs(hash((url, concurrency)))}.lua"
+    script = workdir / f"load-{abs(hash((url, concurrency, json.dumps(body))))}.lua"
     header_lines = "\n".join(f'wrk.headers["{k}"] = [[{v}]]' for k, v in headers.items())
-    script.write_text(LUA % {"body": json.dumps(BODY), "headers": header_lines})
+    script.write_text(LUA % {"body": json.dumps(body), "headers": header_lines})
     command = pinned(1, [wrk, "-t1", f"-c{concurrency}", f"-d{duration}s", "-s", str(script), url])
     output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
     line = next(line for line in output.splitlines() if line.startswith("RESULT "))
@@ -99,6 +121,10 @@ def main() -> None:
     parser.add_argument("--duration", type=int, default=20)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 16, 64])
     parser.add_argument("--rounds", type=int, default=1, help="alternations per concurrency")
+    parser.add_argument(
+        "--endpoints", nargs="+", choices=sorted(ENDPOINTS), default=["chat"], help="what to call"
+    )
+    parser.add_argument("--stream", action="store_true", help="streamed answers")
     parser.add_argument(
         "--embedded",
         action="store_true",
@@ -183,45 +209,53 @@ def main() -> None:
     try:
         wait_http(f"http://127.0.0.1:{sim_port}/v1/models")
         wait_http(f"http://127.0.0.1:{gw_port}/healthz")
-        targets = {
-            "direct": (f"http://127.0.0.1:{sim_port}/v1/chat/completions", {}),
-            "gateway": (
-                f"http://127.0.0.1:{gw_port}/v1/chat/completions",
-                {
-                    "Authorization": f"Bearer {key}",
-                    "X-Gateway-Metadata": json.dumps({"customer_id": "acme", "feature": "bench"}),
-                },
-            ),
+        gateway_headers = {
+            "Authorization": f"Bearer {key}",
+            "X-Gateway-Metadata": json.dumps({"customer_id": "acme", "feature": "bench"}),
         }
-        for url, headers in targets.values():  # warm up connections and caches
-            run_wrk(wrk, url, 4, 2, headers, workdir)
-        results: dict[tuple[str, int], list[dict]] = {}
+        # (endpoint, target) -> (url, headers, body)
+        targets = {}
+        for endpoint in args.endpoints:
+            path, body = ENDPOINTS[endpoint]
+            body = {**body, "stream": True} if args.stream else body
+            direct_body = {**body, "model": DIRECT_MODELS[body["model"]]}
+            targets[(endpoint, "direct")] = (f"http://127.0.0.1:{sim_port}{path}", {}, direct_body)
+            targets[(endpoint, "gateway")] = (
+                f"http://127.0.0.1:{gw_port}{path}",
+                gateway_headers,
+                body,
+            )
+        for url, headers, body in targets.values():  # warm up connections and caches
+            run_wrk(wrk, url, 4, 2, headers, workdir, body)
+        results: dict[tuple[str, str, int], list[dict]] = {}
         for concurrency in args.concurrency:
             for _ in range(args.rounds):
-                for name, (url, headers) in targets.items():
-                    result = run_wrk(wrk, url, concurrency, args.duration, headers, workdir)
-                    results.setdefault((name, concurrency), []).append(result)
+                for (endpoint, name), (url, headers, body) in targets.items():
+                    result = run_wrk(wrk, url, concurrency, args.duration, headers, workdir, body)
+                    results.setdefault((endpoint, name, concurrency), []).append(result)
         print(
             f"\nTollgate proxy benchmark: {args.duration}s per run, one gateway worker pinned "
             f"to CPU 0; usage capture: {mode}\n"
         )
-        print("| target | c | RPS | p50 ms | p95 ms | p99 ms | errors |")
-        print("|---|---:|---:|---:|---:|---:|---:|")
-        for (name, concurrency), runs in results.items():
+        print("| endpoint | target | c | RPS | p50 ms | p95 ms | p99 ms | errors |")
+        print("|---|---|---:|---:|---:|---:|---:|---:|")
+        for (endpoint, name, concurrency), runs in results.items():
             best = max(runs, key=lambda r: r["rps"])
             print(
-                f"| {name} | {concurrency} | {best['rps']:,.0f} | {best['p50']:.2f} | "
-                f"{best['p95']:.2f} | {best['p99']:.2f} | {best['errors'] + best['non2xx']} |"
+                f"| {endpoint} | {name} | {concurrency} | {best['rps']:,.0f} | "
+                f"{best['p50']:.2f} | {best['p95']:.2f} | {best['p99']:.2f} | "
+                f"{best['errors'] + best['non2xx']} |"
             )
-        print("\n| c | overhead p50 ms | overhead p99 ms |")
-        print("|---:|---:|---:|")
-        for concurrency in args.concurrency:
-            direct = max(results[("direct", concurrency)], key=lambda r: r["rps"])
-            gateway = max(results[("gateway", concurrency)], key=lambda r: r["rps"])
-            print(
-                f"| {concurrency} | {gateway['p50'] - direct['p50']:.2f} | "
-                f"{gateway['p99'] - direct['p99']:.2f} |"
-            )
+        print("\n| endpoint | c | overhead p50 ms | overhead p99 ms |")
+        print("|---|---:|---:|---:|")
+        for endpoint in args.endpoints:
+            for concurrency in args.concurrency:
+                direct = max(results[(endpoint, "direct", concurrency)], key=lambda r: r["rps"])
+                gateway = max(results[(endpoint, "gateway", concurrency)], key=lambda r: r["rps"])
+                print(
+                    f"| {endpoint} | {concurrency} | {gateway['p50'] - direct['p50']:.2f} | "
+                    f"{gateway['p99'] - direct['p99']:.2f} |"
+                )
     finally:
         for process in processes:
             process.terminate()

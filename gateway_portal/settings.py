@@ -260,6 +260,8 @@ PROXY_RETRY_BACKOFF = env.float("PROXY_RETRY_BACKOFF", default=0.05)
 # Adds `usage.cost` (USD) to whole answers and to the usage the gateway writes at a stream's
 # end; off by default, since strict clients may refuse an unknown usage field.
 PROXY_COST_IN_USAGE = env.bool("PROXY_COST_IN_USAGE", default=False)
+# Freeze the objects alive after start-up out of the garbage collector's way (see asgi.py).
+GC_FREEZE_AT_STARTUP = env.bool("GC_FREEZE_AT_STARTUP", default=True)
 UPSTREAM_CONNECT_TIMEOUT = env.float("UPSTREAM_CONNECT_TIMEOUT", default=5.0)
 UPSTREAM_POOL_LIMIT = env.int("UPSTREAM_POOL_LIMIT", default=1000)
 UPSTREAM_POOL_LIMIT_PER_HOST = env.int("UPSTREAM_POOL_LIMIT_PER_HOST", default=0)
