@@ -129,3 +129,30 @@ def test_a_late_first_token_fails_over_on_every_streaming_endpoint(gateway, secr
         time.sleep(0.05)
     assert (row.status_code, row.attempts, row.deployment) == (200, 2, "d1-demo-chat")
     assert row.is_stream and row.output_tokens > 0
+
+
+@pytest.mark.parametrize("kind", STREAMED)
+def test_a_stream_cut_upstream_is_billed_from_the_estimate_and_flagged(gateway, secret, kind):
+    knobs = f"{gateway.simulator_url.removesuffix('/v1')}/_sim/knobs"
+    assert httpx.post(knobs, json={"cut-short": {"disconnect_after_chunks": 6}}).status_code == 200
+    model_catalog_apply(
+        spec={"models": [{"name": "cut-chat", "deployments": _deployments(gateway, "cut-short")}]}
+    )
+    gateway.wait_for_model(secret, "cut-chat")
+    path, body = CALLS[kind]
+    body = {**body, "model": "cut-chat", "stream": True}
+    try:
+        with httpx.stream(
+            "POST", gateway.url + path, json=body, headers={"x-api-key": secret}, timeout=30
+        ) as response:
+            request_id = response.headers["x-request-id"]
+            text = response.read().decode()
+    finally:
+        httpx.post(knobs, json={"cut-short": None})
+    assert "error" in text  # the client is told the stream broke off, in its API's shape
+    deadline = time.monotonic() + 10
+    while (row := UsageRecord.objects.filter(request_id=request_id).first()) is None:
+        assert time.monotonic() < deadline, "no usage row"
+        time.sleep(0.05)
+    assert row.tokens_estimated and row.output_tokens > 0 and row.input_tokens > 0
+    assert row.error_type == "upstream_stream_error" and row.cost_usd >= 0
