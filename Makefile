@@ -42,10 +42,11 @@ STACK_PORT ?= 8080
 stack: $(VENV)/.runtime
 	$(PY) scripts/run_stack.py --port $(STACK_PORT)
 
-# What CI checks besides the tests: lint, formatting, migrations, the lock.
+# What CI checks besides the tests: lint, formatting, types, migrations, the lock.
 check: env
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
 	$(PY) manage.py makemigrations --check --dry-run
 	$(PY) scripts/check_lock.py
 

@@ -1,6 +1,7 @@
 """Authentication for /api: a portal session, or a gateway API key as a bearer token."""
 
 import time
+from typing import Any
 
 from django.http import HttpRequest
 from ninja.security import HttpBearer, django_auth
@@ -24,6 +25,12 @@ class ApiKeyBearer(HttpBearer):
         if key is None or key_info_from_row(key).refusal(time.time()) is not None:
             return None
         return key
+
+
+def request_caller(request: HttpRequest) -> Any:
+    """What the route's authentication returned: an ApiKey row, or the session's user."""
+    # ninja sets `request.auth` on the request; django-stubs' HttpRequest does not declare it.
+    return request.auth  # type: ignore[attr-defined]
 
 
 api_key_auth = ApiKeyBearer()

@@ -17,7 +17,7 @@ from django.http import HttpRequest
 from ninja import Field, Query, Router, Schema
 from ninja.errors import HttpError
 
-from apps.accounts.api_auth import session_or_key_auth
+from apps.accounts.api_auth import request_caller, session_or_key_auth
 from apps.accounts.models import ApiKey
 from apps.accounts.selectors import portal_identity
 from apps.usage.scope import UsageScope, usage_scope_for, usage_scope_for_key
@@ -130,7 +130,7 @@ class UsageOut(Schema):
 
 
 def _scope(request: HttpRequest) -> UsageScope:
-    caller = request.auth
+    caller = request_caller(request)
     try:
         if isinstance(caller, ApiKey):
             scope = usage_scope_for_key(caller)
@@ -313,7 +313,7 @@ class InsightsOut(Schema):
     ),
 )
 def insights(request: HttpRequest):
-    caller = request.auth
+    caller = request_caller(request)
     if isinstance(caller, ApiKey) or not portal_identity(user=caller).is_org_wide:
         raise HttpError(403, "Billing insights need the admin or finance role.")
     return billing_insights()

@@ -9,6 +9,7 @@ here on a warm worker.
 """
 
 import time
+from typing import Any
 
 import orjson
 from django.conf import settings
@@ -16,6 +17,7 @@ from django.conf import settings
 from apps.usage.models import UsageRecord
 
 from . import calls
+from .asgi_types import Receive, Scope, Send
 from .auth import KeyInfo, authenticate, presented_secret
 from .catalog import ModelEntry, catalog
 from .endpoints import ENDPOINTS
@@ -39,7 +41,7 @@ from .validation import check_content_type
 COUNT_TOKENS_PATH = "/v1/messages/count_tokens"
 
 
-async def read_body(receive, headers: dict[bytes, bytes]) -> bytes:
+async def read_body(receive: Receive, headers: dict[bytes, bytes]) -> bytes:
     limit = settings.PROXY_MAX_BODY_BYTES
     declared = headers.get(b"content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
@@ -59,7 +61,7 @@ async def read_body(receive, headers: dict[bytes, bytes]) -> bytes:
             return b"".join(chunks)
 
 
-def _model_object(entry: ModelEntry) -> dict:
+def _model_object(entry: ModelEntry) -> dict[str, Any]:
     return {
         "id": entry.name,
         "object": "model",
@@ -112,7 +114,7 @@ def _ambiguous(what: str) -> Unauthorized:
     )
 
 
-async def app(scope, receive, send) -> None:
+async def app(scope: Scope, receive: Receive, send: Send) -> None:
     """ASGI entry for every /v1 path."""
     started = time.perf_counter()
     request_id = UsageRecord.new_request_id()

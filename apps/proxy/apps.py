@@ -1,4 +1,5 @@
 from pathlib import Path
+from typing import TextIO
 
 from django.apps import AppConfig
 
@@ -10,7 +11,7 @@ class ProxyConfig(AppConfig):
     label = "proxy"
     verbose_name = "Gateway proxy"
 
-    def seed_demo(self, stdout) -> None:
+    def seed_demo(self, stdout: TextIO) -> None:
         """Declare the demo models (served by the built-in simulator) from their YAML."""
         import yaml
 

@@ -18,7 +18,7 @@ import time
 import typing
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import orjson
 from asgiref.sync import sync_to_async
@@ -32,6 +32,9 @@ from . import key_mirror
 from .errors import GatewayError, Unauthorized
 from .metadata import merge_tags
 from .outage_log import OutageLog
+
+if TYPE_CHECKING:
+    from django.contrib.auth.base_user import AbstractBaseUser
 
 logger = logging.getLogger(__name__)
 
@@ -60,9 +63,9 @@ class KeyInfo:
     user_email: str
     virtual_account_id: int | None
     virtual_account_name: str
-    team_tags: dict
-    owner_tags: dict
-    key_tags: dict
+    team_tags: dict[str, Any]
+    owner_tags: dict[str, Any]
+    key_tags: dict[str, Any]
     enforced_tag_keys: frozenset[str]
     required_tag_keys: tuple[str, ...]
     allowed_models: frozenset[str]
@@ -128,7 +131,8 @@ def key_info_from_row(key: ApiKey) -> KeyInfo:
         allowed_models=frozenset(key.allowed_models or ()),
         scopes=frozenset(key.scopes or ()),
         allow_request_logging=key.team.allow_request_logging,
-        owner_active=(va.is_active if va else user.is_active),
+        # A check constraint gives every key exactly one owner: a user or a virtual account.
+        owner_active=(va.is_active if va else cast("AbstractBaseUser", user).is_active),
         expires_ts=_ts(key.expires_at),
         revoked_ts=_ts(key.revoked_at),
     )
@@ -142,7 +146,7 @@ def _ts(moment: datetime | None) -> float | None:
 # (the key then counts as unknown until the database is back).
 KEY_INFO_VERSION = 1
 # Fields held as frozensets or tuples, which JSON brings back as lists.
-_COLLECTION_FIELDS = {
+_COLLECTION_FIELDS: dict[str, Any] = {
     field.name: typing.get_origin(field.type)
     for field in dataclasses.fields(KeyInfo)
     if typing.get_origin(field.type) in (frozenset, tuple)

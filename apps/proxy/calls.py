@@ -13,10 +13,13 @@ batches, in the usage writer.
 import asyncio
 import logging
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
+from typing import Any, cast
 
+import aiohttp
 import orjson
 from django.conf import settings
 
@@ -25,6 +28,7 @@ from apps.usage.buffer import get_usage_buffer
 from apps.usage.event import UsageEvent
 
 from . import metrics, upstream
+from .asgi_types import Receive, Send
 from .auth import KeyInfo
 from .catalog import ModelEntry, catalog
 from .endpoints.base import ClientStream, Endpoint, Exchange
@@ -55,7 +59,7 @@ class Call:
     endpoint: Endpoint
     kind: str
     model: ModelEntry
-    body: dict
+    body: dict[str, Any]
     tags: dict[str, str]
     end_user: str
     stream: bool
@@ -73,7 +77,7 @@ class Call:
     upstream_ms: float | None = None
     upstream_started: float | None = None
     client_disconnected: bool = False
-    response_body: dict | None = None
+    response_body: dict[str, Any] | None = None
     admission: Admission | None = None
     response_headers: dict[str, str] = field(default_factory=dict)
     # Priced once in `_record`; the quota settle reuses it.
@@ -143,6 +147,13 @@ def _client_error_from_upstream(exchange: Exchange, status: int, raw: bytes) -> 
     return error
 
 
+def _started(call: Call) -> float:
+    # Set by `_open` before any upstream answer is read; None here is a bug, not a state.
+    if call.upstream_started is None:
+        raise RuntimeError("upstream_started is read before the upstream was opened")
+    return call.upstream_started
+
+
 async def _backoff(attempt: int) -> None:
     if attempt > 1:
         await asyncio.sleep(min(settings.PROXY_RETRY_BACKOFF * (2 ** (attempt - 2)), 1.0))
@@ -150,7 +161,7 @@ async def _backoff(attempt: int) -> None:
 
 async def _open(
     call: Call, stream: bool, tried: set[int] | None = None, failure: _Failure | None = None
-):
+) -> tuple[DeploymentInfo, Exchange, aiohttp.ClientResponse]:
     """Try deployments in router order; return (deployment, exchange, open response).
 
     Failover on connection errors, timeouts, 429, 5xx and credential errors; a 4xx caused by
@@ -216,7 +227,7 @@ async def _open(
             health.attempt_failed(call, "status", status=status, retry_after=failure.retry_after)
             logger.warning("deployment %s answered %s; trying the next", deployment.name, status)
             continue
-        call.upstream_ms = (time.perf_counter() - call.upstream_started) * 1000
+        call.upstream_ms = (time.perf_counter() - _started(call)) * 1000
         health.attempt_answered(call)
         raise _client_error_from_upstream(exchange, status, raw)
     if unsupported and unsupported == len(candidates):
@@ -272,7 +283,7 @@ async def _admit(call: Call) -> None:
     call.response_headers = admission.headers
 
 
-async def run(call: Call, receive, send) -> None:
+async def run(call: Call, receive: Receive, send: Send) -> None:
     try:
         await _admit(call)
         if call.stream:
@@ -314,7 +325,7 @@ async def _settle(call: Call) -> None:
     )
 
 
-async def _run_json(call: Call, send) -> None:
+async def _run_json(call: Call, send: Send) -> None:
     deployment, exchange, response = await _open(call, stream=False)
     try:
         raw = await upstream.read_body(response)
@@ -324,7 +335,7 @@ async def _run_json(call: Call, send) -> None:
         raise UpstreamError(
             f"The upstream failed mid-answer: deployment '{deployment.name}'"
         ) from exc
-    call.upstream_ms = (time.perf_counter() - call.upstream_started) * 1000
+    call.upstream_ms = (time.perf_counter() - _started(call)) * 1000
     try:
         data, reported = _parse_answer(exchange, raw)
     except InvalidAnswer as exc:
@@ -367,7 +378,7 @@ def _answer_headers(call: Call) -> dict[str, str]:
     return headers
 
 
-def _parse_answer(exchange: Exchange, raw: bytes) -> tuple[dict, Usage | None]:
+def _parse_answer(exchange: Exchange, raw: bytes) -> tuple[dict[str, Any], Usage | None]:
     """(the client's answer, the usage reported); InvalidAnswer for anything else."""
     try:
         payload = orjson.loads(raw)
@@ -382,7 +393,7 @@ def _parse_answer(exchange: Exchange, raw: bytes) -> tuple[dict, Usage | None]:
         raise InvalidAnswer("a field of the answer has the wrong type") from exc
 
 
-async def _watch_disconnect(receive, gone: asyncio.Event) -> None:
+async def _watch_disconnect(receive: Receive, gone: asyncio.Event) -> None:
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
@@ -390,7 +401,9 @@ async def _watch_disconnect(receive, gone: asyncio.Event) -> None:
             return
 
 
-async def _sse_events(content):
+async def _sse_events(
+    content: aiohttp.StreamReader,
+) -> AsyncIterator[tuple[str | None, bytes]]:
     """Yield (event name, data bytes) from an upstream SSE body, as they arrive."""
     event: str | None = None
     data_lines: list[bytes] = []
@@ -411,7 +424,7 @@ async def _sse_events(content):
 
 def _read_event(
     exchange: Exchange, deployment: DeploymentInfo, data: bytes
-) -> tuple[dict, None] | tuple[None, _Failure]:
+) -> tuple[dict[str, Any], None] | tuple[None, _Failure]:
     """An upstream stream event's JSON object, or the failure it is instead."""
     try:
         parsed = orjson.loads(data)
@@ -425,7 +438,14 @@ def _read_event(
     return parsed, None
 
 
-async def _open_stream(call: Call):
+async def _open_stream(
+    call: Call,
+) -> tuple[
+    DeploymentInfo,
+    Exchange,
+    aiohttp.ClientResponse,
+    AsyncIterator[tuple[str | None, bytes]],
+]:
     """Open a stream and wait for its first event before anything is sent to the client, so
     a deployment silent past its time-to-first-token limit, or answering something that is
     not an event stream, is abandoned for the next one.
@@ -441,7 +461,7 @@ async def _open_stream(call: Call):
         events = _sse_events(response.content)
         limit = ttft_timeout(deployment)
         if limit is not None:
-            limit = max(limit - (time.perf_counter() - call.upstream_started), 0.001)
+            limit = max(limit - (time.perf_counter() - _started(call)), 0.001)
         try:
             first = await asyncio.wait_for(anext(events), limit)
         except StopAsyncIteration:
@@ -464,21 +484,22 @@ async def _open_stream(call: Call):
             failure = _invalid_answer(deployment, "the stream ended before its first event")
         else:
             failure = _read_event(exchange, deployment, first[1])[1]
-        if failure is not None:
-            response.release()
-            health.attempt_failed(call, failure.kind)
-            logger.warning("%s; trying the next deployment", failure.detail)
-            continue
-        return deployment, exchange, response, _prepend(first, events)
+            if failure is None:
+                return deployment, exchange, response, _prepend(first, events)
+        response.release()
+        health.attempt_failed(call, failure.kind)
+        logger.warning("%s; trying the next deployment", failure.detail)
 
 
-async def _prepend(first: tuple, events):
+async def _prepend(
+    first: tuple[str | None, bytes], events: AsyncIterator[tuple[str | None, bytes]]
+) -> AsyncIterator[tuple[str | None, bytes]]:
     yield first
     async for item in events:
         yield item
 
 
-async def _run_stream(call: Call, receive, send) -> None:
+async def _run_stream(call: Call, receive: Receive, send: Send) -> None:
     deployment, exchange, response, events = await _open_stream(call)
     gone = asyncio.Event()
     watcher = asyncio.get_running_loop().create_task(_watch_disconnect(receive, gone))
@@ -508,7 +529,8 @@ async def _run_stream(call: Call, receive, send) -> None:
             if failure is not None:
                 logger.warning("stream from %s: %s", deployment.name, failure.kind)
                 break
-            out_chunks = stream.feed(event, parsed, data)
+            # No failure means `_read_event` returned the parsed object.
+            out_chunks = stream.feed(event, cast(dict[str, Any], parsed), data)
             if call.ttft_ms is None and stream.produced:
                 call.ttft_ms = (time.perf_counter() - call.started) * 1000
             for chunk in out_chunks:
@@ -525,7 +547,7 @@ async def _run_stream(call: Call, receive, send) -> None:
     finally:
         response.release()
         watcher.cancel()
-    call.upstream_ms = (time.perf_counter() - call.upstream_started) * 1000
+    call.upstream_ms = (time.perf_counter() - _started(call)) * 1000
     if gone.is_set():
         call.client_disconnected = True
     error = _failure_error(failure) if failure is not None else None

@@ -99,7 +99,7 @@ def _decimal(value: Any) -> Decimal | None:
     return Decimal(value) if value is not None else None
 
 
-def deployment_info(record: dict, model_name: str) -> DeploymentInfo:
+def deployment_info(record: dict[str, Any], model_name: str) -> DeploymentInfo:
     """From a Deployment's fields (a `.values()` row or its snapshot copy)."""
     return DeploymentInfo(
         id=record["id"],
@@ -122,10 +122,10 @@ def deployment_info(record: dict, model_name: str) -> DeploymentInfo:
     )
 
 
-def _read_records() -> dict:
+def _read_records() -> dict[str, Any]:
     """The active models with their deployments, and every price, as plain data: what the
     catalog is built from, and what the snapshot stores."""
-    deployments: dict[int, list[dict]] = {}
+    deployments: dict[int, list[dict[str, Any]]] = {}
     rows = Deployment.objects.filter(is_active=True, model__is_active=True)
     for row in rows.order_by("priority", "id").values("model_id", *_DEPLOYMENT_FIELDS):
         deployments.setdefault(row.pop("model_id"), []).append(row)
@@ -143,7 +143,7 @@ def _read_records() -> dict:
     return {"models": models, "prices": prices}
 
 
-def _build(records: dict) -> tuple[dict[str, ModelEntry], PriceBook]:
+def _build(records: dict[str, Any]) -> tuple[dict[str, ModelEntry], PriceBook]:
     models = {
         model["name"]: ModelEntry(
             name=model["name"],
@@ -157,7 +157,7 @@ def _build(records: dict) -> tuple[dict[str, ModelEntry], PriceBook]:
     return models, PriceBook.from_values(records["prices"])
 
 
-def _fingerprint() -> tuple:
+def _fingerprint() -> tuple[Any, ...]:
     parts = []
     for model in (GatewayModel, Deployment):
         agg = model.objects.aggregate(n=Count("id"), t=Max("updated_at"))
@@ -171,8 +171,8 @@ class Catalog:
     def __init__(self) -> None:
         self.models: dict[str, ModelEntry] = {}
         self.prices = PriceBook()
-        self._fingerprint: tuple | None = None
-        self._task: asyncio.Task | None = None
+        self._fingerprint: tuple[Any, ...] | None = None
+        self._task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
         self._load_retry_at = 0.0
 
@@ -184,7 +184,7 @@ class Catalog:
         """Reload if the database changed; returns True when something was reloaded."""
         return self._load_sync(force=force) is not None
 
-    def _load_sync(self, *, force: bool) -> dict | None:
+    def _load_sync(self, *, force: bool) -> dict[str, Any] | None:
         """Reload if the database changed; returns the records it was built from, if so."""
         try:
             with read_snapshot():
@@ -199,7 +199,7 @@ class Catalog:
         self._install(records, fingerprint)
         return records
 
-    def _install(self, records: dict, fingerprint: tuple) -> None:
+    def _install(self, records: dict[str, Any], fingerprint: tuple[Any, ...]) -> None:
         models, prices = _build(records)
         # Swap whole objects so a request never sees half a catalog.
         self.models, self.prices, self._fingerprint = models, prices, fingerprint
@@ -235,7 +235,7 @@ class Catalog:
             refresh_log.failed(exc)
             raise CatalogUnavailable(CATALOG_UNAVAILABLE) from None
 
-    async def _write_snapshot(self, records: dict) -> None:
+    async def _write_snapshot(self, records: dict[str, Any]) -> None:
         client = redis_client()
         if client is None:
             return

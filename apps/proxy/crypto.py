@@ -74,7 +74,10 @@ def settings_env_names() -> frozenset[str]:
     """Every environment variable gateway_portal/settings.py reads (DATABASE_URL, SECRET_KEY,
     REDIS_URL, METRICS_TOKEN, UPSTREAM_SECRET_KEY, ...), found in its source so that a
     setting added later is covered without a list to keep up to date."""
-    origin = importlib.util.find_spec("gateway_portal.settings").origin
+    spec = importlib.util.find_spec("gateway_portal.settings")
+    if spec is None or spec.origin is None:
+        raise RuntimeError("gateway_portal.settings has no source file to read")
+    origin = spec.origin
     tree = ast.parse(Path(origin).read_text())
     names = set()
     for node in ast.walk(tree):

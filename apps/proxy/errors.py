@@ -4,6 +4,8 @@ Statuses and `type` values follow OpenAI's API so the official SDK raises the cl
 expects (BadRequestError, AuthenticationError, PermissionDeniedError, NotFoundError, ...).
 """
 
+from typing import Any
+
 import orjson
 
 
@@ -20,7 +22,7 @@ class GatewayError(Exception):
         code: str | None = None,
         status: int | None = None,
         headers: dict[str, str] | None = None,
-        extra: dict | None = None,
+        extra: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message

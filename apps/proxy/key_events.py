@@ -25,7 +25,9 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import orjson
 import redis
@@ -68,7 +70,7 @@ def _client() -> redis.Redis:
     return _sync_client
 
 
-def apply_event(event: dict, cache: KeyCache = key_cache) -> None:
+def apply_event(event: dict[str, Any], cache: KeyCache = key_cache) -> None:
     if "key_hash" in event:
         cache.invalidate(str(event["key_hash"]))
     elif "team_id" in event:
@@ -95,9 +97,9 @@ def _mirror_records(key_hashes: list[str], team_id: int | None) -> dict[str, byt
     return records
 
 
-def publish_invalidation(*, key_hashes: list[str] = (), team_id: int | None = None) -> None:
+def publish_invalidation(*, key_hashes: Sequence[str] = (), team_id: int | None = None) -> None:
     """Tell every worker to forget these keys (sync; call it from `transaction.on_commit`)."""
-    events: list[dict] = [{"key_hash": h} for h in key_hashes]
+    events: list[dict[str, Any]] = [{"key_hash": h} for h in key_hashes]
     if team_id is not None:
         events.append({"team_id": team_id})
     # This process may serve /v1 too (embedded mode, or one uvicorn for both): apply at once.
@@ -191,7 +193,7 @@ async def listen_forever(
             cache.invalidate()
         finally:
             with contextlib.suppress(Exception):
-                await pubsub.aclose()
+                await pubsub.aclose()  # type: ignore[no-untyped-call]  # redis-py leaves PubSub.aclose unannotated
                 await client.aclose()
         await asyncio.sleep(backoff)
         backoff = min(backoff * 2, _MAX_BACKOFF)
@@ -211,7 +213,7 @@ def _latest_change_id() -> int:
         raise
 
 
-def _changes_after(after: int, holes: list[int]) -> list[tuple[int, list, int | None]]:
+def _changes_after(after: int, holes: list[int]) -> list[tuple[int, list[Any], int | None]]:
     condition = Q(id__gt=after)
     if holes:
         condition |= Q(id__in=holes)

@@ -27,6 +27,7 @@ a 401 would tell its client that the key is wrong. Embedded mode (no Redis) has 
 import asyncio
 import logging
 import time
+from typing import cast
 
 from django.conf import settings
 from redis.asyncio import Redis
@@ -55,7 +56,7 @@ mirror_log = OutageLog(
     "key mirror (Redis)", logger=logger, consequence="keys cannot be read from or written to it"
 )
 _written: dict[str, float] = {}  # key hash -> monotonic time of this worker's last write
-_tasks: set[asyncio.Task] = set()
+_tasks: set[asyncio.Task[None]] = set()
 
 
 def entry_key(key_hash: str) -> str:
@@ -82,7 +83,8 @@ async def read(key_hash: str) -> bytes | None:
     if client is None:
         return None
     try:
-        record = await client.get(entry_key(key_hash))
+        # bytes: the client is built without decode_responses; its stubs cover both modes.
+        record = cast(bytes | None, await client.get(entry_key(key_hash)))
     except STORE_ERRORS as exc:
         mirror_log.failed(exc)
         return None

@@ -24,6 +24,7 @@ import os
 import time
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 from django.conf import settings
 from prometheus_client import (
@@ -39,6 +40,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 
 from apps.usage.event import UsageEvent
 
+from .asgi_types import Receive, Scope, Send
 from .auth import presented_secret
 
 logger = logging.getLogger(__name__)
@@ -115,7 +117,7 @@ def observe_usage(event: UsageEvent, *, team: str) -> None:
             TAGGED.labels(model, key, _tag_value(key, str(value)[:64])).inc()
 
 
-def observe_quota_refusal(extra: dict) -> None:
+def observe_quota_refusal(extra: dict[str, Any]) -> None:
     rules = {str(item.get("rule")) for item in extra.get("broken_rules") or () if item}
     for rule in rules or {"unknown"}:
         QUOTA_REFUSALS.labels(rule).inc()
@@ -127,10 +129,10 @@ def observe_quota_refusal(extra: dict) -> None:
 class _Snapshot:
     """Collector of values computed once per scrape (see `_live_values`)."""
 
-    def __init__(self, families: list) -> None:
+    def __init__(self, families: list[Any]) -> None:
         self.families = families
 
-    def collect(self):
+    def collect(self) -> list[Any]:
         return self.families
 
 
@@ -172,7 +174,7 @@ def _spool_size() -> tuple[float, float]:
     return float(files), float(size)
 
 
-async def _live_values() -> list:
+async def _live_values() -> list[Any]:
     from .catalog import catalog
     from .health import STATE_VALUES, board
 
@@ -235,7 +237,7 @@ def render_counters() -> bytes:
     directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     if directory:
         registry = CollectorRegistry()
-        MultiProcessCollector(registry, path=directory)
+        MultiProcessCollector(registry, path=directory)  # type: ignore[no-untyped-call]  # prometheus_client leaves its __init__ unannotated
         return generate_latest(registry)
     return generate_latest(REGISTRY)
 
@@ -254,11 +256,11 @@ async def render() -> bytes:
 
 
 @cache
-def _networks(spec: tuple[str, ...]) -> tuple:
+def _networks(spec: tuple[str, ...]) -> tuple[Any, ...]:
     return tuple(ipaddress.ip_network(item, strict=False) for item in spec if item)
 
 
-def allowed(scope: dict) -> bool:
+def allowed(scope: Scope) -> bool:
     """With METRICS_TOKEN set, that bearer token from any address; without, a client in
     METRICS_ALLOWED_NETWORKS.
 
@@ -282,7 +284,7 @@ def allowed(scope: dict) -> bool:
     return any(address in net for net in _networks(tuple(settings.METRICS_ALLOWED_NETWORKS)))
 
 
-async def endpoint(scope, receive, send) -> None:
+async def endpoint(scope: Scope, receive: Receive, send: Send) -> None:
     if scope["method"] not in ("GET", "HEAD"):
         status, body, kind = 405, b"method not allowed\n", b"text/plain"
     elif not allowed(scope):

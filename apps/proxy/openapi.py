@@ -22,7 +22,7 @@ METADATA_HEADER = {
     "schema": {"type": "string", "example": '{"customer_id": "acme", "feature": "search"}'},
 }
 
-OPENAI_ERROR = {
+OPENAI_ERROR: dict[str, Any] = {
     "type": "object",
     "required": ["error"],
     "properties": {
@@ -106,8 +106,8 @@ ANSWER_HEADERS = {
 }
 
 
-def _errors(shape: dict, quota: dict) -> dict[str, Any]:
-    def answer(description: str, schema: dict) -> dict:
+def _errors(shape: dict[str, Any], quota: dict[str, Any]) -> dict[str, Any]:
+    def answer(description: str, schema: dict[str, Any]) -> dict[str, Any]:
         return {"description": description, "content": {"application/json": {"schema": schema}}}
 
     return {
@@ -124,7 +124,7 @@ def _errors(shape: dict, quota: dict) -> dict[str, Any]:
     }
 
 
-def _body(required: list[str], properties: dict[str, Any]) -> dict:
+def _body(required: list[str], properties: dict[str, Any]) -> dict[str, Any]:
     schema = {
         "type": "object",
         "required": required,
@@ -134,7 +134,9 @@ def _body(required: list[str], properties: dict[str, Any]) -> dict:
     return {"required": True, "content": {"application/json": {"schema": schema}}}
 
 
-def _call(summary: str, description: str, body: dict, *, anthropic: bool = False) -> dict:
+def _call(
+    summary: str, description: str, body: dict[str, Any], *, anthropic: bool = False
+) -> dict[str, Any]:
     shape = ANTHROPIC_ERROR if anthropic else OPENAI_ERROR
     ok = {
         "description": "The answer (JSON, or `text/event-stream` when `stream` is true).",
@@ -160,7 +162,7 @@ def _call(summary: str, description: str, body: dict, *, anthropic: bool = False
 MODEL = {"type": "string", "description": "A model name of the gateway's catalog."}
 STREAM = {"type": "boolean", "default": False}
 
-PATHS: dict[str, dict] = {
+PATHS: dict[str, dict[str, Any]] = {
     "/v1/chat/completions": _call(
         "Chat completions (OpenAI)",
         "OpenAI's chat completions, streamed with `stream: true`; usage comes in a last chunk "
@@ -260,7 +262,7 @@ SECURITY_SCHEMES = {
 }
 
 
-def add_gateway_paths(schema: dict) -> dict:
+def add_gateway_paths(schema: dict[str, Any]) -> dict[str, Any]:
     """`schema` (django-ninja's) with the /v1 paths and their security schemes."""
     schema.setdefault("paths", {}).update(PATHS)
     components = schema.setdefault("components", {})

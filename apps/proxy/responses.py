@@ -1,8 +1,10 @@
 """Sending whole JSON answers over raw ASGI."""
 
+from .asgi_types import Send
+
 
 async def send_json(
-    send, status: int, body: bytes, request_id: str, headers: dict[str, str] | None = None
+    send: Send, status: int, body: bytes, request_id: str, headers: dict[str, str] | None = None
 ) -> None:
     raw_headers = [
         (b"content-type", b"application/json"),

@@ -22,6 +22,7 @@ This runs on every request: memory reads only (see `health`), no I/O, a sort of 
 import itertools
 import random
 import time
+from typing import Any
 
 from django.conf import settings
 
@@ -98,7 +99,7 @@ def order(
     return available
 
 
-def deployments_to_try(model: ModelEntry, body: dict) -> list[DeploymentInfo]:
+def deployments_to_try(model: ModelEntry, body: dict[str, Any]) -> list[DeploymentInfo]:
     if len(model.deployments) < 2:
         return list(model.deployments)
     return order(

@@ -3,6 +3,7 @@
 import os
 import re
 from decimal import Decimal, InvalidOperation
+from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
@@ -47,7 +48,7 @@ class CatalogSpecError(ValueError):
 def _expand(value: str) -> str:
     """${NAME} in strings: a Django setting of that name, else the environment."""
 
-    def repl(match: re.Match) -> str:
+    def repl(match: re.Match[str]) -> str:
         name = match.group(1)
         found = getattr(settings, name, None)
         if isinstance(found, str):
@@ -59,7 +60,7 @@ def _expand(value: str) -> str:
     return _VAR.sub(repl, value)
 
 
-def _check_keys(where: str, item: object, allowed: set[str]) -> dict:
+def _check_keys(where: str, item: object, allowed: set[str]) -> dict[str, Any]:
     if not isinstance(item, dict):
         raise CatalogSpecError(f"{where}: must be a mapping")
     unknown = set(item) - allowed
@@ -68,7 +69,7 @@ def _check_keys(where: str, item: object, allowed: set[str]) -> dict:
     return item
 
 
-def _deployment_fields(where: str, spec: dict) -> dict:
+def _deployment_fields(where: str, spec: dict[str, Any]) -> dict[str, Any]:
     for required in ("name", "provider", "upstream_model", "base_url"):
         if not spec.get(required):
             raise CatalogSpecError(f"{where}: '{required}' is required")
@@ -122,7 +123,7 @@ def _deployment_fields(where: str, spec: dict) -> dict:
 
 
 @transaction.atomic
-def model_catalog_apply(*, spec: dict) -> dict[str, int]:
+def model_catalog_apply(*, spec: dict[str, Any]) -> dict[str, int]:
     """Make the database match the models declared in `spec` (idempotent).
 
     Models not named in the spec are left alone; a named model's deployments become exactly
@@ -173,7 +174,7 @@ def model_catalog_apply(*, spec: dict) -> dict[str, int]:
     return counts
 
 
-def model_catalog_export() -> dict:
+def model_catalog_export() -> dict[str, Any]:
     models = []
     for model in GatewayModel.objects.prefetch_related("deployments").order_by("name"):
         deployments = []
@@ -201,7 +202,7 @@ def model_catalog_export() -> dict:
             if not dep.is_active:
                 item["is_active"] = False
             deployments.append(item)
-        entry = {
+        entry: dict[str, Any] = {
             "name": model.name,
             "mode": model.mode,
             "routing_strategy": model.routing_strategy,

@@ -3,6 +3,8 @@
 About four characters a token, the usual rule of thumb for English with BPE tokenizers.
 """
 
+from typing import Any
+
 
 def estimate_text_tokens(text: str) -> int:
     return (len(text) + 3) // 4 if text else 0
@@ -22,7 +24,7 @@ def estimate_content_tokens(content: object) -> int:
     return estimate_text_tokens(_content_text(content))
 
 
-def estimate_messages_tokens(messages: list) -> int:
+def estimate_messages_tokens(messages: list[Any]) -> int:
     total = 3  # priming of the assistant's reply
     for message in messages:
         if isinstance(message, dict):
@@ -30,7 +32,7 @@ def estimate_messages_tokens(messages: list) -> int:
     return total
 
 
-def estimate_input_tokens(kind: str, body: dict) -> int:
+def estimate_input_tokens(kind: str, body: dict[str, Any]) -> int:
     if kind == "chat":
         return estimate_messages_tokens(body.get("messages") or [])
     if kind == "completion":

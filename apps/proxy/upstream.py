@@ -48,7 +48,9 @@ def session() -> aiohttp.ClientSession:
         )
         _session = aiohttp.ClientSession(
             connector=connector,
-            json_serialize=None,  # bodies are sent pre-serialised with orjson
+            # Bodies are sent pre-serialised with orjson; aiohttp's annotation does not admit
+            # None, which it never calls when no `json=` is passed.
+            json_serialize=None,  # type: ignore[arg-type]
             auto_decompress=True,
             skip_auto_headers=("User-Agent",),
         )

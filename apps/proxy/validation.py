@@ -8,6 +8,8 @@ Optional parameters are checked by walking the body's own keys against a table, 
 request pays for the few fields it sends, not for every rule.
 """
 
+from typing import Any, cast
+
 from .errors import BadRequest
 from .providers.base import CHAT, COMPLETION, EMBEDDING, RERANK
 
@@ -174,7 +176,7 @@ def _encoding_format(param: str, value: object) -> None:
 
 
 # (check function, *its arguments after param and value), e.g. (_number, 0, 2).
-Rule = tuple
+Rule = tuple[Any, ...]
 
 _COMMON: dict[str, Rule] = {"stream": (_boolean,), "user": (_string,)}
 _SAMPLING: dict[str, Rule] = {
@@ -249,23 +251,25 @@ def _check_part(
             code="invalid_value",
         )
     field, expected, inner = _PART_FIELDS[part_type]
-    value = part.get(field)
+    value: Any = part.get(field)
     if type(value) is not expected:
         param = f"{_part_param(index, part_index)}.{field}"
         if value is None:
             raise _missing(param)
         raise _type_error(param, "a string" if expected is str else "an object", value)
+    # `inner` names fields only of the parts whose value is a dict, checked above.
+    fields = cast(dict[str, Any], value)
     for name in inner:
-        if type(value.get(name)) is not str:
+        if type(fields.get(name)) is not str:
             param = f"{_part_param(index, part_index)}.{field}.{name}"
-            _required_string(param, value.get(name))
+            _required_string(param, fields.get(name))
 
 
 def _part_param(index: int, part_index: int) -> str:
     return f"messages[{index}].content[{part_index}]"
 
 
-def _content(index: int, role: str, message: dict, content: object) -> None:
+def _content(index: int, role: str, message: dict[str, Any], content: object) -> None:
     """Check a message's content that is not a plain string."""
     if content is None or content == []:
         # No content is fine where the message carries something else: an assistant's tool
@@ -294,7 +298,7 @@ def _content(index: int, role: str, message: dict, content: object) -> None:
         _check_part(index, part_index, part, role, allowed)
 
 
-def _message(index: int, message: object) -> None:
+def _message(index: int, message: Any) -> None:
     role = message.get("role") if type(message) is dict else None
     if type(role) is not str:
         # The role decides every other rule, so a message without one is refused as a whole.
@@ -333,7 +337,7 @@ def _message(index: int, message: object) -> None:
 # --- the body ---------------------------------------------------------------------------------
 
 
-def _require(body: dict, field: str, types: type | tuple, what: str) -> object:
+def _require(body: dict[str, Any], field: str, types: type | tuple[Any, ...], what: str) -> Any:
     value = body.get(field)
     if value is None:
         raise BadRequest(
@@ -345,7 +349,7 @@ def _require(body: dict, field: str, types: type | tuple, what: str) -> object:
     return value
 
 
-def validate_body(kind: str, body: object) -> dict:
+def validate_body(kind: str, body: object) -> dict[str, Any]:
     """`body` if it is a valid request of `kind`, else BadRequest naming the field."""
     if type(body) is not dict:
         raise BadRequest("The request body must be a JSON object.", code="invalid_body")

@@ -13,11 +13,12 @@ from ninja import Field, Query, Router, Schema
 from ninja.errors import HttpError
 from ninja.responses import Status
 
-from apps.accounts.api_auth import api_key_auth, session_or_key_auth
+from apps.accounts.api_auth import api_key_auth, request_caller, session_or_key_auth
 from apps.accounts.constants import Role
 from apps.accounts.models import ApiKey
 from apps.accounts.selectors import PortalIdentity, portal_identity
 
+from .models import QuotaConfigVersion
 from .rules import QuotaConfigError, parse_config
 from .selectors import active_quota_config_version, key_quota_status
 from .services import quota_config_apply
@@ -112,7 +113,7 @@ class ConfigOut(Schema):
 
 
 def _identity(request: HttpRequest) -> PortalIdentity:
-    caller = request.auth
+    caller = request_caller(request)
     if isinstance(caller, ApiKey):
         return portal_identity(user=caller.user) if caller.user else PortalIdentity(role=None)
     return portal_identity(user=caller)
@@ -126,12 +127,12 @@ def _require(request: HttpRequest, roles: set[Role]) -> PortalIdentity:
     return identity
 
 
-def _author(request: HttpRequest):
-    caller = request.auth
+def _author(request: HttpRequest) -> Any:
+    caller = request_caller(request)
     return caller.user if isinstance(caller, ApiKey) else caller
 
 
-def _invalid(error: QuotaConfigError) -> Status:
+def _invalid(error: QuotaConfigError) -> Status[dict[str, Any]]:
     return Status(
         400,
         {
@@ -148,7 +149,7 @@ def _invalid(error: QuotaConfigError) -> Status:
     )
 
 
-def _config_out(row) -> dict:
+def _config_out(row: QuotaConfigVersion | None) -> dict[str, Any]:
     if row is None:
         return {"version": None, "name": "", "author": None, "note": "", "created_at": None,
                 "yaml": ""}  # fmt: skip
@@ -163,7 +164,7 @@ def _config_out(row) -> dict:
 
 
 @router.get("/status", auth=api_key_auth, response={200: StatusOut, 400: ErrorOut})
-def quota_status(request: HttpRequest, query: Query[StatusQuery]):
+def quota_status(request: HttpRequest, query: Query[StatusQuery]) -> dict[str, Any]:
     """The caller's key: every rule that covers it, used, limit, remaining and reset time."""
     tags = {}
     for item in query.tag:
@@ -171,13 +172,15 @@ def quota_status(request: HttpRequest, query: Query[StatusQuery]):
         if not sep or not name:
             raise HttpError(400, f"tag must be key=value, got {item!r}")
         tags[name] = value
-    key: ApiKey = request.auth
+    key: ApiKey = request_caller(request)
     rules = key_quota_status(key=key, model=query.model, tags=tags)
     return {"key_prefix": key.prefix, "rules": rules}
 
 
 @router.post("/simulate", auth=session_or_key_auth, response={200: SimulationOut, 400: ErrorOut})
-def quota_simulate(request: HttpRequest, payload: SimulateIn):
+def quota_simulate(
+    request: HttpRequest, payload: SimulateIn
+) -> Status[dict[str, Any]] | dict[str, Any]:
     """Replay the last `days` days of recorded usage against a candidate config (admin)."""
     _require(request, {Role.ADMIN})
     try:
@@ -188,14 +191,16 @@ def quota_simulate(request: HttpRequest, payload: SimulateIn):
 
 
 @router.get("/config", auth=session_or_key_auth, response=ConfigOut)
-def quota_config_get(request: HttpRequest):
+def quota_config_get(request: HttpRequest) -> dict[str, Any]:
     """The active config version and its YAML (admin or finance)."""
     _require(request, {Role.ADMIN, Role.FINANCE})
     return _config_out(active_quota_config_version())
 
 
 @router.put("/config", auth=session_or_key_auth, response={200: ConfigOut, 400: ErrorOut})
-def quota_config_put(request: HttpRequest, payload: ConfigIn):
+def quota_config_put(
+    request: HttpRequest, payload: ConfigIn
+) -> Status[dict[str, Any]] | dict[str, Any]:
     """Validate and apply new YAML as a new active version (admin); 400 lists every issue."""
     _require(request, {Role.ADMIN})
     try:

@@ -35,6 +35,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol
 
@@ -350,11 +351,11 @@ class MemoryCounterStore:
         self,
         *,
         reservation_ttl: float = DEFAULT_RESERVATION_TTL,
-        clock=time.time,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.reservation_ttl = reservation_ttl
         self._clock = clock
-        self._values: dict[str, list] = {}  # key -> [value, expires_at]
+        self._values: dict[str, list[Any]] = {}  # key -> [value, expires_at]
         self._reservations: dict[str, dict[str, tuple[int, float]]] = {}
         self._lock = threading.Lock()
         self._next_sweep = 0.0
@@ -367,7 +368,8 @@ class MemoryCounterStore:
             del self._values[key]
             self._reservations.pop(key, None)
             return 0
-        return entry[0]
+        value: int = entry[0]
+        return value
 
     def _add(self, key: str, delta: int, now: float, ttl: int, *, keep_ttl: bool) -> int:
         entry = self._values.get(key)
@@ -375,8 +377,9 @@ class MemoryCounterStore:
             entry = self._values[key] = [0, now + ttl]
         elif not keep_ttl:
             entry[1] = now + ttl
-        entry[0] = max(0, entry[0] + delta)
-        return entry[0]
+        value: int = max(0, entry[0] + delta)
+        entry[0] = value
+        return value
 
     def _purge_expired(self, key: str, now: float) -> None:
         held = self._reservations.get(key)

@@ -144,7 +144,7 @@ def _compile(config: QuotaConfig) -> _Compiled:
     )
 
 
-def _position_and_subject(item: tuple) -> tuple[int, str]:
+def _position_and_subject(item: tuple[Any, ...]) -> tuple[int, str]:
     return item[0], item[1]
 
 
@@ -173,6 +173,10 @@ def _duration(seconds: int) -> str:
     return f"{secs}s"
 
 
+# What `reload` compares: (stored version, generated rule stamps); callers may pass an int.
+ConfigVersion = int | tuple[int | None, tuple[Any, ...]] | None
+
+
 class QuotaEngine:
     def __init__(
         self,
@@ -180,8 +184,8 @@ class QuotaEngine:
         store: CounterStore | None = None,
         *,
         default_max_output_tokens: int = DEFAULT_MAX_OUTPUT_TOKENS,
-        clock=time.time,
-        version: int | None = None,
+        clock: Callable[[], float] = time.time,
+        version: ConfigVersion = None,
     ) -> None:
         self.store: CounterStore = store if store is not None else MemoryCounterStore()
         self.default_max_output_tokens = default_max_output_tokens
@@ -196,7 +200,7 @@ class QuotaEngine:
     def config(self) -> QuotaConfig:
         return self._compiled.config
 
-    def load(self, config: QuotaConfig, version: int | None = None) -> None:
+    def load(self, config: QuotaConfig, version: ConfigVersion = None) -> None:
         self._compiled = _compile(config)
         self.version = version
 
@@ -250,7 +254,9 @@ class QuotaEngine:
         self.load(config, version)
         return True
 
-    def _match(self, subject_ids: set[str] | frozenset[str], model: str, tags: dict) -> list:
+    def _match(
+        self, subject_ids: set[str] | frozenset[str], model: str, tags: dict[str, Any]
+    ) -> list[Any]:
         compiled = self._compiled
         found: list[tuple[int, str, str, _Entry]] = []
         for subject in subject_ids:
@@ -269,7 +275,7 @@ class QuotaEngine:
         return found
 
     def matching(
-        self, subject_ids: set[str] | frozenset[str], model: str, tags: dict
+        self, subject_ids: set[str] | frozenset[str], model: str, tags: dict[str, Any]
     ) -> list[tuple[QuotaRule, str]]:
         """(rule, matched subject) for every matching rule, in config order."""
         return [
@@ -288,7 +294,7 @@ class QuotaEngine:
         *,
         subject_ids: set[str] | frozenset[str],
         model: str,
-        tags: dict,
+        tags: dict[str, Any],
         request_tokens_estimate: int,
         max_output_tokens: int | None = None,
         cost_estimate_usd: Decimal | float | Callable[[], Decimal] | None = None,
@@ -348,13 +354,13 @@ class QuotaEngine:
                 reservation=result.reservation,
                 reserved_metrics=tuple(reserved_metrics),
             )
-        broken = []
+        broken: list[dict[str, Any]] = []
         for (entry, subject, per_value, _, reset), check, used in zip(
             plan, checks, result.used, strict=True
         ):
             if used + check.amount > check.limit:
                 rule = entry.rule
-                item = {
+                item: dict[str, Any] = {
                     "rule": rule.id,
                     "subject": subject,
                     "unit": rule.unit,
@@ -393,12 +399,17 @@ class QuotaEngine:
 
     @staticmethod
     def _headers(
-        plan: list, checks: list[CounterCheck], used: tuple[int, ...], now: float, *, admitted: bool
+        plan: list[Any],
+        checks: list[CounterCheck],
+        used: tuple[int, ...],
+        now: float,
+        *,
+        admitted: bool,
     ) -> dict[str, str]:
         # Per family (requests, tokens), the rule that will refuse first: least remaining,
         # and on a tie the later reset. On refusal, the broken rule that resets last.
-        tightest: dict[str, tuple] = {}
-        latest_broken: tuple | None = None
+        tightest: dict[str, tuple[Any, ...]] = {}
+        latest_broken: tuple[Any, ...] | None = None
         for (entry, _, _, start, reset), check, value in zip(plan, checks, used, strict=True):
             remaining = check.limit - value
             if remaining < 0:

@@ -1,5 +1,7 @@
 """Portal forms of the quotas app: the YAML editor."""
 
+from typing import Any
+
 from django import forms
 
 from .rules import ConfigIssue, QuotaConfig, QuotaConfigError, parse_config
@@ -26,13 +28,13 @@ class QuotaConfigForm(forms.Form):
     def clean_days(self) -> int:
         return self.cleaned_data["days"] or DEFAULT_DAYS
 
-    def __init__(self, *args, **kwargs) -> None:
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.issues: list[ConfigIssue] = []
         self.config: QuotaConfig | None = None
 
     def clean_yaml_text(self) -> str:
-        text = self.cleaned_data["yaml_text"]
+        text: str = self.cleaned_data["yaml_text"]
         try:
             self.config = parse_config(text)
         except QuotaConfigError as error:

@@ -115,7 +115,7 @@ class QuotaRule:
     def reserved(self) -> bool:
         return self.metric in RESERVED_METRICS
 
-    def matches_filters(self, model: str, tags: dict) -> bool:
+    def matches_filters(self, model: str, tags: dict[str, Any]) -> bool:
         """Model and metadata conditions only (subjects are resolved by the caller)."""
         if self.models and model not in self.models:
             return False
@@ -130,10 +130,12 @@ class QuotaRule:
             return [ANY_SUBJECT]
         return [subject for subject in self.subjects if subject in subject_ids]
 
-    def matches(self, subject_ids: set[str] | frozenset[str], model: str, tags: dict) -> bool:
+    def matches(
+        self, subject_ids: set[str] | frozenset[str], model: str, tags: dict[str, Any]
+    ) -> bool:
         return bool(self.matched_subjects(subject_ids)) and self.matches_filters(model, tags)
 
-    def per_value(self, tags: dict) -> str | None:
+    def per_value(self, tags: dict[str, Any]) -> str | None:
         if self.per is None:
             return None
         value = tags.get(self.per)
@@ -220,9 +222,9 @@ def window_bounds_ts(period: str, now: float) -> tuple[int, int]:
     if period != "month":
         raise ValueError(f"unknown period {period!r}")
     moment = datetime.fromtimestamp(now, UTC)
-    start = datetime(moment.year, moment.month, 1, tzinfo=UTC)
+    month_start = datetime(moment.year, moment.month, 1, tzinfo=UTC)
     days = calendar.monthrange(moment.year, moment.month)[1]
-    start_ts = int(start.timestamp())
+    start_ts = int(month_start.timestamp())
     return start_ts, start_ts + days * 86400
 
 
@@ -338,7 +340,7 @@ class _Parser:
             raise QuotaConfigError(self.issues)
         return QuotaConfig(name=name or "", rules=tuple(rules), on_store_failure=on_failure)
 
-    def _top_string(self, top: dict, key: str, required: bool = False) -> str | None:
+    def _top_string(self, top: dict[str, Any], key: str, required: bool = False) -> str | None:
         if key not in top:
             if required:
                 self.issues.append(ConfigIssue(f"missing key '{key}'", 1))
@@ -421,7 +423,7 @@ class _Parser:
         )
 
     def _limit(
-        self, entries: dict, node: yaml.Node, rule_id: str | None, unit: str | None
+        self, entries: dict[str, Any], node: yaml.Node, rule_id: str | None, unit: str | None
     ) -> int | Decimal | None:
         if "limit_to" not in entries:
             self.error(node, "missing key 'limit_to'", rule_id)

@@ -350,14 +350,14 @@ def quota_overview(*, identity: PortalIdentity, now: datetime | None = None) -> 
         for rule, start, _, pairs in plan
         for subject, per_value in pairs
     ]
-    values = read_counters(keys)
+    counts = read_counters(keys)
     refusals = recent_quota_refusals(config=config, since=now - REFUSAL_LOOKBACK, scope=scope)
     position = 0
     rules = []
     for rule, start, reset, pairs in plan:
         usages = []
         for subject, per_value in pairs:
-            used = None if values is None else display_amount(rule, values[position])
+            used = None if counts is None else display_amount(rule, counts[position])
             usages.append(SubjectUsage(rule, subject, per_value, used))
             position += 1
         if rule.per is not None:
@@ -375,7 +375,7 @@ def quota_overview(*, identity: PortalIdentity, now: datetime | None = None) -> 
     return QuotaOverview(
         version=version,
         rules=rules,
-        counters_available=values is not None,
+        counters_available=counts is not None,
         refusals_since=now - REFUSAL_LOOKBACK,
     )
 
@@ -413,7 +413,7 @@ def recent_quota_refusals(
             g["virtual_account_id"] for g in groups if g["virtual_account_id"] is not None
         },
     )
-    totals: dict[str, list] = {}
+    totals: dict[str, list[Any]] = {}
     for group in groups:
         rule_ids = _broken_rule_ids(group["response_body"])
         exact = rule_ids is not None
@@ -467,7 +467,7 @@ def key_quota_status(
         request_tags=tags or {},
         enforced_keys=frozenset(key.enforced_tag_keys or ()),
     )
-    items = []
+    items: list[dict[str, Any]] = []
     for rule in config.rules:
         if model is not None and rule.models and model not in rule.models:
             continue

@@ -3,6 +3,7 @@ monthly counters from the usage ledger."""
 
 from collections.abc import Iterable
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
 
 from asgiref.sync import async_to_sync
 from django.db import transaction
@@ -25,6 +26,9 @@ from .rules import (
 )
 from .selectors import quota_config_in_force, resolve_subjects
 
+if TYPE_CHECKING:
+    from django.contrib.auth.models import User
+
 # Monthly metrics whose counters are seeded from the ledger. Request counters are not: the
 # ledger also holds refused requests, which a request counter never counted.
 SEEDED_METRICS = frozenset({"tokens", "input_tokens", "output_tokens", "cost_usd"})
@@ -35,7 +39,7 @@ def _seeded(rule: QuotaRule) -> bool:
     return rule.period == "month" and rule.metric in SEEDED_METRICS and rule.per is None
 
 
-def _counts(rule: QuotaRule) -> tuple:
+def _counts(rule: QuotaRule) -> tuple[Any, ...]:
     """What a rule's counters count (its limit aside): a change means a fresh count."""
     return (rule.unit, rule.subjects, rule.models, rule.metadata, rule.per)
 
@@ -82,7 +86,8 @@ def quota_counters_seed(*, rule_ids: Iterable[str] | None = None, replace: bool 
                 whose = UsageSubject(tags=rule.metadata)
             elif subject in resolved:
                 column, row_id, _ = resolved[subject]
-                whose = UsageSubject(**{column: row_id}, tags=rule.metadata)
+                fields: dict[str, Any] = {column: row_id}
+                whose = UsageSubject(**fields, tags=rule.metadata)
             else:
                 continue
             usage = month_to_date(subject=whose, month=month, models=rule.models)
@@ -113,7 +118,9 @@ def _previous_config(row: QuotaConfigVersion | None) -> QuotaConfig:
 
 
 @transaction.atomic
-def quota_config_apply(*, yaml_text: str, author=None, note: str = "apply") -> QuotaConfigVersion:
+def quota_config_apply(
+    *, yaml_text: str, author: "User | None" = None, note: str = "apply"
+) -> QuotaConfigVersion:
     """Validate, then store as a new active version; invalid YAML raises QuotaConfigError
     and leaves the previous version active. Monthly token and cost rules that are new or
     count something else than before are seeded from the ledger after the commit."""
@@ -144,7 +151,7 @@ def quota_config_apply(*, yaml_text: str, author=None, note: str = "apply") -> Q
 
 
 @transaction.atomic
-def quota_config_rollback(*, version: int, author=None) -> QuotaConfigVersion:
+def quota_config_rollback(*, version: int, author: "User | None" = None) -> QuotaConfigVersion:
     """Make an old version's rules active again, as a new version (history stays linear).
 
     The old text is re-validated: a rule format that became stricter since is refused.

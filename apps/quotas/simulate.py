@@ -168,7 +168,7 @@ def simulate(
     # reset when its window rolls over, so memory stays bounded by distinct identities
     # rather than growing with the number of minute windows in the period.
     counters: dict[tuple[int, str, str | None], list[int]] = {}
-    subjects_cache: dict[tuple, frozenset[str]] = {}
+    subjects_cache: dict[tuple[Any, ...], frozenset[str]] = {}
     peaks = [0] * len(config.rules)
     for row in rows:
         report.rows_replayed += 1
@@ -226,7 +226,10 @@ def simulate(
 
 
 def subject_directory(
-    *, team_ids: Iterable[int], user_ids: Iterable[int], account_ids: Iterable[int]
+    *,
+    team_ids: Iterable[int | None],
+    user_ids: Iterable[int | None],
+    account_ids: Iterable[int | None],
 ) -> SubjectDirectory:
     """Names for the given ids: three queries, whatever the number of rows."""
     from django.contrib.auth import get_user_model

@@ -7,7 +7,7 @@ from .counters import CounterStoreUnavailable
 from .services import quota_counters_seed
 
 
-@shared_task(
+@shared_task(  # type: ignore[untyped-decorator]  # celery ships no type information
     name="quotas.counters_seed",
     autoretry_for=(OperationalError, CounterStoreUnavailable),
     retry_backoff=True,

@@ -1,5 +1,7 @@
 """Portal pages for quotas: live usage per rule, and the admins' YAML editor."""
 
+from typing import TYPE_CHECKING, cast
+
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.http import HttpRequest, HttpResponse
@@ -11,10 +13,19 @@ from apps.accounts.selectors import portal_identity
 
 from .exceptions import QuotaConfigVersionNotFound
 from .forms import QuotaConfigForm
-from .rules import QuotaConfigError
+from .rules import QuotaConfig, QuotaConfigError
 from .selectors import active_quota_config_version, quota_config_versions, quota_overview
 from .services import quota_config_apply, quota_config_rollback
 from .simulate import simulate_recent
+
+if TYPE_CHECKING:
+    from django.contrib.auth.models import User
+
+
+def _signed_in(request: HttpRequest) -> "User":
+    # Every view here is login_required, so the user is a signed-in account.
+    return cast("User", request.user)
+
 
 # Every role: what each sees is its usage scope (a developer: the rules covering them).
 VIEWER_ROLES = EVERY_ROLE
@@ -47,12 +58,14 @@ def edit(request: HttpRequest) -> HttpResponse:
         form = QuotaConfigForm(request.POST)
         if form.is_valid():
             if request.POST.get("action") == "dry_run":
-                report = simulate_recent(form.config, days=form.cleaned_data["days"])
+                # A valid form has parsed its YAML into `config`.
+                config = cast(QuotaConfig, form.config)
+                report = simulate_recent(config, days=form.cleaned_data["days"])
             else:
                 try:
                     row = quota_config_apply(
                         yaml_text=form.cleaned_data["yaml_text"],
-                        author=request.user,
+                        author=_signed_in(request),
                         note=form.cleaned_data["note"] or "portal edit",
                     )
                 except QuotaConfigError as error:  # the text parsed in the form already
@@ -82,7 +95,7 @@ def rollback(request: HttpRequest, version: int) -> HttpResponse:
     if not portal_identity(user=request.user).is_admin:
         return _forbidden(request)
     try:
-        row = quota_config_rollback(version=version, author=request.user)
+        row = quota_config_rollback(version=version, author=_signed_in(request))
     except QuotaConfigVersionNotFound:
         messages.error(request, f"There is no version {version}.")
     except QuotaConfigError as error:

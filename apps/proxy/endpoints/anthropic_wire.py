@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import orjson
 
 from ..errors import GatewayError
@@ -21,10 +23,10 @@ ERROR_TYPES = {
 }
 
 
-def anthropic_error(error: GatewayError) -> dict:
+def anthropic_error(error: GatewayError) -> dict[str, Any]:
     """`{"type": "error", "error": {...}}`, keeping the gateway's code and extra fields
     (the broken quota rules of a 429) beside Anthropic's two."""
-    detail: dict = {
+    detail: dict[str, Any] = {
         "type": ERROR_TYPES.get(error.status, "api_error"),
         "message": error.message,
     }
@@ -34,11 +36,11 @@ def anthropic_error(error: GatewayError) -> dict:
     return {"type": "error", "error": detail}
 
 
-def event_bytes(name: str, data: dict) -> bytes:
+def event_bytes(name: str, data: dict[str, Any]) -> bytes:
     return b"event: " + name.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
 
 
-def anthropic_usage(usage: Usage) -> dict:
+def anthropic_usage(usage: Usage) -> dict[str, Any]:
     """Anthropic's usage object: its `input_tokens` leave out the cache reads and writes."""
     fresh = max(usage.input_tokens - usage.cached_tokens - usage.cache_write_tokens, 0)
     return {
@@ -72,7 +74,7 @@ def content_text(content: object) -> str:
     return ""
 
 
-def estimate_messages_input(body: dict) -> int:
+def estimate_messages_input(body: dict[str, Any]) -> int:
     total = 3 + estimate_text_tokens(content_text(body.get("system")))
     for message in body.get("messages") or ():
         if isinstance(message, dict):

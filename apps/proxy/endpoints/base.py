@@ -10,6 +10,7 @@ whole or streamed, into the client's dialect, reading the usage on the way.
 from __future__ import annotations
 
 from decimal import Decimal
+from typing import Any
 
 from ..errors import GatewayError
 from ..providers.base import DeploymentInfo, Provider, UpstreamRequest, Usage
@@ -32,13 +33,13 @@ class ClientStream:
         # Set by the pipeline before `tail` when PROXY_COST_IN_USAGE is on.
         self.cost_usd: Decimal | None = None
 
-    def with_cost(self, usage: dict) -> dict:
+    def with_cost(self, usage: dict[str, Any]) -> dict[str, Any]:
         """`usage` with the call's cost, when the client is told it (`PROXY_COST_IN_USAGE`)."""
         if self.cost_usd is not None:
             usage["cost"] = float(self.cost_usd)
         return usage
 
-    def feed(self, event: str | None, parsed: dict, raw: bytes) -> list[bytes]:
+    def feed(self, event: str | None, parsed: dict[str, Any], raw: bytes) -> list[bytes]:
         raise NotImplementedError
 
     def tail(self, usage: Usage, error: GatewayError | None, client_gone: bool) -> bytes:
@@ -52,33 +53,33 @@ class Exchange:
         self.provider = provider
         self.deployment = deployment
 
-    def build(self, body: dict, headers: dict[str, str]) -> UpstreamRequest:
+    def build(self, body: dict[str, Any], headers: dict[str, str]) -> UpstreamRequest:
         """The upstream request; UnsupportedRequest when this deployment cannot serve it.
 
         `headers` are the client headers the endpoint passes through (`passed_headers`).
         """
         raise NotImplementedError
 
-    def answer(self, payload: dict) -> tuple[dict, Usage | None]:
+    def answer(self, payload: dict[str, Any]) -> tuple[dict[str, Any], Usage | None]:
         """(the client's answer, the usage the upstream reported or None); InvalidAnswer
         when `payload` is not of the shape the upstream's API promises."""
         raise NotImplementedError
 
-    def estimate_output(self, answer: dict) -> int:
+    def estimate_output(self, answer: dict[str, Any]) -> int:
         """The gateway's own count of the output tokens in `answer`."""
         raise NotImplementedError
 
-    def bill(self, answer: dict, usage: Usage) -> None:
+    def bill(self, answer: dict[str, Any], usage: Usage) -> None:
         """Write the counts billed into `answer`, replacing what the upstream claimed."""
         raise NotImplementedError
 
     def stream(self) -> ClientStream:
         raise NotImplementedError
 
-    def error_message(self, payload: dict) -> str:
+    def error_message(self, payload: dict[str, Any]) -> str:
         return self.provider.error_message(payload)
 
-    def stream_failure(self, event: dict) -> str | None:
+    def stream_failure(self, event: dict[str, Any]) -> str | None:
         """The message of a stream event that reports a failure, else None.
 
         How OpenAI chunk streams and Anthropic's events report one: an `error` member.
@@ -98,22 +99,22 @@ class Endpoint:
     # Client headers forwarded upstream by a native exchange (lowercase names).
     passed_headers: tuple[bytes, ...] = ()
 
-    def validate(self, body: object) -> dict:
+    def validate(self, body: object) -> dict[str, Any]:
         """`body` if valid, else BadRequest naming the field (before any upstream call)."""
         raise NotImplementedError
 
-    def is_stream(self, body: dict) -> bool:
+    def is_stream(self, body: dict[str, Any]) -> bool:
         return False
 
-    def end_user(self, body: dict) -> str:
+    def end_user(self, body: dict[str, Any]) -> str:
         user = body.get("user")
         return user if isinstance(user, str) else ""
 
-    def max_output_tokens(self, body: dict) -> int | None:
+    def max_output_tokens(self, body: dict[str, Any]) -> int | None:
         """The output the request allows itself (None: the quota engine's default)."""
         return 0
 
-    def estimate_input(self, body: dict) -> int:
+    def estimate_input(self, body: dict[str, Any]) -> int:
         raise NotImplementedError
 
     def error_body(self, error: GatewayError) -> bytes:

@@ -8,6 +8,8 @@ Errors take Anthropic's shape, so the official SDK raises the class a user expec
 
 from __future__ import annotations
 
+from typing import Any
+
 import orjson
 
 from ..errors import GatewayError
@@ -43,9 +45,9 @@ class NativeStream(ClientStream):
         self.rename = deployment.upstream_model != deployment.model_name
         # The closing `message_delta` (and what follows it), held back for `tail` to add the
         # cost to its usage.
-        self.closing: list[tuple[str, dict]] = []
+        self.closing: list[tuple[str, dict[str, Any]]] = []
 
-    def feed(self, event: str | None, parsed: dict, raw: bytes) -> list[bytes]:
+    def feed(self, event: str | None, parsed: dict[str, Any], raw: bytes) -> list[bytes]:
         for chunk in self.reader.feed(event, parsed):
             self.produced.extend(chunk_text(chunk))
         self.usage = self.reader.usage
@@ -72,7 +74,7 @@ class NativeStream(ClientStream):
 class NativeExchange(Exchange):
     """Messages to an Anthropic deployment, as they came."""
 
-    def build(self, body: dict, headers: dict[str, str]) -> UpstreamRequest:
+    def build(self, body: dict[str, Any], headers: dict[str, str]) -> UpstreamRequest:
         out = dict(body)
         out["model"] = self.deployment.upstream_model
         upstream_headers = {
@@ -88,7 +90,7 @@ class NativeExchange(Exchange):
         url = self.deployment.base_url.rstrip("/") + "/messages"
         return UpstreamRequest(method="POST", url=url, headers=upstream_headers, json=out)
 
-    def answer(self, payload: dict) -> tuple[dict, Usage | None]:
+    def answer(self, payload: dict[str, Any]) -> tuple[dict[str, Any], Usage | None]:
         content = payload.get("content")
         if not isinstance(content, list) or not all(isinstance(b, dict) for b in content):
             raise InvalidAnswer("the answer has no 'content' list of blocks")
@@ -97,10 +99,10 @@ class NativeExchange(Exchange):
         raw = payload.get("usage")
         return answer, _usage(raw) if raw else None
 
-    def estimate_output(self, answer: dict) -> int:
+    def estimate_output(self, answer: dict[str, Any]) -> int:
         return estimate_text_tokens(content_text(answer.get("content")))
 
-    def bill(self, answer: dict, usage: Usage) -> None:
+    def bill(self, answer: dict[str, Any], usage: Usage) -> None:
         answer["usage"] = anthropic_usage(usage)
 
     def stream(self) -> ClientStream:
@@ -113,21 +115,22 @@ class MessagesEndpoint(Endpoint):
     modes = ("chat",)
     passed_headers = (b"anthropic-version", b"anthropic-beta")
 
-    def validate(self, body: object) -> dict:
+    def validate(self, body: object) -> dict[str, Any]:
         return validate_messages(body)
 
-    def is_stream(self, body: dict) -> bool:
+    def is_stream(self, body: dict[str, Any]) -> bool:
         return body.get("stream") is True
 
-    def end_user(self, body: dict) -> str:
+    def end_user(self, body: dict[str, Any]) -> str:
         metadata = body.get("metadata")
         user = metadata.get("user_id") if isinstance(metadata, dict) else None
         return user if isinstance(user, str) else ""
 
-    def max_output_tokens(self, body: dict) -> int | None:
-        return body["max_tokens"]
+    def max_output_tokens(self, body: dict[str, Any]) -> int | None:
+        max_tokens: int = body["max_tokens"]  # required, and checked an int, by validation
+        return max_tokens
 
-    def estimate_input(self, body: dict) -> int:
+    def estimate_input(self, body: dict[str, Any]) -> int:
         return estimate_messages_input(body)
 
     def error_body(self, error: GatewayError) -> bytes:

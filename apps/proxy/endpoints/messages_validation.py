@@ -7,6 +7,8 @@ through untouched to native deployments, which know newer features than this gat
 
 from __future__ import annotations
 
+from typing import Any, TypeGuard
+
 from ..errors import BadRequest
 
 ROLES = frozenset({"user", "assistant"})
@@ -18,7 +20,7 @@ def _error(path: str, message: str) -> BadRequest:
     return BadRequest(f"{path}: {message}", param=path, code="invalid_request")
 
 
-def _is_int(value: object) -> bool:
+def _is_int(value: object) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
@@ -39,7 +41,7 @@ def _text_blocks(path: str, value: object) -> None:
             raise _error(f"{path}.{index}.text", "Field required")
 
 
-def _image(path: str, block: dict) -> None:
+def _image(path: str, block: dict[str, Any]) -> None:
     source = block.get("source")
     if not isinstance(source, dict) or source.get("type") not in IMAGE_SOURCES:
         raise _error(f"{path}.source", "Input should be a base64 or url image source")
@@ -113,7 +115,7 @@ def _tools(tools: object) -> None:
                 raise _error(f"tools.{index}.input_schema", "Field required")
 
 
-def validate_messages(body: object) -> dict:
+def validate_messages(body: object) -> dict[str, Any]:
     """`body` if it is a valid Messages request, else BadRequest naming the field."""
     if type(body) is not dict:
         raise BadRequest("The request body must be a JSON object.", code="invalid_body")
@@ -161,7 +163,7 @@ def validate_messages(body: object) -> dict:
     return body
 
 
-def validate_count_tokens(body: object) -> dict:
+def validate_count_tokens(body: object) -> dict[str, Any]:
     """A count_tokens request: a Messages request without `max_tokens`."""
     if type(body) is dict and "max_tokens" not in body:
         validate_messages({**body, "max_tokens": 1})

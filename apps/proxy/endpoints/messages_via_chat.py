@@ -9,6 +9,8 @@ deployment and the client gets a clear 400 when none can serve it.
 
 from __future__ import annotations
 
+from typing import Any
+
 import orjson
 
 from ..errors import GatewayError
@@ -30,7 +32,7 @@ STOP_REASONS = {
 MAX_STOPS = 4
 
 
-def _image_part(block: dict) -> dict:
+def _image_part(block: dict[str, Any]) -> dict[str, Any]:
     source = block["source"]
     if source["type"] == "base64":
         url = f"data:{source['media_type']};base64,{source['data']}"
@@ -39,11 +41,11 @@ def _image_part(block: dict) -> dict:
     return {"type": "image_url", "image_url": {"url": url}}
 
 
-def _user_messages(content: list) -> list[dict]:
+def _user_messages(content: list[Any]) -> list[dict[str, Any]]:
     """One Anthropic user turn -> OpenAI tool messages (first, answering the assistant's
     calls) and a user message with the rest."""
-    tools: list[dict] = []
-    parts: list[dict] = []
+    tools: list[dict[str, Any]] = []
+    parts: list[dict[str, Any]] = []
     for block in content:
         kind = block["type"]
         if kind == "tool_result":
@@ -60,9 +62,9 @@ def _user_messages(content: list) -> list[dict]:
     return tools + ([{"role": "user", "content": parts}] if parts else [])
 
 
-def _assistant_message(content: list) -> dict:
+def _assistant_message(content: list[Any]) -> dict[str, Any]:
     texts: list[str] = []
-    calls: list[dict] = []
+    calls: list[dict[str, Any]] = []
     for block in content:
         kind = block["type"]
         if kind == "text":
@@ -79,13 +81,13 @@ def _assistant_message(content: list) -> dict:
         elif kind not in ("thinking", "redacted_thinking"):
             # Earlier thinking means nothing to another model and is dropped.
             raise UnsupportedRequest(f"content blocks of type '{kind}' need an Anthropic model")
-    message: dict = {"role": "assistant", "content": "".join(texts) or None}
+    message: dict[str, Any] = {"role": "assistant", "content": "".join(texts) or None}
     if calls:
         message["tool_calls"] = calls
     return message
 
 
-def _tools(tools: list) -> list[dict]:
+def _tools(tools: list[Any]) -> list[dict[str, Any]]:
     out = []
     for tool in tools:
         if tool.get("type", "custom") != "custom":
@@ -97,16 +99,16 @@ def _tools(tools: list) -> list[dict]:
     return out
 
 
-def _tool_choice(choice: dict) -> object:
+def _tool_choice(choice: dict[str, Any]) -> object:
     kind = choice["type"]
     if kind == "tool":
         return {"type": "function", "function": {"name": choice.get("name")}}
     return {"auto": "auto", "any": "required", "none": "none"}[kind]
 
 
-def to_chat(body: dict) -> dict:
+def to_chat(body: dict[str, Any]) -> dict[str, Any]:
     """A Messages request as a chat completions request."""
-    messages: list[dict] = []
+    messages: list[dict[str, Any]] = []
     system = content_text(body.get("system"))
     if system:
         messages.append({"role": "system", "content": system})
@@ -118,7 +120,11 @@ def to_chat(body: dict) -> dict:
             messages.extend(_user_messages(content))
         else:
             messages.append(_assistant_message(content))
-    out: dict = {"model": body["model"], "messages": messages, "max_tokens": body["max_tokens"]}
+    out: dict[str, Any] = {
+        "model": body["model"],
+        "messages": messages,
+        "max_tokens": body["max_tokens"],
+    }
     for name in ("temperature", "top_p", "stream"):
         if body.get(name) is not None:
             out[name] = body[name]
@@ -140,7 +146,7 @@ def to_chat(body: dict) -> dict:
     return out
 
 
-def _tool_input(arguments: object) -> dict:
+def _tool_input(arguments: object) -> dict[str, Any]:
     try:
         value = orjson.loads(arguments) if isinstance(arguments, str) else arguments
     except orjson.JSONDecodeError:
@@ -148,11 +154,11 @@ def _tool_input(arguments: object) -> dict:
     return value if isinstance(value, dict) else {}
 
 
-def to_message(answer: dict, usage: Usage) -> dict:
+def to_message(answer: dict[str, Any], usage: Usage) -> dict[str, Any]:
     """A chat completion answer (checked by `check_answer`) as a Message."""
     choice = answer["choices"][0] if answer["choices"] else {"message": {}}
     message = choice["message"]
-    content: list[dict] = []
+    content: list[dict[str, Any]] = []
     text = message.get("content")
     if isinstance(text, list):
         text = "".join(str(p.get("text") or "") for p in text if isinstance(p, dict))
@@ -194,9 +200,9 @@ class ChunksToEvents(ClientStream):
         self.tool_blocks: dict[int, int] = {}  # OpenAI tool call index -> block index
         self.stop_reason = "end_turn"
 
-    def _start(self, chunk: dict) -> list[bytes]:
+    def _start(self, chunk: dict[str, Any]) -> list[bytes]:
         self.started = True
-        message = {
+        message: dict[str, Any] = {
             "id": "msg_" + str(chunk.get("id") or "").removeprefix("chatcmpl-"),
             "type": "message",
             "role": "assistant",
@@ -218,29 +224,31 @@ class ChunksToEvents(ClientStream):
         index, self.block = self.block, None
         return [event_bytes("content_block_stop", {"type": "content_block_stop", "index": index})]
 
-    def _open(self, kind: str, block: dict) -> list[bytes]:
+    def _open(self, kind: str, block: dict[str, Any]) -> list[bytes]:
         out = self._close()
         self.block, self.block_kind = self.blocks, kind
         self.blocks += 1
         start = {"type": "content_block_start", "index": self.block, "content_block": block}
         return [*out, event_bytes("content_block_start", start)]
 
-    def _delta(self, delta: dict) -> bytes:
+    def _delta(self, delta: dict[str, Any]) -> bytes:
         data = {"type": "content_block_delta", "index": self.block, "delta": delta}
         return event_bytes("content_block_delta", data)
 
     def _text(self, text: str) -> list[bytes]:
-        out = [] if self.block_kind == "text" and self.block is not None else None
+        out: list[bytes] | None = (
+            [] if self.block_kind == "text" and self.block is not None else None
+        )
         if out is None:
             out = self._open("text", {"type": "text", "text": ""})
         return [*out, self._delta({"type": "text_delta", "text": text})]
 
-    def _tool_call(self, call: dict) -> list[bytes]:
+    def _tool_call(self, call: dict[str, Any]) -> list[bytes]:
         out: list[bytes] = []
         index = call.get("index", 0)
         function = call.get("function") or {}
         if call.get("id") or index not in self.tool_blocks:
-            block = {
+            block: dict[str, Any] = {
                 "type": "tool_use",
                 "id": call.get("id"),
                 "name": function.get("name"),
@@ -255,7 +263,7 @@ class ChunksToEvents(ClientStream):
             out.append(self._delta({"type": "input_json_delta", "partial_json": arguments}))
         return out
 
-    def feed(self, event: str | None, parsed: dict, raw: bytes) -> list[bytes]:
+    def feed(self, event: str | None, parsed: dict[str, Any], raw: bytes) -> list[bytes]:
         out: list[bytes] = []
         for chunk in self.translator.feed(event, parsed):
             self.produced.extend(chunk_text(chunk))
@@ -264,7 +272,7 @@ class ChunksToEvents(ClientStream):
             for choice in chunk.get("choices") or ():
                 if not isinstance(choice, dict):
                     continue
-                delta = choice.get("delta") if isinstance(choice.get("delta"), dict) else {}
+                delta = found if isinstance(found := choice.get("delta"), dict) else {}
                 text = delta.get("content")
                 if isinstance(text, str) and text:
                     out += self._text(text)
@@ -291,19 +299,19 @@ class ChunksToEvents(ClientStream):
 
 
 class MessagesViaChat(Exchange):
-    def build(self, body: dict, headers: dict[str, str]) -> UpstreamRequest:
+    def build(self, body: dict[str, Any], headers: dict[str, str]) -> UpstreamRequest:
         return self.provider.build(CHAT, to_chat(body), self.deployment)
 
-    def answer(self, payload: dict) -> tuple[dict, Usage | None]:
+    def answer(self, payload: dict[str, Any]) -> tuple[dict[str, Any], Usage | None]:
         chat = parse_openai_answer(CHAT, self.provider, self.deployment, payload)
         usage = self.provider.usage(CHAT, chat, payload)
         # Written with zero counts here; the pipeline bills the counts it believes (`bill`).
         return to_message(chat, usage or Usage()), usage
 
-    def estimate_output(self, answer: dict) -> int:
+    def estimate_output(self, answer: dict[str, Any]) -> int:
         return estimate_text_tokens(content_text(answer["content"]))
 
-    def bill(self, answer: dict, usage: Usage) -> None:
+    def bill(self, answer: dict[str, Any], usage: Usage) -> None:
         answer["usage"] = anthropic_usage(usage)
 
     def stream(self) -> ClientStream:

@@ -8,6 +8,7 @@ when it is OpenAI-native, or as the provider's translated chunks.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import orjson
 
@@ -44,7 +45,7 @@ def tool_arguments(tool_calls: object) -> Iterator[str]:
             yield arguments
 
 
-def chunk_text(chunk: dict) -> list[str]:
+def chunk_text(chunk: dict[str, Any]) -> list[str]:
     """The text an OpenAI chunk generates: content, legacy completion text, tool arguments."""
     out: list[str] = []
     for choice in chunk.get("choices") or ():
@@ -62,7 +63,7 @@ def chunk_text(chunk: dict) -> list[str]:
     return out
 
 
-def answer_output_tokens(data: dict) -> int:
+def answer_output_tokens(data: dict[str, Any]) -> int:
     """The gateway's count of the output of an OpenAI chat or completion answer."""
     output = 0
     for choice in data.get("choices") or ():
@@ -73,8 +74,8 @@ def answer_output_tokens(data: dict) -> int:
 
 
 def parse_openai_answer(
-    kind: str, provider: Provider, deployment: DeploymentInfo, payload: dict
-) -> dict:
+    kind: str, provider: Provider, deployment: DeploymentInfo, payload: dict[str, Any]
+) -> dict[str, Any]:
     """The OpenAI-shaped answer of `payload`; InvalidAnswer for anything else."""
     try:
         data = provider.parse(kind, payload, deployment)
@@ -97,13 +98,13 @@ class RelayedChunks(ClientStream):
         self.wants_usage = wants_usage
         self.relay = OpenAIStreamRelay(deployment)
 
-    def feed(self, event: str | None, parsed: dict, raw: bytes) -> list[bytes]:
+    def feed(self, event: str | None, parsed: dict[str, Any], raw: bytes) -> list[bytes]:
         self.produced.extend(chunk_text(parsed))
         out = self.relay.feed(parsed, raw)
         self.usage = self.relay.usage
         return [out] if out is not None else []
 
-    def usage_chunk(self, usage: Usage) -> dict:
+    def usage_chunk(self, usage: Usage) -> dict[str, Any]:
         return self.relay.usage_chunk(usage)
 
     def tail(self, usage: Usage, error: GatewayError | None, client_gone: bool) -> bytes:
@@ -124,14 +125,14 @@ class TranslatedChunks(RelayedChunks):
         super().__init__(deployment, wants_usage)
         self.translator: StreamTranslator = provider.stream_translator(deployment)
 
-    def feed(self, event: str | None, parsed: dict, raw: bytes) -> list[bytes]:
+    def feed(self, event: str | None, parsed: dict[str, Any], raw: bytes) -> list[bytes]:
         chunks = self.translator.feed(event, parsed)
         self.usage = self.translator.usage
         for chunk in chunks:
             self.produced.extend(chunk_text(chunk))
         return [sse(orjson.dumps(chunk)) for chunk in chunks]
 
-    def usage_chunk(self, usage: Usage) -> dict:
+    def usage_chunk(self, usage: Usage) -> dict[str, Any]:
         return self.translator.usage_chunk(usage)
 
 
@@ -141,18 +142,18 @@ class OpenAIExchange(Exchange):
         self.kind = kind
         self.wants_usage = False
 
-    def build(self, body: dict, headers: dict[str, str]) -> UpstreamRequest:
+    def build(self, body: dict[str, Any], headers: dict[str, str]) -> UpstreamRequest:
         self.wants_usage = bool((body.get("stream_options") or {}).get("include_usage"))
         return self.provider.build(self.kind, body, self.deployment)
 
-    def answer(self, payload: dict) -> tuple[dict, Usage | None]:
+    def answer(self, payload: dict[str, Any]) -> tuple[dict[str, Any], Usage | None]:
         data = parse_openai_answer(self.kind, self.provider, self.deployment, payload)
         return data, self.provider.usage(self.kind, data, payload)
 
-    def estimate_output(self, answer: dict) -> int:
+    def estimate_output(self, answer: dict[str, Any]) -> int:
         return answer_output_tokens(answer)
 
-    def bill(self, answer: dict, usage: Usage) -> None:
+    def bill(self, answer: dict[str, Any], usage: Usage) -> None:
         answer["usage"] = usage.to_openai()
 
     def stream(self) -> ClientStream:
@@ -167,18 +168,18 @@ class OpenAIEndpoint(Endpoint):
         self.path = path
         self.modes = modes
 
-    def validate(self, body: object) -> dict:
+    def validate(self, body: object) -> dict[str, Any]:
         return validate_body(self.kind, body)
 
-    def is_stream(self, body: dict) -> bool:
+    def is_stream(self, body: dict[str, Any]) -> bool:
         return bool(body.get("stream")) and self.kind in (CHAT, COMPLETION)
 
-    def max_output_tokens(self, body: dict) -> int | None:
+    def max_output_tokens(self, body: dict[str, Any]) -> int | None:
         if self.kind not in (CHAT, COMPLETION):
             return 0
         return body.get("max_completion_tokens") or body.get("max_tokens")
 
-    def estimate_input(self, body: dict) -> int:
+    def estimate_input(self, body: dict[str, Any]) -> int:
         return estimate_input_tokens(self.kind, body)
 
     def exchange(self, provider: Provider, deployment: DeploymentInfo) -> Exchange:

@@ -9,8 +9,11 @@ completions (`responses_via_chat`): the stateless subset.
 
 from __future__ import annotations
 
+from typing import Any
+
 import orjson
 
+from ..errors import GatewayError
 from ..providers.base import DeploymentInfo, InvalidAnswer, Provider, UpstreamRequest, Usage
 from ..providers.openai import OpenAIProvider
 from ..tokens import estimate_text_tokens
@@ -48,9 +51,9 @@ class NativeStream(ClientStream):
         self.rename = deployment.upstream_model != deployment.model_name
         self.sequence = 0
         # `response.completed`, held back for `tail` to add the cost to its usage.
-        self.completed: dict | None = None
+        self.completed: dict[str, Any] | None = None
 
-    def feed(self, event: str | None, parsed: dict, raw: bytes) -> list[bytes]:
+    def feed(self, event: str | None, parsed: dict[str, Any], raw: bytes) -> list[bytes]:
         name = str(parsed.get("type") or event or "")
         self.sequence = max(self.sequence, int(parsed.get("sequence_number") or 0))
         if name in ("response.output_text.delta", "response.function_call_arguments.delta"):
@@ -69,7 +72,7 @@ class NativeStream(ClientStream):
                 return []
         return [b"event: " + name.encode() + b"\ndata: " + raw + b"\n\n"]
 
-    def tail(self, usage: Usage, error, client_gone: bool) -> bytes:
+    def tail(self, usage: Usage, error: GatewayError | None, client_gone: bool) -> bytes:
         out = b""
         if self.completed is not None:
             response = self.completed["response"]
@@ -86,7 +89,7 @@ class NativeExchange(Exchange):
 
     provider: OpenAIProvider
 
-    def build(self, body: dict, headers: dict[str, str]) -> UpstreamRequest:
+    def build(self, body: dict[str, Any], headers: dict[str, str]) -> UpstreamRequest:
         out = dict(body)
         out["model"] = self.deployment.upstream_model
         url = self.deployment.base_url.rstrip("/") + "/responses"
@@ -94,7 +97,7 @@ class NativeExchange(Exchange):
             method="POST", url=url, headers=self.provider.headers(self.deployment), json=out
         )
 
-    def answer(self, payload: dict) -> tuple[dict, Usage | None]:
+    def answer(self, payload: dict[str, Any]) -> tuple[dict[str, Any], Usage | None]:
         output = payload.get("output")
         if not isinstance(output, list) or not all(isinstance(i, dict) for i in output):
             raise InvalidAnswer("the answer has no 'output' list of items")
@@ -103,16 +106,16 @@ class NativeExchange(Exchange):
         raw = payload.get("usage")
         return answer, usage_from_responses(raw) if raw else None
 
-    def estimate_output(self, answer: dict) -> int:
+    def estimate_output(self, answer: dict[str, Any]) -> int:
         return estimate_text_tokens(output_text(answer.get("output")))
 
-    def bill(self, answer: dict, usage: Usage) -> None:
+    def bill(self, answer: dict[str, Any], usage: Usage) -> None:
         answer["usage"] = responses_usage(usage)
 
     def stream(self) -> ClientStream:
         return NativeStream(self.deployment)
 
-    def stream_failure(self, event: dict) -> str | None:
+    def stream_failure(self, event: dict[str, Any]) -> str | None:
         kind = event.get("type")
         if kind == "error":
             return str(event.get("message") or "upstream stream error")
@@ -127,16 +130,16 @@ class ResponsesEndpoint(Endpoint):
     path = "/v1/responses"
     modes = ("chat",)
 
-    def validate(self, body: object) -> dict:
+    def validate(self, body: object) -> dict[str, Any]:
         return validate_responses(body)
 
-    def is_stream(self, body: dict) -> bool:
+    def is_stream(self, body: dict[str, Any]) -> bool:
         return body.get("stream") is True
 
-    def max_output_tokens(self, body: dict) -> int | None:
+    def max_output_tokens(self, body: dict[str, Any]) -> int | None:
         return body.get("max_output_tokens")
 
-    def estimate_input(self, body: dict) -> int:
+    def estimate_input(self, body: dict[str, Any]) -> int:
         text = input_text(body.get("input"))
         tools = orjson.dumps(body.get("tools") or []).decode() if body.get("tools") else ""
         return 3 + estimate_text_tokens(str(body.get("instructions") or "") + text + tools)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from ..errors import BadRequest
 
 ROLES = frozenset({"user", "assistant", "system", "developer"})
@@ -21,7 +23,7 @@ def _is_number(value: object) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
-def _message_item(path: str, item: dict) -> None:
+def _message_item(path: str, item: dict[str, Any]) -> None:
     if item.get("role") not in ROLES:
         raise _invalid(f"{path}.role", f"Invalid value for '{path}.role': {item.get('role')!r}.")
     content = item.get("content")
@@ -60,7 +62,7 @@ def _item(index: int, item: object) -> None:
         raise _invalid(f"{path}.type", f"'{path}.type' must be a string.", "invalid_type")
 
 
-def validate_responses(body: object) -> dict:
+def validate_responses(body: object) -> dict[str, Any]:
     """`body` if it is a valid Responses request, else BadRequest naming the field."""
     if type(body) is not dict:
         raise BadRequest("The request body must be a JSON object.", code="invalid_body")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from typing import Any
 
 from ..errors import GatewayError
 from ..providers.base import CHAT, UnsupportedRequest, UpstreamRequest, Usage
@@ -23,7 +24,7 @@ _PART_TYPES = {"input_text": "text", "output_text": "text"}
 def _content(content: object) -> object:
     if isinstance(content, str):
         return content
-    parts: list[dict] = []
+    parts: list[dict[str, Any]] = []
     for part in content if isinstance(content, list) else ():
         kind = part["type"]
         if kind in _PART_TYPES:
@@ -35,8 +36,8 @@ def _content(content: object) -> object:
     return parts
 
 
-def _messages(body: dict) -> list[dict]:
-    messages: list[dict] = []
+def _messages(body: dict[str, Any]) -> list[dict[str, Any]]:
+    messages: list[dict[str, Any]] = []
     if body.get("instructions"):
         messages.append({"role": "system", "content": body["instructions"]})
     items = body["input"]
@@ -67,7 +68,7 @@ def _messages(body: dict) -> list[dict]:
     return messages
 
 
-def _tools(tools: list) -> list[dict]:
+def _tools(tools: list[Any]) -> list[dict[str, Any]]:
     out = []
     for tool in tools:
         if tool["type"] != "function":
@@ -81,13 +82,13 @@ def _tools(tools: list) -> list[dict]:
     return out
 
 
-def to_chat(body: dict) -> dict:
+def to_chat(body: dict[str, Any]) -> dict[str, Any]:
     """A Responses request as a chat completions request."""
     if body.get("previous_response_id"):
         raise UnsupportedRequest("previous_response_id needs a deployment that keeps responses")
     if body.get("store") is True:
         raise UnsupportedRequest("store: true needs a deployment that keeps responses")
-    out: dict = {"model": body["model"], "messages": _messages(body)}
+    out: dict[str, Any] = {"model": body["model"], "messages": _messages(body)}
     if body.get("max_output_tokens"):
         out["max_tokens"] = body["max_output_tokens"]
     for name in ("temperature", "top_p", "stream", "parallel_tool_calls", "user"):
@@ -108,8 +109,12 @@ def _new_id(prefix: str) -> str:
 
 
 def response_object(
-    body: dict, model: str, output: list[dict], usage: Usage | None, status: str = "completed"
-) -> dict:
+    body: dict[str, Any],
+    model: str,
+    output: list[dict[str, Any]],
+    usage: Usage | None,
+    status: str = "completed",
+) -> dict[str, Any]:
     """The Responses `response` object around `output`."""
     incomplete = {"reason": "max_output_tokens"} if status == "incomplete" else None
     return {
@@ -135,7 +140,7 @@ def response_object(
     }
 
 
-def message_item(item_id: str, text: str, status: str = "completed") -> dict:
+def message_item(item_id: str, text: str, status: str = "completed") -> dict[str, Any]:
     content = [{"type": "output_text", "text": text, "annotations": []}]
     return {
         "type": "message",
@@ -146,7 +151,9 @@ def message_item(item_id: str, text: str, status: str = "completed") -> dict:
     }
 
 
-def function_item(call_id: str, name: str, arguments: str, status: str = "completed") -> dict:
+def function_item(
+    call_id: str, name: str, arguments: str, status: str = "completed"
+) -> dict[str, Any]:
     return {
         "type": "function_call",
         "id": "fc_" + call_id,
@@ -157,11 +164,11 @@ def function_item(call_id: str, name: str, arguments: str, status: str = "comple
     }
 
 
-def to_output(answer: dict) -> tuple[list[dict], str]:
+def to_output(answer: dict[str, Any]) -> tuple[list[dict[str, Any]], str]:
     """(output items, response status) of a chat completion answer."""
     choice = answer["choices"][0] if answer["choices"] else {"message": {}}
     message = choice["message"]
-    output: list[dict] = []
+    output: list[dict[str, Any]] = []
     text = message.get("content")
     if isinstance(text, list):
         text = "".join(str(p.get("text") or "") for p in text if isinstance(p, dict))
@@ -189,11 +196,11 @@ class ChunksToEvents(ClientStream):
         self.body = exchange.body
         self.model = exchange.deployment.model_name
         self.sequence = 0
-        self.response: dict | None = None
-        self.output: list[dict] = []
-        self.open_item: dict | None = None
+        self.response: dict[str, Any] | None = None
+        self.output: list[dict[str, Any]] = []
+        self.open_item: dict[str, Any] | None = None
         self.text = ""
-        self.tool_items: dict[int, dict] = {}  # OpenAI tool call index -> its item
+        self.tool_items: dict[int, dict[str, Any]] = {}  # OpenAI tool call index -> its item
         self.status = "completed"
 
     def _event(self, name: str, **data: object) -> bytes:
@@ -276,7 +283,7 @@ class ChunksToEvents(ClientStream):
         )
         return out
 
-    def _tool_call(self, call: dict) -> list[bytes]:
+    def _tool_call(self, call: dict[str, Any]) -> list[bytes]:
         out: list[bytes] = []
         index = call.get("index", 0)
         function = call.get("function") or {}
@@ -308,7 +315,7 @@ class ChunksToEvents(ClientStream):
             )
         return out
 
-    def feed(self, event: str | None, parsed: dict, raw: bytes) -> list[bytes]:
+    def feed(self, event: str | None, parsed: dict[str, Any], raw: bytes) -> list[bytes]:
         out: list[bytes] = []
         for chunk in self.translator.feed(event, parsed):
             self.produced.extend(chunk_text(chunk))
@@ -317,7 +324,7 @@ class ChunksToEvents(ClientStream):
             for choice in chunk.get("choices") or ():
                 if not isinstance(choice, dict):
                     continue
-                delta = choice.get("delta") if isinstance(choice.get("delta"), dict) else {}
+                delta = found if isinstance(found := choice.get("delta"), dict) else {}
                 text = delta.get("content")
                 if isinstance(text, str) and text:
                     out += self._text(text)
@@ -348,22 +355,22 @@ class ChunksToEvents(ClientStream):
 
 
 class ResponsesViaChat(Exchange):
-    body: dict
+    body: dict[str, Any]
 
-    def build(self, body: dict, headers: dict[str, str]) -> UpstreamRequest:
+    def build(self, body: dict[str, Any], headers: dict[str, str]) -> UpstreamRequest:
         self.body = body
         return self.provider.build(CHAT, to_chat(body), self.deployment)
 
-    def answer(self, payload: dict) -> tuple[dict, Usage | None]:
+    def answer(self, payload: dict[str, Any]) -> tuple[dict[str, Any], Usage | None]:
         chat = parse_openai_answer(CHAT, self.provider, self.deployment, payload)
         usage = self.provider.usage(CHAT, chat, payload)
         output, status = to_output(chat)
         return response_object(self.body, self.deployment.model_name, output, usage, status), usage
 
-    def estimate_output(self, answer: dict) -> int:
+    def estimate_output(self, answer: dict[str, Any]) -> int:
         return estimate_text_tokens(output_text(answer.get("output")))
 
-    def bill(self, answer: dict, usage: Usage) -> None:
+    def bill(self, answer: dict[str, Any], usage: Usage) -> None:
         answer["usage"] = responses_usage(usage)
 
     def stream(self) -> ClientStream:

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import orjson
 
 from ..errors import GatewayError
 from ..providers.base import Usage
 
 
-def event_bytes(name: str, data: dict) -> bytes:
+def event_bytes(name: str, data: dict[str, Any]) -> bytes:
     return b"event: " + name.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
 
 
@@ -33,7 +35,7 @@ def usage_from_responses(raw: object) -> Usage:
     return Usage.from_counts(raw.get("input_tokens"), raw.get("output_tokens", 0), cached)
 
 
-def responses_usage(usage: Usage) -> dict:
+def responses_usage(usage: Usage) -> dict[str, Any]:
     return {
         "input_tokens": usage.input_tokens,
         "input_tokens_details": {"cached_tokens": usage.cached_tokens},
@@ -44,8 +46,8 @@ def responses_usage(usage: Usage) -> dict:
 
 
 def _part_text(part: object) -> str:
-    if isinstance(part, dict) and isinstance(part.get("text"), str):
-        return part["text"]
+    if isinstance(part, dict) and isinstance(text := part.get("text"), str):
+        return text
     return ""
 
 

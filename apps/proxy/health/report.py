@@ -4,12 +4,17 @@ Built from worker snapshots and breaker records (`shared_state`): every worker's
 last sync when Redis is configured, else this process's alone.
 """
 
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
 
 from .breaker import CLOSED, HALF_OPEN, OPEN
 from .shared_state import LATENCY_BUCKETS_MS, BreakerRecord, EwmaSum, WorkerSnapshot
+
+if TYPE_CHECKING:
+    from apps.proxy.catalog import ModelEntry
 
 
 @dataclass(slots=True)
@@ -100,7 +105,9 @@ def merge_stats(
     return stats
 
 
-def overview(models, stats: dict[int, DeploymentStats]) -> list[dict]:
+def overview(
+    models: Iterable["ModelEntry"], stats: dict[int, DeploymentStats]
+) -> list[dict[str, Any]]:
     """Per model, its deployments' recent figures as plain data (portal page, JSON)."""
     result = []
     for model in models:

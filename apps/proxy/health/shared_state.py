@@ -22,7 +22,7 @@ import contextlib
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import NamedTuple, TypedDict
+from typing import NamedTuple, TypedDict, cast
 
 import orjson
 from django.conf import settings
@@ -86,11 +86,11 @@ class EwmaSum:
         weight = float(item.get("w") or 0.0)
         if not weight:
             return
-        if item.get("ewma") is not None:
-            self.latency += item["ewma"] * weight
+        if (ewma := item.get("ewma")) is not None:
+            self.latency += ewma * weight
             self.latency_weight += weight
-        if item.get("ttft") is not None:
-            self.ttft += item["ttft"] * weight
+        if (ttft := item.get("ttft")) is not None:
+            self.ttft += ttft * weight
             self.ttft_weight += weight
 
     @property
@@ -207,7 +207,7 @@ class SharedState:
     and routes on local state."""
 
     def __init__(self) -> None:
-        self._pending: set[asyncio.Task] = set()  # the loop keeps only weak references
+        self._pending: set[asyncio.Task[None]] = set()  # the loop keeps only weak references
         # Short timeouts: a sync that cannot reach Redis is skipped, the next one retries.
         self._clients: PerLoop[Redis] = PerLoop(
             lambda: async_client(socket_timeout=1.0, connect_timeout=1.0)
@@ -268,7 +268,8 @@ class SharedState:
     async def read(self, worker_id: str) -> FleetState:
         """The other workers' snapshots and the breaker hash, writing nothing."""
         client = self._redis()
-        worker_ids = await client.zrange(self._key("workers"), 0, -1)
+        # The client returns bytes (no decode_responses); its stubs cover both modes.
+        worker_ids = cast(list[bytes], await client.zrange(self._key("workers"), 0, -1))
         keys = [self._key("w", w.decode()) for w in worker_ids]
         values = await client.mget(keys) if keys else []
         snapshots: dict[str, WorkerSnapshot] = {}

@@ -59,7 +59,7 @@ class HealthBoard:
         self.remote: dict[str, WorkerSnapshot] = {}
         self.remote_breakers: dict[int, BreakerRecord] = {}
         self.shared = SharedState()
-        self._task: asyncio.Task | None = None
+        self._task: asyncio.Task[None] | None = None
 
     def get(self, deployment_id: int) -> DeploymentHealth:
         health = self.deployments.get(deployment_id)
@@ -204,7 +204,9 @@ class HealthBoard:
             snapshots = [self.snapshot(now), *fleet.snapshots.values()]
             breakers = fleet.breakers
             for deployment_id, record in open_breakers(self.deployments.values()).items():
-                if record["at"] >= float(breakers.get(deployment_id, {}).get("at") or 0.0):
+                held = breakers.get(deployment_id)
+                held_at = held.get("at") if held is not None else None
+                if record["at"] >= float(held_at or 0.0):
                     breakers[deployment_id] = record
         else:
             snapshots = [self.snapshot(now)]

@@ -3,6 +3,7 @@
 import json
 import re
 import time
+from typing import Any
 
 from apps.proxy.providers.base import (
     CHAT,
@@ -70,7 +71,7 @@ def _text_of(content: object, where: str) -> str:
     raise UnsupportedRequest(f"{where} content must be a string or a list of parts")
 
 
-def _image_block(part: dict) -> dict:
+def _image_block(part: dict[str, Any]) -> dict[str, Any]:
     image = part.get("image_url")
     url = image.get("url") if isinstance(image, dict) else image
     if not isinstance(url, str) or not url:
@@ -85,7 +86,7 @@ def _image_block(part: dict) -> dict:
     return {"type": "image", "source": source}
 
 
-def _content_blocks(content: object, role: str) -> list[dict]:
+def _content_blocks(content: object, role: str) -> list[dict[str, Any]]:
     if content is None:
         return []
     if isinstance(content, str):
@@ -105,7 +106,7 @@ def _content_blocks(content: object, role: str) -> list[dict]:
     return blocks
 
 
-def _tool_use_blocks(tool_calls: list) -> list[dict]:
+def _tool_use_blocks(tool_calls: list[Any]) -> list[dict[str, Any]]:
     blocks = []
     for call in tool_calls or []:
         function = call.get("function") or {}
@@ -127,7 +128,7 @@ def _tool_use_blocks(tool_calls: list) -> list[dict]:
     return blocks
 
 
-def convert_messages(messages: list[dict]) -> tuple[str, list[dict]]:
+def convert_messages(messages: list[dict[str, Any]]) -> tuple[str, list[dict[str, Any]]]:
     """OpenAI messages -> (Anthropic system text, Anthropic messages).
 
     Anthropic wants user and assistant turns to alternate, with tool results in a user turn,
@@ -135,7 +136,7 @@ def convert_messages(messages: list[dict]) -> tuple[str, list[dict]]:
     are merged into one message.
     """
     system_parts: list[str] = []
-    out: list[dict] = []
+    out: list[dict[str, Any]] = []
     for message in messages:
         role = message.get("role")
         if role in ("system", "developer"):
@@ -169,7 +170,7 @@ def convert_messages(messages: list[dict]) -> tuple[str, list[dict]]:
     return "\n\n".join(system_parts), out
 
 
-def convert_tools(tools: list[dict]) -> list[dict]:
+def convert_tools(tools: list[dict[str, Any]]) -> list[dict[str, Any]]:
     out = []
     for tool in tools:
         if tool.get("type", "function") != "function":
@@ -185,7 +186,8 @@ def convert_tools(tools: list[dict]) -> list[dict]:
     return out
 
 
-def convert_tool_choice(choice: object, parallel_tool_calls: object) -> dict | None:
+def convert_tool_choice(choice: object, parallel_tool_calls: object) -> dict[str, Any] | None:
+    converted: dict[str, Any] | None
     if choice is None:
         converted = None
     elif choice == "auto":
@@ -217,13 +219,13 @@ class AnthropicStreamTranslator(StreamTranslator):
         self.model = deployment.model_name
         self.chunk_id = ""
         self.created = int(time.time())
-        self.error: dict | None = None
+        self.error: dict[str, Any] | None = None
         self.finish_reason: str | None = None
         self._finished = False
         # Anthropic content block index -> OpenAI tool call index.
         self._tool_index: dict[int, int] = {}
 
-    def _chunk(self, delta: dict, finish_reason: str | None = None) -> dict:
+    def _chunk(self, delta: dict[str, Any], finish_reason: str | None = None) -> dict[str, Any]:
         return {
             "id": self.chunk_id,
             "object": "chat.completion.chunk",
@@ -234,13 +236,13 @@ class AnthropicStreamTranslator(StreamTranslator):
             ],
         }
 
-    def _finish(self) -> list[dict]:
+    def _finish(self) -> list[dict[str, Any]]:
         if self._finished:
             return []
         self._finished = True
         return [self._chunk({}, self.finish_reason or "stop")]
 
-    def feed(self, event: str | None, data: dict) -> list[dict]:
+    def feed(self, event: str | None, data: dict[str, Any]) -> list[dict[str, Any]]:
         kind = (data.get("type") if isinstance(data, dict) else None) or event
         if kind == "message_start":
             message = data.get("message") or {}
@@ -268,10 +270,10 @@ class AnthropicStreamTranslator(StreamTranslator):
             if delta.get("type") == "text_delta" and delta.get("text"):
                 return [self._chunk({"content": delta["text"]})]
             if delta.get("type") == "input_json_delta" and delta.get("partial_json"):
-                tool_index = self._tool_index.get(int(data.get("index", 0)))
-                if tool_index is None:
+                known_index = self._tool_index.get(int(data.get("index", 0)))
+                if known_index is None:
                     return []
-                call = {"index": tool_index, "function": {"arguments": delta["partial_json"]}}
+                call = {"index": known_index, "function": {"arguments": delta["partial_json"]}}
                 return [self._chunk({"tool_calls": [call]})]
             # thinking and signature deltas have no OpenAI counterpart.
             return []
@@ -322,7 +324,7 @@ class AnthropicProvider(Provider):
     name = "anthropic"
     openai_native_stream = False
 
-    def build(self, kind: str, body: dict, deployment: DeploymentInfo) -> UpstreamRequest:
+    def build(self, kind: str, body: dict[str, Any], deployment: DeploymentInfo) -> UpstreamRequest:
         if kind != CHAT:
             raise UnsupportedRequest("Anthropic deployments serve chat completions only")
         if int(body.get("n") or 1) != 1:
@@ -336,7 +338,7 @@ class AnthropicProvider(Provider):
         if not max_tokens:
             # Anthropic requires max_tokens where OpenAI makes it optional.
             max_tokens = deployment.extra.get("default_max_tokens", DEFAULT_MAX_TOKENS)
-        out: dict = {
+        out: dict[str, Any] = {
             "model": deployment.upstream_model,
             "messages": messages,
             "max_tokens": int(max_tokens),
@@ -366,9 +368,9 @@ class AnthropicProvider(Provider):
         url = deployment.base_url.rstrip("/") + "/messages"
         return UpstreamRequest(method="POST", url=url, headers=headers, json=out)
 
-    def parse(self, kind: str, data: dict, deployment: DeploymentInfo) -> dict:
+    def parse(self, kind: str, data: dict[str, Any], deployment: DeploymentInfo) -> dict[str, Any]:
         texts: list[str] = []
-        tool_calls: list[dict] = []
+        tool_calls: list[dict[str, Any]] = []
         content = data.get("content")
         if not isinstance(content, list):
             raise InvalidAnswer("the answer has no 'content' list")
@@ -391,7 +393,10 @@ class AnthropicProvider(Provider):
                         },
                     }
                 )
-        message: dict = {"role": "assistant", "content": "".join(texts) if texts else None}
+        message: dict[str, Any] = {
+            "role": "assistant",
+            "content": "".join(texts) if texts else None,
+        }
         if tool_calls:
             message["tool_calls"] = tool_calls
         # Unbelievable or missing counts read as zeros here; `usage` tells the proxy why.
@@ -414,7 +419,7 @@ class AnthropicProvider(Provider):
         }
 
     def usage(
-        self, kind: str, openai_data: dict, upstream_data: dict | None = None
+        self, kind: str, openai_data: dict[str, Any], upstream_data: dict[str, Any] | None = None
     ) -> Usage | None:
         # `parse` cannot put unbelievable counts in OpenAI's shape, so they are read from the
         # Messages answer itself when the proxy has it.

@@ -7,6 +7,7 @@ proxy's upstream client sends what `build` returns.
 
 from dataclasses import dataclass, field
 from decimal import Decimal
+from typing import Any
 
 from apps.usage.capture import sane_token_count
 
@@ -41,7 +42,7 @@ class DeploymentInfo:
     output_cost_per_token: Decimal | None = None
     cached_input_cost_per_token: Decimal | None = None
     cache_write_cost_per_token: Decimal | None = None
-    extra: dict = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -49,7 +50,7 @@ class UpstreamRequest:
     method: str
     url: str
     headers: dict[str, str]
-    json: dict
+    json: dict[str, Any]
 
 
 class InvalidAnswer(Exception):
@@ -65,7 +66,9 @@ _COMPLETION_KEYS = ("completion_tokens", "output_tokens")
 _MISSING = object()
 
 
-def _first_present(raw: dict, names: tuple[str, ...], default: object = _MISSING) -> object:
+def _first_present(
+    raw: dict[str, Any], names: tuple[str, ...], default: object = _MISSING
+) -> object:
     for name in names:
         if name in raw:
             return raw[name]
@@ -119,7 +122,7 @@ class Usage:
             prompt, completion, details.get("cached_tokens") if isinstance(details, dict) else None
         )
 
-    def to_openai(self) -> dict:
+    def to_openai(self) -> dict[str, Any]:
         """The OpenAI `usage` object for these counts: OpenAI has no cache write count, so
         cache writes are in `prompt_tokens` only."""
         return {
@@ -130,7 +133,7 @@ class Usage:
         }
 
 
-def usage_chunk(chunk_id: str, created: int, model: str, usage: Usage) -> dict:
+def usage_chunk(chunk_id: str, created: int, model: str, usage: Usage) -> dict[str, Any]:
     """OpenAI's final usage chunk of a stream: empty `choices`, the usage object."""
     return {
         "id": chunk_id,
@@ -190,10 +193,10 @@ class StreamTranslator:
     created: int = 0
     model: str = ""
 
-    def feed(self, event: str | None, data: dict) -> list[dict]:
+    def feed(self, event: str | None, data: dict[str, Any]) -> list[dict[str, Any]]:
         raise NotImplementedError
 
-    def usage_chunk(self, usage: Usage | None = None) -> dict:
+    def usage_chunk(self, usage: Usage | None = None) -> dict[str, Any]:
         """OpenAI's final usage chunk (empty `choices`), from `usage` or else `self.usage`.
 
         Pass `usage` to send counts the proxy estimated itself; with neither, counts are zero.
@@ -208,15 +211,15 @@ class Provider:
     # True when the upstream streams OpenAI chunks already, so the proxy can relay raw bytes.
     openai_native_stream: bool = True
 
-    def build(self, kind: str, body: dict, deployment: DeploymentInfo) -> UpstreamRequest:
+    def build(self, kind: str, body: dict[str, Any], deployment: DeploymentInfo) -> UpstreamRequest:
         raise NotImplementedError
 
-    def parse(self, kind: str, data: dict, deployment: DeploymentInfo) -> dict:
+    def parse(self, kind: str, data: dict[str, Any], deployment: DeploymentInfo) -> dict[str, Any]:
         """Upstream JSON answer -> OpenAI-shaped JSON answer (the client-facing model name)."""
         raise NotImplementedError
 
     def usage(
-        self, kind: str, openai_data: dict, upstream_data: dict | None = None
+        self, kind: str, openai_data: dict[str, Any], upstream_data: dict[str, Any] | None = None
     ) -> Usage | None:
         """Usage of an answer; None when it carries none.
 
@@ -229,7 +232,7 @@ class Provider:
     def stream_translator(self, deployment: DeploymentInfo) -> StreamTranslator:
         raise NotImplementedError
 
-    def error_message(self, data: dict) -> str:
+    def error_message(self, data: dict[str, Any]) -> str:
         """The human-readable message of an upstream error answer (OpenAI's shape here)."""
         error = data.get("error") if isinstance(data, dict) else None
         if isinstance(error, dict):

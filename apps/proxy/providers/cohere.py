@@ -1,5 +1,7 @@
 """Cohere-style rerank (Cohere v2; Jina and Voyage answers are read too)."""
 
+from typing import Any
+
 from apps.proxy.providers.base import RERANK, DeploymentInfo, UpstreamRequest
 from apps.proxy.providers.openai import OpenAIProvider
 
@@ -12,7 +14,7 @@ class CohereRerankProvider(OpenAIProvider):
     name = "cohere"
     kinds = frozenset({RERANK})
 
-    def build(self, kind: str, body: dict, deployment: DeploymentInfo) -> UpstreamRequest:
+    def build(self, kind: str, body: dict[str, Any], deployment: DeploymentInfo) -> UpstreamRequest:
         self.check_kind(kind)
         # Cohere rejects fields it does not know, so only the rerank ones go upstream.
         out = {name: body[name] for name in _FIELDS if body.get(name) is not None}

@@ -1,6 +1,7 @@
 """OpenAI and every OpenAI-compatible server (vLLM, Ollama, Together, Groq, DeepSeek...)."""
 
 import time
+from typing import Any
 
 import orjson
 
@@ -27,7 +28,7 @@ _PATHS = {
 }
 
 
-def upstream_body(kind: str, body: dict, deployment: DeploymentInfo) -> dict:
+def upstream_body(kind: str, body: dict[str, Any], deployment: DeploymentInfo) -> dict[str, Any]:
     """The client's body with the upstream model name, and usage forced on for streams."""
     out = dict(body)
     out["model"] = deployment.upstream_model
@@ -38,7 +39,7 @@ def upstream_body(kind: str, body: dict, deployment: DeploymentInfo) -> dict:
     return out
 
 
-def normalize_rerank(data: dict, model_name: str) -> dict:
+def normalize_rerank(data: dict[str, Any], model_name: str) -> dict[str, Any]:
     """Any Cohere/Jina/Voyage/vLLM-style rerank answer -> the proxy's rerank shape.
 
     Shape: {id, object: "list", model, results: [{index, relevance_score, document?}],
@@ -49,7 +50,7 @@ def normalize_rerank(data: dict, model_name: str) -> dict:
         raw_results = data.get("data") or []  # Voyage answers in `data`
     results = []
     for item in raw_results:
-        result = {
+        result: dict[str, Any] = {
             "index": int(item["index"]),
             "relevance_score": float(item.get("relevance_score", item.get("score", 0.0))),
         }
@@ -75,7 +76,7 @@ def normalize_rerank(data: dict, model_name: str) -> dict:
     count = sane_token_count(tokens)
     if count is not None:
         tokens = count
-    usage: dict = {"prompt_tokens": tokens, "total_tokens": tokens}
+    usage: dict[str, Any] = {"prompt_tokens": tokens, "total_tokens": tokens}
     search_units = sane_token_count(billed.get("search_units"))
     if search_units is not None:
         # Cohere bills rerank per search unit, not per token; keep it for pricing rules.
@@ -89,7 +90,7 @@ def normalize_rerank(data: dict, model_name: str) -> dict:
     }
 
 
-def _mapping(value: object) -> dict:
+def _mapping(value: object) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
@@ -103,13 +104,13 @@ class OpenAIStreamRelay:
 
     def __init__(self, deployment: DeploymentInfo) -> None:
         self.usage: Usage | None = None
-        self.reported: dict | None = None  # the upstream's own usage object, as it came
+        self.reported: dict[str, Any] | None = None  # the upstream's own usage object, as it came
         self.model = deployment.model_name
         self.rename = deployment.upstream_model != deployment.model_name
         self.chunk_id = ""
         self.created = 0
 
-    def feed(self, chunk: dict, raw: bytes) -> bytes | None:
+    def feed(self, chunk: dict[str, Any], raw: bytes) -> bytes | None:
         """The SSE bytes to send for one upstream chunk (None: nothing to send)."""
         if not self.chunk_id:
             self.chunk_id = str(chunk.get("id") or "")
@@ -133,7 +134,7 @@ class OpenAIStreamRelay:
             changed = True
         return b"data: " + (orjson.dumps(chunk) if changed else raw) + b"\n\n"
 
-    def usage_chunk(self, usage: Usage) -> dict:
+    def usage_chunk(self, usage: Usage) -> dict[str, Any]:
         """The final usage chunk for the counts billed, `usage`."""
         chunk = usage_chunk(self.chunk_id, self.created, self.model, usage)
         if usage is self.usage and self.reported is not None:
@@ -152,7 +153,7 @@ class OpenAIStreamTranslator(StreamTranslator):
         self.chunk_id = ""
         self.created = 0
 
-    def feed(self, event: str | None, data: dict) -> list[dict]:
+    def feed(self, event: str | None, data: dict[str, Any]) -> list[dict[str, Any]]:
         if not isinstance(data, dict):
             return []
         if "error" in data and "choices" not in data:
@@ -192,7 +193,7 @@ class OpenAIProvider(Provider):
         if kind not in self.kinds:
             raise UnsupportedRequest(f"{self.name} deployments do not serve {kind} requests")
 
-    def build(self, kind: str, body: dict, deployment: DeploymentInfo) -> UpstreamRequest:
+    def build(self, kind: str, body: dict[str, Any], deployment: DeploymentInfo) -> UpstreamRequest:
         self.check_kind(kind)
         return UpstreamRequest(
             method="POST",
@@ -201,7 +202,7 @@ class OpenAIProvider(Provider):
             json=upstream_body(kind, body, deployment),
         )
 
-    def parse(self, kind: str, data: dict, deployment: DeploymentInfo) -> dict:
+    def parse(self, kind: str, data: dict[str, Any], deployment: DeploymentInfo) -> dict[str, Any]:
         if kind == RERANK:
             return normalize_rerank(data, deployment.model_name)
         out = dict(data)

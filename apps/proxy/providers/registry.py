@@ -1,5 +1,7 @@
 """Provider adapters by the `provider` name of a deployment."""
 
+from typing import Any
+
 from apps.proxy.providers.anthropic import AnthropicProvider
 from apps.proxy.providers.azure import AzureOpenAIProvider
 from apps.proxy.providers.base import DeploymentInfo, Provider
@@ -27,7 +29,7 @@ _PROVIDERS: dict[str, Provider] = {
 }
 
 
-def get_provider(provider_type: str, extra: dict | None = None) -> Provider:
+def get_provider(provider_type: str, extra: dict[str, Any] | None = None) -> Provider:
     """The adapter for `provider_type`; `extra` is the deployment's extra settings."""
     if provider_type == "simulator" and (extra or {}).get("simulator_mode") == "anthropic":
         return _ANTHROPIC

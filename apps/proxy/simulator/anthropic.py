@@ -47,7 +47,7 @@ def _pick_tool(body: Mapping[str, Any], messages: list[Any]) -> Mapping[str, Any
     if not isinstance(tools, list):
         return None
     named = [t for t in tools if isinstance(t, Mapping) and isinstance(t.get("name"), str)]
-    choice = body.get("tool_choice") if isinstance(body.get("tool_choice"), Mapping) else {}
+    choice = found if isinstance(found := body.get("tool_choice"), Mapping) else {}
     kind = choice.get("type", "auto")
     mode = "named" if kind == "tool" else kind
     try:

@@ -77,7 +77,7 @@ class Simulator:
         self.routes: dict[str, Handler] = {**_POST_ROUTES, "/v1/responses": self.responses.create}
         # (method, path, full path, query, raw headers, body or its size when too big):
         # decoded only when asked for, so recording costs the hot path one append.
-        self.history: deque[tuple[str, str, str, bytes, list, bytes | int]] = deque(
+        self.history: deque[tuple[str, str, str, bytes, list[Any], bytes | int]] = deque(
             maxlen=HISTORY_SIZE
         )
 
@@ -91,7 +91,7 @@ class Simulator:
             await send({"type": "websocket.close", "code": 1000})
 
     def _route_path(self, scope: Scope) -> str | None:
-        path = scope["path"]
+        path: str = scope["path"]
         if not self.prefix:
             root = scope.get("root_path", "")
             return path[len(root) :] if root and path.startswith(root) else path
@@ -138,7 +138,7 @@ class Simulator:
         self,
         method: str,
         path: str,
-        raw_headers: list,
+        raw_headers: list[Any],
         body: bytes,
         receive: Receive,
         send: Send,
@@ -225,7 +225,7 @@ class Simulator:
             await _not_found(send, method, path)
 
 
-def _describe(record: tuple | None) -> dict[str, Any]:
+def _describe(record: tuple[Any, ...] | None) -> dict[str, Any]:
     if record is None:
         return {
             "method": None,

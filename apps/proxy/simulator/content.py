@@ -268,7 +268,7 @@ def embedding(text: str, dimensions: int) -> tuple[list[float], str]:
     return vector.tolist(), base64.b64encode(packed).decode()
 
 
-def _swapped(vector: array) -> bytes:
+def _swapped(vector: "array[float]") -> bytes:
     copy = array("f", vector)
     copy.byteswap()
     return copy.tobytes()

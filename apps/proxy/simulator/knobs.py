@@ -67,6 +67,7 @@ _INTEGER_KNOBS = frozenset(f.name for f in fields(Knobs) if f.type in (int, int 
 
 def _coerce(name: str, value: Any) -> Any:
     try:
+        number: float
         if name in _INTEGER_KNOBS:
             number = int(value)
         else:

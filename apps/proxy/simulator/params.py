@@ -29,7 +29,7 @@ def optional_int(body: Mapping[str, Any], *names: str, minimum: int = 1) -> int 
             continue
         if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
             raise ApiError(400, f"Invalid '{name}': expected an integer >= {minimum}.", param=name)
-        return value
+        return int(value)
     return None
 
 

@@ -242,7 +242,7 @@ async def _stream(
     item = final["output"][0]
     where = {"item_id": item["id"], "output_index": 0}
     if item["type"] == "function_call":
-        opening = [
+        opening: list[tuple[str, dict[str, Any]]] = [
             (
                 "response.output_item.added",
                 {"output_index": 0, "item": {**item, "status": "in_progress", "arguments": ""}},

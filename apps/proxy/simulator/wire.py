@@ -83,7 +83,7 @@ class Request:
 
 async def read_body(receive: Receive) -> bytes:
     message = await receive()
-    body = message.get("body", b"")
+    body: bytes = message.get("body", b"")
     if not message.get("more_body"):
         return body
     chunks = [body]
@@ -153,7 +153,7 @@ class EventStream:
         self._interval = 1.0 / tokens_per_second if tokens_per_second > 0 else 0.0
         self._deadline = 0.0
         self._gone = False
-        self._watcher: asyncio.Task | None = None
+        self._watcher: asyncio.Task[None] | None = None
 
     async def start(self, receive: Receive, first_token_delay: float) -> bool:
         await self._send(

@@ -2,9 +2,11 @@
 
 import importlib.util
 import os
+from typing import Any
 
 import uvicorn
 from django.core.management import BaseCommand, CommandError
+from django.core.management.base import CommandParser
 
 from apps.proxy.simulator.knobs import KnobError, parse_model_knobs
 
@@ -12,7 +14,7 @@ from apps.proxy.simulator.knobs import KnobError, parse_model_knobs
 class Command(BaseCommand):
     help = "Serve the OpenAI/Anthropic-compatible upstream simulator with uvicorn."
 
-    def add_arguments(self, parser) -> None:
+    def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--port", type=int, default=9000)
         parser.add_argument("--host", default="127.0.0.1")
         parser.add_argument("--prefix", default="", help='serve below a path, e.g. "/simulator"')
@@ -30,7 +32,7 @@ class Command(BaseCommand):
         parser.add_argument("--workers", type=int, default=1)
         parser.add_argument("--log-level", default="info")
 
-    def handle(self, *args, **opts) -> None:
+    def handle(self, *args: Any, **opts: Any) -> None:
         if opts["workers"] < 1:
             raise CommandError("--workers must be at least 1")
         if opts["model_knobs"] is not None:

@@ -2,9 +2,11 @@
 
 import sys
 from pathlib import Path
+from typing import Any
 
 from django.contrib.auth import get_user_model
 from django.core.management import BaseCommand, CommandError
+from django.core.management.base import CommandParser
 
 from apps.quotas.exceptions import QuotaConfigError, QuotasError
 from apps.quotas.selectors import active_quota_config_version, quota_config_versions
@@ -14,7 +16,7 @@ from apps.quotas.services import quota_config_apply, quota_config_rollback
 class Command(BaseCommand):
     help = "Import, export, list and roll back the gateway's quota rule configs."
 
-    def add_arguments(self, parser) -> None:
+    def add_arguments(self, parser: CommandParser) -> None:
         sub = parser.add_subparsers(dest="action", required=True)
         imp = sub.add_parser("import", help="validate a YAML file and make it the active config")
         imp.add_argument("file", help="path to the YAML file, or - for stdin")
@@ -26,7 +28,7 @@ class Command(BaseCommand):
         back.add_argument("config_version", type=int)
         back.add_argument("--author", help="username recorded as the author")
 
-    def handle(self, *args, **opts) -> None:
+    def handle(self, *args: Any, **opts: Any) -> None:
         action = opts["action"]
         if action == "import":
             self._import(opts)
@@ -49,7 +51,7 @@ class Command(BaseCommand):
                 raise CommandError(str(exc)) from exc
             self.stdout.write(f"rolled back: v{row.version} is active")
 
-    def _author(self, username: str | None):
+    def _author(self, username: str | None) -> Any:
         if not username:
             return None
         user = get_user_model().objects.filter(username=username).first()
@@ -57,7 +59,7 @@ class Command(BaseCommand):
             raise CommandError(f"no user {username!r}")
         return user
 
-    def _import(self, opts: dict) -> None:
+    def _import(self, opts: dict[str, Any]) -> None:
         path = opts["file"]
         try:
             text = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
