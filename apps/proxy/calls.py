@@ -342,14 +342,18 @@ async def _run_json(call: Call, send: Send) -> None:
         health.attempt_failed(call, "invalid_answer")
         logger.warning("deployment %s sent an invalid answer: %s", deployment.name, exc)
         raise _failure_error(_invalid_answer(deployment, str(exc))) from exc
-    health.attempt_succeeded(call, call.upstream_ms)
-    call.status = 200
     if reported is None or reported.suspect:
         # The gateway's own count; the client is told the counts it is billed, not what the
         # upstream claimed.
+        try:
+            output = exchange.estimate_output(data)
+        except (AttributeError, KeyError, TypeError, ValueError):
+            health.attempt_failed(call, "invalid_answer")
+            reason = "the answer's content has fields of the wrong type"
+            raise _failure_error(_invalid_answer(deployment, reason)) from None
         call.usage = Usage(
             call.endpoint.estimate_input(call.body),
-            exchange.estimate_output(data),
+            output,
             0,
             estimated=True,
             suspect=reported is not None,
@@ -357,6 +361,8 @@ async def _run_json(call: Call, send: Send) -> None:
         exchange.bill(data, call.usage)
     else:
         call.usage = reported
+    health.attempt_succeeded(call, call.upstream_ms)
+    call.status = 200
     if settings.PROXY_COST_IN_USAGE and isinstance(data.get("usage"), dict):
         call.cost_usd = _cost(call)
         data["usage"]["cost"] = float(call.cost_usd)
@@ -432,7 +438,11 @@ def _read_event(
         return None, _invalid_answer(deployment, "a stream event is not JSON")
     if not isinstance(parsed, dict):
         return None, _invalid_answer(deployment, "a stream event is not a JSON object")
-    message = exchange.stream_failure(parsed)
+    try:
+        message = exchange.stream_failure(parsed)
+    except (AttributeError, KeyError, TypeError, ValueError):
+        # An error event whose fields have the wrong types is still not a valid answer.
+        return None, _invalid_answer(deployment, "a stream event has fields of the wrong type")
     if message is not None:
         return None, _Failure("stream_error", f"deployment '{deployment.name}': {message[:500]}")
     return parsed, None
@@ -557,7 +567,8 @@ async def _run_stream(call: Call, receive: Receive, send: Send) -> None:
         health.attempt_released(call)  # cut by us, not by the deployment: says nothing of it
     else:
         _report_stream(call, failure)
-    call.usage = _stream_usage(call, stream)
+    complete = failure is None and not cancelled and not call.client_disconnected
+    call.usage = _stream_usage(call, stream, complete)
     if call.log_bodies:
         call.response_body = {"streamed_content": "".join(stream.produced)}
     if cancelled:
@@ -571,17 +582,33 @@ async def _run_stream(call: Call, receive: Receive, send: Send) -> None:
     await send({"type": "http.response.body", "body": tail, "more_body": False})
 
 
-def _stream_usage(call: Call, stream: ClientStream) -> Usage:
-    """The usage the stream reported, or the gateway's count of what it produced."""
+def _stream_usage(call: Call, stream: ClientStream, complete: bool) -> Usage:
+    """The usage the stream reported, or the gateway's count of what it produced.
+
+    A stream cut short (by the upstream, the client or a shutdown) may have reported only
+    its opening counts (Anthropic's `message_start` says 1 output token): it is billed at
+    least what the client received, and flagged estimated when that is more.
+    """
     usage = stream.usage
-    if usage is not None and not usage.suspect:
+    if usage is None or usage.suspect:
+        return Usage(
+            call.endpoint.estimate_input(call.body),
+            estimate_text_tokens("".join(stream.produced)),
+            0,
+            estimated=True,
+            suspect=usage is not None,
+        )
+    if complete:
+        return usage
+    produced = estimate_text_tokens("".join(stream.produced))
+    if produced <= usage.output_tokens and usage.input_tokens:
         return usage
     return Usage(
-        call.endpoint.estimate_input(call.body),
-        estimate_text_tokens("".join(stream.produced)),
-        0,
+        usage.input_tokens or call.endpoint.estimate_input(call.body),
+        max(usage.output_tokens, produced),
+        usage.cached_tokens,
+        usage.cache_write_tokens,
         estimated=True,
-        suspect=usage is not None,
     )
 
 
@@ -619,7 +646,8 @@ async def _record(call: Call) -> None:
     latency_ms = (now - call.started) * 1000
     usage = call.usage or Usage()
     deployment = call.deployment
-    call.cost_usd = _cost(call)
+    if call.cost_usd is None:  # priced already when the client is told the cost
+        call.cost_usd = _cost(call)
     event = UsageEvent(
         request_id=call.request_id,
         created_at=call.created_at,

@@ -62,7 +62,8 @@ def _block_text(block: object) -> str:
         content = block.get("content")
         if isinstance(content, str):
             return content
-        return " ".join(_block_text(part) for part in content or ())
+        parts = content if isinstance(content, list) else ()
+        return " ".join(_block_text(part) for part in parts)
     return ""
 
 

@@ -3,8 +3,9 @@
 The request is translated to chat completions and handed to the deployment's provider
 adapter as any chat request would be; its OpenAI-shaped answer, whole or streamed, is
 translated back to a Message. Features chat completions cannot express (server tools,
-documents, thinking blocks) are an UnsupportedRequest, so failover looks for another
-deployment and the client gets a clear 400 when none can serve it.
+documents) are an UnsupportedRequest, so failover looks for another deployment and the
+client gets a clear 400 when none can serve it. Earlier thinking blocks are dropped: they
+mean nothing to another model.
 """
 
 from __future__ import annotations
@@ -16,7 +17,13 @@ import orjson
 from ..errors import GatewayError
 from ..providers.base import CHAT, UnsupportedRequest, UpstreamRequest, Usage
 from ..tokens import estimate_text_tokens
-from .anthropic_wire import anthropic_error, anthropic_usage, content_text, event_bytes
+from .anthropic_wire import (
+    anthropic_error,
+    anthropic_usage,
+    content_text,
+    estimate_messages_input,
+    event_bytes,
+)
 from .base import ClientStream, Exchange
 from .openai_api import chunk_text, parse_openai_answer
 
@@ -193,6 +200,7 @@ class ChunksToEvents(ClientStream):
         super().__init__()
         self.translator = exchange.provider.stream_translator(exchange.deployment)
         self.model = exchange.deployment.model_name
+        self.input_estimate = exchange.input_estimate
         self.started = False
         self.block: int | None = None  # index of the open content block
         self.block_kind = ""
@@ -210,8 +218,9 @@ class ChunksToEvents(ClientStream):
             "content": [],
             "stop_reason": None,
             "stop_sequence": None,
-            # Chat streams report usage at their end; the counts come in message_delta.
-            "usage": {"input_tokens": 0, "output_tokens": 0},
+            # Chat streams report usage at their end: the input here is the gateway's
+            # estimate, and the counts billed come in message_delta.
+            "usage": {"input_tokens": self.input_estimate, "output_tokens": 0},
         }
         return [
             event_bytes("message_start", {"type": "message_start", "message": message}),
@@ -299,7 +308,10 @@ class ChunksToEvents(ClientStream):
 
 
 class MessagesViaChat(Exchange):
+    input_estimate = 0
+
     def build(self, body: dict[str, Any], headers: dict[str, str]) -> UpstreamRequest:
+        self.input_estimate = estimate_messages_input(body)
         return self.provider.build(CHAT, to_chat(body), self.deployment)
 
     def answer(self, payload: dict[str, Any]) -> tuple[dict[str, Any], Usage | None]:

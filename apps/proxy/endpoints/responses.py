@@ -42,6 +42,10 @@ _RESPONSE_EVENTS = frozenset(
 )
 
 
+# The events a finished response ends with; held back so its usage can carry the cost.
+_TERMINAL_EVENTS = frozenset({"response.completed", "response.incomplete"})
+
+
 class NativeStream(ClientStream):
     """Responses events relayed as they came; usage read from `response.completed`."""
 
@@ -67,7 +71,7 @@ class NativeStream(ClientStream):
             if self.rename:
                 response["model"] = self.model
                 raw = orjson.dumps(parsed)
-            if name == "response.completed" and self.completed is None:
+            if name in _TERMINAL_EVENTS and self.completed is None:
                 self.completed = parsed
                 return []
         return [b"event: " + name.encode() + b"\ndata: " + raw + b"\n\n"]
@@ -78,7 +82,7 @@ class NativeStream(ClientStream):
             response = self.completed["response"]
             if isinstance(response.get("usage"), dict):
                 self.with_cost(response["usage"])
-            out = event_bytes("response.completed", self.completed)
+            out = event_bytes(str(self.completed["type"]), self.completed)
         if error is not None:
             out += error_event(error, self.sequence + 1)
         return out
@@ -120,8 +124,10 @@ class NativeExchange(Exchange):
         if kind == "error":
             return str(event.get("message") or "upstream stream error")
         if kind == "response.failed":
-            error = (event.get("response") or {}).get("error") or {}
-            return str(error.get("message") or "the response failed")
+            response = event.get("response")
+            error = response.get("error") if isinstance(response, dict) else None
+            message = error.get("message") if isinstance(error, dict) else None
+            return str(message or "the response failed")
         return None
 
 
