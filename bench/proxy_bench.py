@@ -175,7 +175,8 @@ def main() -> None:
         .stdout.strip()
         .splitlines()[-1]
     )
-    processes = [
+    # Appended to, not replaced: the Redis server started above is stopped with the rest.
+    processes += [
         subprocess.Popen(
             pinned(1, [*manage, "run_simulator", "--port", str(sim_port)]),
             cwd=ROOT,
