@@ -25,7 +25,7 @@ from .anthropic_wire import (
     event_bytes,
 )
 from .base import ClientStream, Exchange
-from .openai_api import chunk_text, parse_openai_answer
+from .openai_api import RetoldChunks, parse_openai_answer
 
 # OpenAI finish_reason -> Anthropic stop_reason.
 STOP_REASONS = {
@@ -193,12 +193,11 @@ def to_message(answer: dict[str, Any], usage: Usage) -> dict[str, Any]:
     }
 
 
-class ChunksToEvents(ClientStream):
+class ChunksToEvents(RetoldChunks):
     """OpenAI chunks (as the provider's translator gives them) -> Anthropic stream events."""
 
     def __init__(self, exchange: MessagesViaChat) -> None:
-        super().__init__()
-        self.translator = exchange.provider.stream_translator(exchange.deployment)
+        super().__init__(exchange.provider, exchange.deployment)
         self.model = exchange.deployment.model_name
         self.input_estimate = exchange.input_estimate
         self.started = False
@@ -244,7 +243,7 @@ class ChunksToEvents(ClientStream):
         data = {"type": "content_block_delta", "index": self.block, "delta": delta}
         return event_bytes("content_block_delta", data)
 
-    def _text(self, text: str) -> list[bytes]:
+    def on_text(self, text: str) -> list[bytes]:
         out: list[bytes] | None = (
             [] if self.block_kind == "text" and self.block is not None else None
         )
@@ -252,7 +251,7 @@ class ChunksToEvents(ClientStream):
             out = self._open("text", {"type": "text", "text": ""})
         return [*out, self._delta({"type": "text_delta", "text": text})]
 
-    def _tool_call(self, call: dict[str, Any]) -> list[bytes]:
+    def on_tool_call(self, call: dict[str, Any]) -> list[bytes]:
         out: list[bytes] = []
         index = call.get("index", 0)
         function = call.get("function") or {}
@@ -272,26 +271,11 @@ class ChunksToEvents(ClientStream):
             out.append(self._delta({"type": "input_json_delta", "partial_json": arguments}))
         return out
 
-    def feed(self, event: str | None, parsed: dict[str, Any], raw: bytes) -> list[bytes]:
-        out: list[bytes] = []
-        for chunk in self.translator.feed(event, parsed):
-            self.produced.extend(chunk_text(chunk))
-            if not self.started:
-                out += self._start(chunk)
-            for choice in chunk.get("choices") or ():
-                if not isinstance(choice, dict):
-                    continue
-                delta = found if isinstance(found := choice.get("delta"), dict) else {}
-                text = delta.get("content")
-                if isinstance(text, str) and text:
-                    out += self._text(text)
-                for call in delta.get("tool_calls") or ():
-                    if isinstance(call, dict):
-                        out += self._tool_call(call)
-                if choice.get("finish_reason"):
-                    self.stop_reason = STOP_REASONS.get(choice["finish_reason"], "end_turn")
-        self.usage = self.translator.usage
-        return out
+    def on_chunk(self, chunk: dict[str, Any]) -> list[bytes]:
+        return [] if self.started else self._start(chunk)
+
+    def on_finish(self, reason: str) -> None:
+        self.stop_reason = STOP_REASONS.get(reason, "end_turn")
 
     def tail(self, usage: Usage, error: GatewayError | None, client_gone: bool) -> bytes:
         if error is not None:

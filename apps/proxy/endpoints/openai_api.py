@@ -136,6 +136,51 @@ class TranslatedChunks(RelayedChunks):
         return self.translator.usage_chunk(usage)
 
 
+class RetoldChunks(ClientStream):
+    """Base of the streams that retell chat chunks as another API's events.
+
+    The provider's translator gives OpenAI chunks; this walks their choices and hands the
+    text, the tool call pieces and the finish reason to the subclass's `on_*` methods.
+    """
+
+    def __init__(self, provider: Provider, deployment: DeploymentInfo) -> None:
+        super().__init__()
+        self.translator: StreamTranslator = provider.stream_translator(deployment)
+
+    def feed(self, event: str | None, parsed: dict[str, Any], raw: bytes) -> list[bytes]:
+        out: list[bytes] = []
+        for chunk in self.translator.feed(event, parsed):
+            self.produced.extend(chunk_text(chunk))
+            out += self.on_chunk(chunk)
+            for choice in chunk.get("choices") or ():
+                if not isinstance(choice, dict):
+                    continue
+                delta = found if isinstance(found := choice.get("delta"), dict) else {}
+                text = delta.get("content")
+                if isinstance(text, str) and text:
+                    out += self.on_text(text)
+                for call in delta.get("tool_calls") or ():
+                    if isinstance(call, dict):
+                        out += self.on_tool_call(call)
+                if isinstance(choice.get("finish_reason"), str):
+                    self.on_finish(choice["finish_reason"])
+        self.usage = self.translator.usage
+        return out
+
+    def on_chunk(self, chunk: dict[str, Any]) -> list[bytes]:
+        """Events before a chunk's content (the stream's opening ones, once)."""
+        return []
+
+    def on_text(self, text: str) -> list[bytes]:
+        raise NotImplementedError
+
+    def on_tool_call(self, call: dict[str, Any]) -> list[bytes]:
+        raise NotImplementedError
+
+    def on_finish(self, reason: str) -> None:
+        """Note a choice's OpenAI finish_reason."""
+
+
 class OpenAIExchange(Exchange):
     def __init__(self, kind: str, provider: Provider, deployment: DeploymentInfo) -> None:
         super().__init__(provider, deployment)

@@ -15,7 +15,7 @@ from ..errors import GatewayError
 from ..providers.base import CHAT, UnsupportedRequest, UpstreamRequest, Usage
 from ..tokens import estimate_text_tokens
 from .base import ClientStream, Exchange
-from .openai_api import chunk_text, parse_openai_answer
+from .openai_api import RetoldChunks, parse_openai_answer
 from .responses_wire import error_event, event_bytes, output_text, responses_usage
 
 _PART_TYPES = {"input_text": "text", "output_text": "text"}
@@ -187,12 +187,11 @@ def to_output(answer: dict[str, Any]) -> tuple[list[dict[str, Any]], str]:
     return output, status
 
 
-class ChunksToEvents(ClientStream):
+class ChunksToEvents(RetoldChunks):
     """OpenAI chunks (as the provider's translator gives them) -> Responses stream events."""
 
     def __init__(self, exchange: ResponsesViaChat) -> None:
-        super().__init__()
-        self.translator = exchange.provider.stream_translator(exchange.deployment)
+        super().__init__(exchange.provider, exchange.deployment)
         self.body = exchange.body
         self.model = exchange.deployment.model_name
         self.sequence = 0
@@ -251,7 +250,7 @@ class ChunksToEvents(ClientStream):
             self._event("response.output_item.done", output_index=index, item=dict(item)),
         ]
 
-    def _text(self, delta: str) -> list[bytes]:
+    def on_text(self, delta: str) -> list[bytes]:
         out: list[bytes] = []
         if self.open_item is None or self.open_item["type"] != "message":
             out += self._close()
@@ -283,7 +282,7 @@ class ChunksToEvents(ClientStream):
         )
         return out
 
-    def _tool_call(self, call: dict[str, Any]) -> list[bytes]:
+    def on_tool_call(self, call: dict[str, Any]) -> list[bytes]:
         out: list[bytes] = []
         index = call.get("index", 0)
         function = call.get("function") or {}
@@ -315,26 +314,12 @@ class ChunksToEvents(ClientStream):
             )
         return out
 
-    def feed(self, event: str | None, parsed: dict[str, Any], raw: bytes) -> list[bytes]:
-        out: list[bytes] = []
-        for chunk in self.translator.feed(event, parsed):
-            self.produced.extend(chunk_text(chunk))
-            if self.response is None:
-                out += self._start()
-            for choice in chunk.get("choices") or ():
-                if not isinstance(choice, dict):
-                    continue
-                delta = found if isinstance(found := choice.get("delta"), dict) else {}
-                text = delta.get("content")
-                if isinstance(text, str) and text:
-                    out += self._text(text)
-                for call in delta.get("tool_calls") or ():
-                    if isinstance(call, dict):
-                        out += self._tool_call(call)
-                if choice.get("finish_reason") == "length":
-                    self.status = "incomplete"
-        self.usage = self.translator.usage
-        return out
+    def on_chunk(self, chunk: dict[str, Any]) -> list[bytes]:
+        return self._start() if self.response is None else []
+
+    def on_finish(self, reason: str) -> None:
+        if reason == "length":
+            self.status = "incomplete"
 
     def tail(self, usage: Usage, error: GatewayError | None, client_gone: bool) -> bytes:
         if error is not None:
