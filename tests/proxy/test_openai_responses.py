@@ -187,6 +187,12 @@ def test_stateful_requests_need_a_responses_server(gateway, secret):
             model="resp-via-chat", input="hi", previous_response_id="resp_123"
         )
     assert "previous_response_id" in caught.value.body["message"]
+    # Structured output through chat would come back as free text: refused, not dropped.
+    with pytest.raises(openai.BadRequestError) as caught:
+        sdk(gateway, secret).responses.create(
+            model="resp-via-chat", input="hi", text={"format": {"type": "json_object"}}
+        )
+    assert "text.format" in caught.value.body["message"]
     with pytest.raises(openai.BadRequestError) as caught:
         sdk(gateway, secret).responses.create(model="resp-native", input=42)  # type: ignore[arg-type]
     assert caught.value.body["param"] == "input"

@@ -88,6 +88,19 @@ def to_chat(body: dict[str, Any]) -> dict[str, Any]:
         raise UnsupportedRequest("previous_response_id needs a deployment that keeps responses")
     if body.get("store") is True:
         raise UnsupportedRequest("store: true needs a deployment that keeps responses")
+    # Dropping these would answer a different request with a 200: refused instead.
+    text_format = (
+        (body.get("text") or {}).get("format") if isinstance(body.get("text"), dict) else None
+    )
+    if isinstance(text_format, dict) and text_format.get("type", "text") != "text":
+        raise UnsupportedRequest("text.format other than text needs a Responses server")
+    if body.get("reasoning"):
+        raise UnsupportedRequest("reasoning settings need a Responses server")
+    choice = body.get("tool_choice")
+    if isinstance(choice, dict) and choice.get("type") != "function":
+        raise UnsupportedRequest(
+            f"tool_choice of type {choice.get('type')!r} needs a Responses server"
+        )
     out: dict[str, Any] = {"model": body["model"], "messages": _messages(body)}
     if body.get("max_output_tokens"):
         out["max_tokens"] = body["max_output_tokens"]
