@@ -66,7 +66,7 @@ def variants(command: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def port() -> str:
-    """The demo's port: `PORT=... make run` seeds the simulator's URL with it and serves it."""
+    """The demo's port: written to the copy's `.env`, as `PORT=... make run` would pass it."""
     return str(_free_port())
 
 
@@ -89,10 +89,14 @@ def checkout(tmp_path_factory, port) -> Path:
     (copy / ".venv").symlink_to(sys.prefix)
     # What `make` writes before anything else (the Makefile's `.env` rule).
     subprocess.run(["make", "-s", ".env"], cwd=copy, env=fresh_env(copy), check=True)
+    # This demo serves on a free port, not 8000; every command of the copy reads it from
+    # `.env`, as `PORT=... make run` would pass it, so the simulator's URL stays in step.
+    with (copy / ".env").open("a") as dotenv:
+        dotenv.write(f"\nPORT={port}\n")
     # What `make run` does before serving; fewer synthetic rows, the same code.
     for step in (["migrate", "--noinput", "-v0"], ["seed_demo"]):
         command = shlex.join([".venv/bin/python", "manage.py", *step])
-        run(copy, command, DEMO_USAGE_ROWS="300", PORT=port)
+        run(copy, command, DEMO_USAGE_ROWS="300")
     return copy
 
 
@@ -127,8 +131,9 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def test_the_readme_python_example_runs_against_the_demo(checkout, port):
-    key = run(checkout, ".venv/bin/python manage.py issue_key --user dev").stdout.split()[-1]
+@pytest.fixture(scope="module")
+def served(checkout, port):
+    """The seeded demo, served the way `make run` serves it."""
     server = subprocess.Popen(
         [
             ".venv/bin/python",
@@ -139,7 +144,7 @@ def test_the_readme_python_example_runs_against_the_demo(checkout, port):
             str(port),
         ],
         cwd=checkout,
-        env=fresh_env(checkout, PORT=port),
+        env=fresh_env(checkout),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
@@ -154,15 +159,79 @@ def test_the_readme_python_example_runs_against_the_demo(checkout, port):
             if server.poll() is not None or time.monotonic() > deadline:
                 pytest.fail(f"the demo did not start: {server.stderr.read().decode()[-2000:]}")
             time.sleep(0.2)
-        (example,) = blocks("python")
-        script = example.replace("tg_live_...", key).replace("127.0.0.1:8000", f"127.0.0.1:{port}")
-        (checkout / "example.py").write_text(script)
-        output = run(checkout, ".venv/bin/python example.py").stdout
-        assert "CompletionUsage(" in output and "total_tokens=" in output
-        assert len(output.splitlines()) > 2  # the streamed text came before the usage
+        yield f"http://127.0.0.1:{port}"
     finally:
         server.terminate()
         server.wait(15)
+
+
+def issue_key(checkout: Path) -> str:
+    return run(checkout, ".venv/bin/python manage.py issue_key --user dev").stdout.split()[-1]
+
+
+def test_the_readme_python_example_runs_against_the_demo(checkout, port, served):
+    key = issue_key(checkout)
+    (example,) = blocks("python")
+    script = example.replace("tg_live_...", key).replace("127.0.0.1:8000", f"127.0.0.1:{port}")
+    (checkout / "example.py").write_text(script)
+    output = run(checkout, ".venv/bin/python example.py").stdout
+    assert "CompletionUsage(" in output and "total_tokens=" in output
+    assert len(output.splitlines()) > 2  # the streamed text came before the usage
+
+
+AGENT = "claude"
+
+# Claude Code itself is not on this machine (nor on CI's). What it does with the README's
+# variables is documented: ANTHROPIC_BASE_URL and ANTHROPIC_AUTH_TOKEN (sent as a bearer
+# token) configure its anthropic client, ANTHROPIC_CUSTOM_HEADERS holds "Name: value" lines
+# added to every request, and ANTHROPIC_MODEL names the model. This stand-in does exactly
+# that with the official anthropic SDK, streaming as Claude Code does.
+CLAUDE_CODE_STAND_IN = """
+import os
+import anthropic
+
+headers = dict(
+    line.split(": ", 1) for line in os.environ["ANTHROPIC_CUSTOM_HEADERS"].splitlines() if line
+)
+client = anthropic.Anthropic(default_headers=headers)  # base URL and token from the env
+with client.messages.stream(
+    model=os.environ["ANTHROPIC_MODEL"],
+    max_tokens=64,
+    system="You are Claude Code.",
+    messages=[{"role": "user", "content": "List the files in this repository."}],
+) as stream:
+    text = "".join(stream.text_stream)
+    final = stream.get_final_message()
+assert text, "no text was streamed"
+print("usage", final.usage.input_tokens, final.usage.output_tokens)
+"""
+
+
+def agent_block() -> list[str]:
+    (block,) = [b for b in blocks("sh") if AGENT in [line.strip() for line in b.splitlines()]]
+    return [_strip_comment(line) for line in block.splitlines() if line.strip()]
+
+
+def test_the_readme_claude_code_setup_reaches_the_demo_with_its_tags(checkout, port, served):
+    key = issue_key(checkout)
+    lines = agent_block()
+    assert lines[-1] == AGENT and all(line.startswith("export ") for line in lines[:-1])
+    exports = "\n".join(lines[:-1])
+    exports = exports.replace("tg_live_...", key).replace("127.0.0.1:8000", f"127.0.0.1:{port}")
+    (checkout / "claude_code.py").write_text(CLAUDE_CODE_STAND_IN)
+    # The exports run as typed in a fresh shell; the stand-in takes the agent's place.
+    output = run(checkout, f"{exports}\n.venv/bin/python claude_code.py").stdout
+    assert output.startswith("usage "), output
+    # The tags of ANTHROPIC_CUSTOM_HEADERS reached the ledger on a `messages` row.
+    query = (
+        "from apps.usage.models import UsageRecord; "
+        "print(UsageRecord.objects.filter(request_type='messages', "
+        "tags__feature='claude-code', tags__repo='web').count())"
+    )
+    deadline = time.monotonic() + 20
+    while run(checkout, f'.venv/bin/python manage.py shell -c "{query}"').stdout.strip() == "0":
+        assert time.monotonic() < deadline, "the Claude Code call left no tagged usage row"
+        time.sleep(0.5)
 
 
 def test_every_readme_shell_command_works_from_a_fresh_shell(checkout):
@@ -181,6 +250,9 @@ def test_every_readme_shell_command_works_from_a_fresh_shell(checkout):
             sent = "".join(path.read_text() for path in DEPLOY_TESTS.glob("*.py"))
             assert f'"{runbook.group(1)}"' in sent, command
             continue
+        if command in agent_block():
+            # Claude Code's set-up: run against a served demo by the test above.
+            continue
         if not command.startswith(".venv/bin/python manage.py "):
             unknown.append(command)
             continue
@@ -196,3 +268,33 @@ def test_every_readme_shell_command_works_from_a_fresh_shell(checkout):
     assert not unknown, f"README commands this test cannot run yet: {unknown}"
     exported = checkout / "models.yaml"
     assert "demo-chat" in exported.read_text()
+
+
+def test_the_readme_codex_config_reaches_the_demo_with_its_tags(checkout, port, served):
+    """Codex is not on this machine either: its config is read as Codex reads it, and the
+    call it makes with `wire_api = "responses"` is made with the official openai SDK."""
+    import tomllib
+
+    import openai
+
+    (config,) = blocks("toml")
+    settings = tomllib.loads(config)
+    provider = settings["model_providers"][settings["model_provider"]]
+    assert provider["wire_api"] == "responses"
+    client = openai.OpenAI(
+        base_url=provider["base_url"].replace("127.0.0.1:8000", f"127.0.0.1:{port}"),
+        api_key=issue_key(checkout),  # what Codex reads from provider["env_key"]
+        default_headers=provider["http_headers"],
+    )
+    with client.responses.stream(model=settings["model"], input="Explain this repo.") as stream:
+        final = stream.get_final_response()
+    assert final.output_text and final.usage.output_tokens > 0
+    query = (
+        "from apps.usage.models import UsageRecord; "
+        "print(UsageRecord.objects.filter(request_type='responses', "
+        "tags__feature='codex').count())"
+    )
+    deadline = time.monotonic() + 20
+    while run(checkout, f'.venv/bin/python manage.py shell -c "{query}"').stdout.strip() == "0":
+        assert time.monotonic() < deadline, "the Codex call left no tagged usage row"
+        time.sleep(0.5)
