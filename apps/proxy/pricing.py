@@ -56,12 +56,14 @@ class Price:
         """
         cached = max(0, min(cached_tokens, input_tokens))
         written = max(0, min(cache_write_tokens, input_tokens - cached))
-        return (
-            Decimal(input_tokens - cached - written) * self.input
-            + Decimal(cached) * _first(self.cached_input, self.input)
-            + Decimal(written) * _first(self.cache_write, self.input)
-            + Decimal(output_tokens) * self.output
-        )
+        cost = Decimal(input_tokens - cached - written) * self.input
+        cost += Decimal(output_tokens) * self.output
+        # Most requests have no cache tokens: their terms are skipped, not multiplied by 0.
+        if cached:
+            cost += Decimal(cached) * _first(self.cached_input, self.input)
+        if written:
+            cost += Decimal(written) * _first(self.cache_write, self.input)
+        return cost
 
 
 # What an override is laid over when the catalog has no price for the model.
@@ -170,14 +172,17 @@ class PriceBook:
         over_input, over_output, over_cached, over_write = (*override, None, None, None, None)[:4]
         if listed is None and over_input is None and over_output is None:
             return Quote(ZERO, False)
-        base = listed or _UNLISTED
-        price = Price(
-            effective_from=base.effective_from,
-            input=_first(over_input, base.input),
-            output=_first(over_output, base.output),
-            cached_input=over_cached if over_cached is not None else base.cached_input,
-            cache_write=over_write if over_write is not None else base.cache_write,
-        )
+        if listed is not None and over_input is over_output is over_cached is over_write is None:
+            price = listed  # the common case, on every request: no copy
+        else:
+            base = listed or _UNLISTED
+            price = Price(
+                effective_from=base.effective_from,
+                input=_first(over_input, base.input),
+                output=_first(over_output, base.output),
+                cached_input=over_cached if over_cached is not None else base.cached_input,
+                cache_write=over_write if over_write is not None else base.cache_write,
+            )
         cost = price.cost(input_tokens, output_tokens, cached_tokens, cache_write_tokens)
         return Quote(cost.quantize(COST_QUANTUM, rounding=ROUND_HALF_UP), True)
 
