@@ -8,6 +8,8 @@ from pathlib import Path
 
 import environ
 
+from gateway_portal.data_regions import parse_regions
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = BASE_DIR / "var"
 VAR_DIR.mkdir(exist_ok=True)
@@ -88,21 +90,43 @@ TEMPLATES = [
 ]
 
 # --- Database ----------------------------------------------------------------
-DATABASES = {"default": env.db("DATABASE_URL", default=f"sqlite:///{VAR_DIR / 'db.sqlite3'}")}
-DATABASES["default"].setdefault("CONN_MAX_AGE", env.int("DB_CONN_MAX_AGE", default=0))
-if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
-    # WAL lets the usage writer and the portal share the file without "database is locked".
-    DATABASES["default"].setdefault("OPTIONS", {}).update(
-        {"timeout": 20, "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;"}
-    )
-    # A file, not Django's default in-memory test database, so that a gateway started by a
-    # test in another process sees the same rows.
-    DATABASES["default"].setdefault("TEST", {})["NAME"] = str(
-        Path(DATABASES["default"]["NAME"]).with_suffix(".test.sqlite3")
-    )
-if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
-    # Fail fast when the database is away, so the proxy falls back instead of hanging.
-    DATABASES["default"].setdefault("OPTIONS", {}).setdefault("connect_timeout", 3)
+DATABASE_URL = env.str("DATABASE_URL", default=f"sqlite:///{VAR_DIR / 'db.sqlite3'}")
+
+
+def _database(url: str) -> dict:
+    config = env.db_url_config(url)
+    config.setdefault("CONN_MAX_AGE", env.int("DB_CONN_MAX_AGE", default=0))
+    if config["ENGINE"] == "django.db.backends.sqlite3":
+        # WAL lets the usage writer and the portal share the file without "database is locked".
+        config.setdefault("OPTIONS", {}).update(
+            {"timeout": 20, "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;"}
+        )
+        # A file, not Django's default in-memory test database, so that a gateway started by
+        # a test in another process sees the same rows.
+        config.setdefault("TEST", {})["NAME"] = str(
+            Path(config["NAME"]).with_suffix(".test.sqlite3")
+        )
+    if config["ENGINE"] == "django.db.backends.postgresql":
+        # Fail fast when the database is away, so the proxy falls back instead of hanging.
+        config.setdefault("OPTIONS", {}).setdefault("connect_timeout", 3)
+    return config
+
+
+DATABASES = {"default": _database(DATABASE_URL)}
+
+# --- Data regions: where each tenant's usage, tags and bodies are kept -----------------
+# gateway_portal/data_regions.py explains the three variables. Each region with a database
+# of its own is a database alias; apps/usage/regions.py routes the ledger's models to it.
+DATA_REGIONS, DATA_REGION_DEFAULT = parse_regions(
+    env.str("DATA_REGIONS", default=""),
+    default=env.str("DATA_REGION_DEFAULT", default=""),
+    strict=env.str("DATA_REGIONS_STRICT", default=""),
+    primary_url=DATABASE_URL,
+)
+for _region in DATA_REGIONS:
+    if _region.url:
+        DATABASES[_region.alias] = _database(_region.url)
+DATABASE_ROUTERS = ["apps.usage.regions.RegionRouter"]
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # --- Redis, cache and Celery ---------------------------------------------------

@@ -27,10 +27,9 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from django.db import connection, transaction
-
 from .grouping import day_bounds, month_start, next_month, utc_midnight, utc_today
 from .models import UsageRecord
+from .regions import ledger_atomic, ledger_db
 
 logger = logging.getLogger(__name__)
 
@@ -72,9 +71,9 @@ def partition_name(month: dt.date) -> str:
 
 def is_partitioned() -> bool:
     """Whether the usage table is a partitioned table (PostgreSQL after migration 0004)."""
-    if connection.vendor != "postgresql":
+    if ledger_db.vendor != "postgresql":
         return False
-    with connection.cursor() as cursor:
+    with ledger_db.cursor() as cursor:
         cursor.execute(
             "SELECT EXISTS (SELECT 1 FROM pg_partitioned_table WHERE partrelid = to_regclass(%s))",
             [TABLE],
@@ -98,7 +97,7 @@ def usage_partitions(*, exact: bool = False) -> list[UsagePartition]:
     """The partitions, oldest first, DEFAULT last; `exact` counts rows (a scan of each)."""
     if not is_partitioned():
         return []
-    with connection.cursor() as cursor:
+    with ledger_db.cursor() as cursor:
         cursor.execute(
             "SELECT c.relname, pg_get_expr(c.relpartbound, c.oid), c.reltuples::bigint, "
             "pg_total_relation_size(c.oid) FROM pg_inherits i "
@@ -113,7 +112,7 @@ def usage_partitions(*, exact: bool = False) -> list[UsagePartition]:
             rows = estimate if estimate >= 0 else None
             if exact:
                 # Identifier from the catalogue, quoted.
-                cursor.execute(f"SELECT count(*) FROM ONLY {connection.ops.quote_name(name)}")  # noqa: S608
+                cursor.execute(f"SELECT count(*) FROM ONLY {ledger_db.ops.quote_name(name)}")  # noqa: S608
                 rows = cursor.fetchone()[0]
             partitions.append(UsagePartition(name, start, end, rows, size))
     return sorted(partitions, key=lambda p: (p.start is None, p.start or dt.date.min))
@@ -123,7 +122,7 @@ def usage_partitions(*, exact: bool = False) -> list[UsagePartition]:
 def _maintenance() -> Iterator[bool]:
     """A transaction holding the maintenance lock, with a short lock_timeout; yields False
     (and does nothing) when another run holds the lock."""
-    with transaction.atomic(), connection.cursor() as cursor:
+    with ledger_atomic(), ledger_db.cursor() as cursor:
         cursor.execute(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")
         cursor.execute("SELECT pg_try_advisory_xact_lock(%s)", [_MAINTENANCE_LOCK_KEY])
         yield bool(cursor.fetchone()[0])
@@ -184,7 +183,7 @@ def usage_partitions_ensure(
         wanted.append(month)
         month = next_month(month)
     created = []
-    with _maintenance() as locked, connection.cursor() as cursor:
+    with _maintenance() as locked, ledger_db.cursor() as cursor:
         if not locked:
             logger.info("usage partitions: another maintenance run is active; skipped")
             return []
@@ -205,10 +204,10 @@ def partition_frozen(partition: UsagePartition) -> Iterator[Callable[[], None]]:
     row slips in between the check and the drop."""
     if partition.is_default:
         raise ValueError("the DEFAULT partition is never dropped")
-    with _maintenance() as locked, connection.cursor() as cursor:
+    with _maintenance() as locked, ledger_db.cursor() as cursor:
         if not locked:
             raise PartitionBusyError("another maintenance run is active")
-        name = connection.ops.quote_name(partition.name)
+        name = ledger_db.ops.quote_name(partition.name)
         cursor.execute(f"LOCK TABLE {name} IN SHARE MODE")
 
         def drop() -> None:

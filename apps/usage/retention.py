@@ -32,7 +32,6 @@ from dataclasses import dataclass, field
 
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
-from django.db import connection
 from django.db.models import Count, Min, Sum
 from django.db.models.functions import TruncDay
 
@@ -46,6 +45,7 @@ from .partitions import (
     partition_frozen,
     usage_partitions,
 )
+from .regions import ledger_db
 
 logger = logging.getLogger(__name__)
 
@@ -140,7 +140,7 @@ def usage_raw_prune(
     result = RawPruneResult(dry_run=dry_run)
     if cutoff is None:
         return result
-    if connection.vendor == "postgresql":
+    if ledger_db.vendor == "postgresql":
         partitions = usage_partitions()
         if not partitions:
             # Never a large DELETE on PostgreSQL: without partitions nothing is pruned.

@@ -18,7 +18,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from decimal import Decimal
 
-from django.db import transaction
 from django.db.models import Count, Q, QuerySet
 from django.db.models.functions import TruncDay, TruncHour
 from django.utils import timezone
@@ -37,6 +36,7 @@ from .models import (
     UsageCubeHourly,
     UsageRecord,
 )
+from .regions import ledger_transaction
 from .tags import MAX_TAG_VALUE_CHARS, TagText
 
 INSERT_BATCH = 2000
@@ -258,7 +258,7 @@ def _tag_histograms(
     return rows
 
 
-@transaction.atomic
+@ledger_transaction
 def _rollup(grain: Grain, low: dt.datetime, high: dt.datetime, old: Q) -> RollupResult:
     """Replace the rows `old` of `grain`'s tables with [low, high) recomputed."""
     now = timezone.now()
@@ -289,7 +289,7 @@ def rollup_days(*, start: dt.date, end: dt.date) -> RollupResult:
     return _rollup(DAILY, low, high, Q(day__gte=start, day__lt=end))
 
 
-@transaction.atomic
+@ledger_transaction
 def rollup_hours(*, start: dt.datetime, end: dt.datetime, until: dt.datetime) -> RollupResult:
     """Recompute every hourly rollup table for the UTC hours in [start, end) from the rows
     created before `until`, and record each hour as rolled up to there (`UsageRolledHour`),

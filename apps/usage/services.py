@@ -10,7 +10,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError
 from django.db.models import F
 from django.utils import timezone
 
@@ -18,6 +18,7 @@ from apps.accounts.audit import audit_record
 
 from .capture import clean_text
 from .models import UsageDeadLetter
+from .regions import ledger_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -29,7 +30,7 @@ def usage_dead_letter_record(*, request_id: str, payload: str, error: str) -> No
     payload = payload.replace("\x00", "")
     error = clean_text(error, 2000)
     try:
-        with transaction.atomic():
+        with ledger_atomic():
             UsageDeadLetter.objects.create(request_id=request_id, payload=payload, error=error)
     except IntegrityError:
         # Already there (refused before, or another writer refused its copy just now).
@@ -78,7 +79,7 @@ def usage_dead_letters_replay(*, actor: Any = None, ids: list[int] | None = None
         if result.dead_lettered:
             failing += 1
             continue
-        with transaction.atomic():
+        with ledger_atomic():
             UsageDeadLetter.objects.filter(pk=letter.pk).update(replayed_at=timezone.now())
             audit_record(
                 actor=actor,

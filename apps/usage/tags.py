@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import re
 
-from django.db import NotSupportedError, connection
+from django.db import NotSupportedError
 from django.db.models import F, Func, Q, TextField
 from django.db.models.lookups import Exact
 
@@ -122,7 +122,9 @@ class TagText(Func):
 
 def tag_equals(key: str, value: str, field: str = "tags") -> Q:
     """Rows whose tag `key` is the string `value` (a filter for `.filter()`)."""
-    if connection.vendor == "postgresql":
+    from .regions import ledger_db
+
+    if ledger_db.vendor == "postgresql":
         # Containment: the GIN index on the column answers it. The key is inside a JSON
         # parameter, never in the SQL text.
         return Q(**{f"{field}__contains": {key: value}})

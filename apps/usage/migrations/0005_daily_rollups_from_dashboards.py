@@ -20,8 +20,10 @@ ROLLUP_TABLES = (
 
 
 def delete_rollup_rows(apps, schema_editor):
+    # The database being migrated, not where the region router would send the model.
+    alias = schema_editor.connection.alias
     for name in ROLLUP_TABLES:
-        apps.get_model("usage", name).objects.all().delete()
+        apps.get_model("usage", name).objects.using(alias).all().delete()
 
 
 class Migration(migrations.Migration):
