@@ -21,6 +21,9 @@ class Team(models.Model):
     allow_request_logging = models.BooleanField(default=True)
     # Tag keys every request of the team's keys must carry (after defaults are merged).
     required_tag_keys = models.JSONField(default=list, blank=True)
+    # Where the team's usage, tags and logged bodies are kept (DATA_REGIONS); blank is the
+    # default region. Changed through `team_region_set`, which audits it.
+    data_region = models.CharField(max_length=32, blank=True, default="")
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -287,3 +290,22 @@ class KeyChange(models.Model):
         named = f"team {self.team_id}" if self.team_id is not None else ""
         keys = f"{len(self.key_hashes)} key(s)" if self.key_hashes else ""
         return f"key change {self.pk}: " + ", ".join(part for part in (keys, named) if part)
+
+
+class CustomerRegion(models.Model):
+    """A customer whose usage is kept in a region other than its team's.
+
+    The customer is a tag value (the `BILLING_CUSTOMER_TAG_KEY` tag tiers bill by), so a SaaS
+    team serving EU and US customers through one key keeps each customer's rows in place.
+    The gateway holds these in its catalog and picks a row's region from them for free.
+    """
+
+    customer_id = models.CharField(max_length=200, unique=True)
+    region = models.CharField(max_length=32)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["customer_id"]
+
+    def __str__(self) -> str:
+        return f"customer {self.customer_id} in {self.region}"

@@ -27,6 +27,7 @@ from django.db import DatabaseError, connection
 
 from apps.accounts.models import ApiKey
 from apps.accounts.secrets import hash_secret
+from apps.usage.regions import region_or_default
 
 from . import key_mirror
 from .errors import GatewayError, Unauthorized
@@ -75,6 +76,9 @@ class KeyInfo:
     # POSIX timestamps: cheaper to compare per request than aware datetimes.
     expires_ts: float | None
     revoked_ts: float | None
+    # The team's data region (apps/usage/regions.py): where this key's usage rows go, unless
+    # a row's customer has a region of its own.
+    region: str
 
     def tags_with(self, request_tags: dict[str, str]) -> dict[str, str]:
         """A request's tags over the team's, virtual account's and key's defaults."""
@@ -135,6 +139,7 @@ def key_info_from_row(key: ApiKey) -> KeyInfo:
         owner_active=(va.is_active if va else cast("AbstractBaseUser", user).is_active),
         expires_ts=_ts(key.expires_at),
         revoked_ts=_ts(key.revoked_at),
+        region=region_or_default(key.team.data_region),
     )
 
 
@@ -144,7 +149,7 @@ def _ts(moment: datetime | None) -> float | None:
 
 # Bumped when KeyInfo's fields change: a worker ignores mirror records of another version
 # (the key then counts as unknown until the database is back).
-KEY_INFO_VERSION = 1
+KEY_INFO_VERSION = 2
 # Fields held as frozensets or tuples, which JSON brings back as lists.
 _COLLECTION_FIELDS: dict[str, Any] = {
     field.name: typing.get_origin(field.type)

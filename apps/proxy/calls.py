@@ -38,6 +38,7 @@ from .health import ttft_timeout
 from .pricing import price_override
 from .providers.base import DeploymentInfo, InvalidAnswer, UnsupportedRequest, Usage
 from .providers.registry import provider_for
+from .regions import row_region
 from .responses import send_json
 from .router import deployments_to_try
 from .tokens import estimate_text_tokens
@@ -678,6 +679,7 @@ async def _record(call: Call) -> None:
         tags=call.tags,
         request_body=call.body if call.log_bodies else None,
         response_body=call.response_body,
+        region=row_region(call.key, call.tags),
     )
     await _settle(call)
     await get_usage_buffer().put(event)

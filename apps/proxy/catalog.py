@@ -24,6 +24,7 @@ from django.conf import settings
 from django.db import DatabaseError, connection
 from django.db.models import Count, Max
 
+from apps.accounts.models import CustomerRegion
 from apps.billing.models import ModelPrice
 from gateway_portal.db_snapshot import read_snapshot
 
@@ -140,7 +141,8 @@ def _read_records() -> dict[str, Any]:
         for model in GatewayModel.objects.filter(is_active=True)
     ]
     prices = list(ModelPrice.objects.values_list(*PriceBook.VALUE_FIELDS))
-    return {"models": models, "prices": prices}
+    customer_regions = dict(CustomerRegion.objects.values_list("customer_id", "region"))
+    return {"models": models, "prices": prices, "customer_regions": customer_regions}
 
 
 def _build(records: dict[str, Any]) -> tuple[dict[str, ModelEntry], PriceBook]:
@@ -164,6 +166,8 @@ def _fingerprint() -> tuple[Any, ...]:
         parts.append((agg["n"], agg["t"]))
     agg = ModelPrice.objects.aggregate(n=Count("id"), m=Max("id"))
     parts.append((agg["n"], agg["m"]))
+    agg = CustomerRegion.objects.aggregate(n=Count("id"), t=Max("updated_at"))
+    parts.append((agg["n"], agg["t"]))
     return tuple(parts)
 
 
@@ -171,6 +175,8 @@ class Catalog:
     def __init__(self) -> None:
         self.models: dict[str, ModelEntry] = {}
         self.prices = PriceBook()
+        # Customer tag value -> data region, for the customers kept outside their team's.
+        self.customer_regions: dict[str, str] = {}
         self._fingerprint: tuple[Any, ...] | None = None
         self._task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
@@ -203,6 +209,8 @@ class Catalog:
         models, prices = _build(records)
         # Swap whole objects so a request never sees half a catalog.
         self.models, self.prices, self._fingerprint = models, prices, fingerprint
+        # A snapshot written before regions existed has none.
+        self.customer_regions = dict(records.get("customer_regions") or {})
 
     async def refresh(self, *, force: bool = False) -> bool:
         """Reload from the database if it changed (a first load falls back on the snapshot)."""

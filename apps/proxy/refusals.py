@@ -23,6 +23,7 @@ from .catalog import catalog
 from .endpoints.base import Endpoint
 from .errors import BadRequest, GatewayError
 from .metadata import metadata_header, parse_metadata_header
+from .regions import row_region
 
 logger = logging.getLogger(__name__)
 
@@ -72,6 +73,7 @@ async def record_refusal(
         # No deployment was tried.
         attempts=0,
         tags=tags,
+        region=row_region(key, tags),
     )
     try:
         await get_usage_buffer().put(event)

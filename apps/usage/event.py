@@ -17,6 +17,7 @@ import orjson
 
 from apps.usage.capture import clamp_token_count, clean_json, clean_tags, clean_text
 from apps.usage.models import UsageRecord
+from apps.usage.regions import region_or_default
 
 # The cost column is DecimalField(decimal_places=10); quantizing here keeps the buffered
 # value identical to what the database will store.
@@ -62,6 +63,7 @@ class UsageEvent:
     tags: dict[str, Any] = field(default_factory=dict)
     request_body: Any = None
     response_body: Any = None
+    region: str = ""
 
     def __post_init__(self) -> None:
         if self.created_at.tzinfo is None:
@@ -154,6 +156,8 @@ class UsageEvent:
             "tags": clean_tags(self.tags),
             "request_body": clean_json(self.request_body),
             "response_body": clean_json(self.response_body),
+            # Blank on events buffered before regions existed: those are the default's.
+            "region": region_or_default(self.region),
         }
 
     def to_record(self) -> UsageRecord:

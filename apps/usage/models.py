@@ -72,6 +72,9 @@ class UsageRecord(models.Model):
     tags = models.JSONField(default=dict)
     request_body = models.JSONField(null=True, blank=True)
     response_body = models.JSONField(null=True, blank=True)
+    # The data region the row was written in (apps/usage/regions.py): every export and CSV
+    # carries it. A database default too, for writers that predate the column.
+    region = models.CharField(max_length=32, blank=True, default="", db_default="")
 
     class Meta:
         db_table = "proxy_usagerecord"

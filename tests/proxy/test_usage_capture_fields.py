@@ -53,6 +53,7 @@ def a_key() -> KeyInfo:
         owner_active=True,
         expires_ts=None,
         revoked_ts=None,
+        region="eu",
     )
 
 
@@ -93,3 +94,5 @@ def test_every_count_of_usage_reaches_the_event(monkeypatch):
     [event] = buffer.events
     for name, value in values.items():
         assert getattr(event, EVENT_NAMES.get(name, name)) == value, name
+    # The key's cached team region (no customer region applies) reached the row.
+    assert event.region == "eu"
