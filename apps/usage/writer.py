@@ -23,19 +23,17 @@ import time
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import orjson
 from django.conf import settings
 from django.db import (
-    DEFAULT_DB_ALIAS,
     DatabaseError,
     DataError,
     IntegrityError,
     close_old_connections,
-    connection,
     connections,
-    transaction,
 )
 from django.utils import timezone
 from prometheus_client import Counter
@@ -43,12 +41,21 @@ from prometheus_client import Counter
 from apps.usage.buffer import (
     BUFFER_ERRORS,
     MemoryBuffer,
+    SpoolFile,
     UsageBuffer,
     get_usage_buffer,
     usage_settings,
 )
 from apps.usage.event import UsageEvent
 from apps.usage.models import UsageLateDay, UsageLateHour, UsageRecord
+from apps.usage.regions import (
+    in_region,
+    is_multi_region,
+    ledger_atomic,
+    ledger_connection,
+    region_names,
+    region_or_default,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -70,6 +77,64 @@ class WriteResult:
         return WriteResult(self.inserted + other.inserted, self.dead_lettered + other.dead_lettered)
 
 
+@dataclass(slots=True)
+class RegionalResult:
+    """What a batch split by region came to: written, and held back per region (its
+    database was unreachable, or the region is not configured here)."""
+
+    written: WriteResult
+    held: dict[str, list[UsageEvent]]
+
+
+def by_region(events: Iterable[UsageEvent]) -> dict[str, list[UsageEvent]]:
+    groups: dict[str, list[UsageEvent]] = {}
+    for event in events:
+        groups.setdefault(region_or_default(event.region), []).append(event)
+    return groups
+
+
+def insert_events_by_region(events: list[UsageEvent]) -> RegionalResult:
+    """Blocking: each region's events into its own database, one region not holding back
+    another. With a single region an outage raises, as `insert_events_isolating` does (the
+    whole batch then stays in the buffer); with several, when some region took its rows, an
+    unreachable region's events come back in `held` for the caller to keep safe. A region
+    this install does not know is held too: writing its rows anywhere else would move a
+    tenant's data out of its region.
+
+    Held events are never raised for with several regions: a batch of one unreachable region
+    would otherwise sit at the head of the in-process queue and hold back the others.
+    """
+    groups = by_region(events)
+    written = WriteResult()
+    held: dict[str, list[UsageEvent]] = {}
+    known = set(region_names())
+    for region, group in groups.items():
+        if region not in known:
+            logger.error(
+                "usage writer: %d rows of region '%s', which is not in DATA_REGIONS, held "
+                "in the spool until it is",
+                len(group),
+                region,
+            )
+            held[region] = group
+            continue
+        try:
+            with in_region(region):
+                written += insert_events_isolating(group)
+        except DatabaseError as exc:
+            _close_broken(region)
+            if not is_multi_region():
+                raise
+            logger.error("usage writer: region %s unreachable, rows held back: %r", region, exc)
+            held[region] = group
+    return RegionalResult(written, held)
+
+
+def _close_broken(region: str) -> None:
+    with contextlib.suppress(Exception), in_region(region):
+        ledger_connection().close()
+
+
 def insert_events(events: list[UsageEvent]) -> int:
     """Blocking: insert the events not yet in the table, in one transaction; rows inserted.
 
@@ -86,8 +151,8 @@ def _insert_rows(pairs: list[Pair]) -> int:
     rows = {row["request_id"]: row for _, row in pairs}
     if not rows:
         return 0
-    with transaction.atomic():
-        if connection.vendor == "postgresql":
+    with ledger_atomic():
+        if ledger_connection().vendor == "postgresql":
             inserted = _copy_rows(list(rows.values()))
         else:
             inserted = _bulk_create_rows(rows)
@@ -156,7 +221,8 @@ def _copy_rows(rows: list[dict[str, Any]]) -> int:
     from psycopg.types.json import Jsonb
 
     now = timezone.now()
-    with transaction.atomic(), connection.cursor() as cursor, connection.wrap_database_errors:
+    connection = ledger_connection()
+    with ledger_atomic(), connection.cursor() as cursor, connection.wrap_database_errors:
         cursor.execute(_CREATE_STAGE)
         raw = cursor.cursor  # the psycopg cursor: Django's wrapper has no COPY
         with raw.copy(_COPY) as copy:
@@ -183,7 +249,7 @@ def _json_text(value: Any) -> str:
 
 
 def _bulk_create_rows(rows: dict[str, dict[str, Any]]) -> int:
-    with transaction.atomic():
+    with ledger_atomic():
         existing = set(
             UsageRecord.objects.filter(request_id__in=list(rows)).values_list(
                 "request_id", flat=True
@@ -256,15 +322,39 @@ def _dead_letter_unreadable(entries: list[tuple[str, str, str]]) -> None:
     """
     from .services import usage_dead_letter_record
 
+    known = set(region_names())
     for payload, reason, entry_id in entries:
         try:
-            request_id = str(orjson.loads(payload).get("request_id") or "")
+            readable = orjson.loads(payload)
+            request_id = str(readable.get("request_id") or "")
+            region = str(readable.get("region") or "")
         except (orjson.JSONDecodeError, AttributeError):
-            request_id = ""
-        usage_dead_letter_record(
-            request_id=request_id or f"unreadable_{entry_id}", payload=payload, error=reason
-        )
+            request_id = region = ""
+        # Kept in its own region's database when it says which (it may hold its tags).
+        with in_region(region if region in known else region_or_default("")):
+            usage_dead_letter_record(
+                request_id=request_id or f"unreadable_{entry_id}", payload=payload, error=reason
+            )
         DEAD_LETTERED.inc()
+
+
+def _held_regions(directory: Path) -> list[str]:
+    if not directory.is_dir():
+        return []
+    return sorted(path.name for path in directory.iterdir() if path.is_dir())
+
+
+def _held_counts(directory: Path) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for region in _held_regions(directory):
+        lines = 0
+        for path in (directory / region).iterdir():
+            if path.suffix in (".jsonl", ".part"):
+                with path.open("rb") as handle:
+                    lines += sum(1 for _ in handle)
+        if lines:
+            counts[region] = lines
+    return counts
 
 
 class UsageWriter:
@@ -289,6 +379,10 @@ class UsageWriter:
         self._stopping: asyncio.Event | None = None
         self._db_down = False
         self._buffer_down = False
+        # A region's rows its database could not take (see `insert_events_by_region`).
+        self._held_dir = self.buffer.spool.directory / "held"
+        self._held: dict[str, SpoolFile] = {}
+        self._held_retry: dict[str, tuple[float, float]] = {}  # region: (retry at, delay)
 
     # Lifecycle ---------------------------------------------------------------------------
 
@@ -372,6 +466,9 @@ class UsageWriter:
                     # Committed but not acked: redelivered later and ignored by the insert.
                     self._note_buffer_error(exc)
             spool_fetched, spool_inserted = await self._replay_spool(seal_age)
+            held_fetched, held_inserted = await self._replay_held()
+            spool_fetched += held_fetched
+            spool_inserted += held_inserted
             if fetched or spool_fetched:
                 self._note_db_ok()  # only a write that went through proves the database is back
             return fetched + spool_fetched, inserted + spool_inserted
@@ -395,10 +492,6 @@ class UsageWriter:
                 break
         return fetched, inserted
 
-    async def _insert(self, events: list[UsageEvent]) -> int:
-        """Rows inserted; refused rows are dead-lettered, a database outage raises."""
-        return await self._run_sync(self._insert_sync, events)
-
     async def _run_sync(self, function: Any, *args: Any) -> Any:
         if self._executor is None:
             # One thread keeps one database connection instead of one per pooled thread.
@@ -407,15 +500,57 @@ class UsageWriter:
         return await loop.run_in_executor(self._executor, function, *args)
 
     @staticmethod
-    def _insert_sync(events: list[UsageEvent]) -> int:
+    def _insert_sync(events: list[UsageEvent]) -> RegionalResult:
         # Drops a connection broken by an earlier outage so this attempt reconnects.
         close_old_connections()
-        try:
-            return insert_events_isolating(events).inserted
-        except DatabaseError:
-            with contextlib.suppress(Exception):
-                connections[DEFAULT_DB_ALIAS].close()
-            raise
+        return insert_events_by_region(events)
+
+    async def _insert(self, events: list[UsageEvent]) -> int:
+        """Rows inserted; refused rows are dead-lettered, a database outage raises (with
+        several regions, an unreachable region's rows are held in its spool instead)."""
+        result: RegionalResult = await self._run_sync(self._insert_sync, events)
+        for region, held in result.held.items():
+            await asyncio.to_thread(self._held_spool(region).append, held)
+        return result.written.inserted
+
+    # Rows held back by region ------------------------------------------------------------
+
+    def _held_spool(self, region: str) -> SpoolFile:
+        spool = self._held.get(region)
+        if spool is None:
+            spool = self._held[region] = SpoolFile(self._held_dir / region)
+        return spool
+
+    async def _replay_held(self) -> tuple[int, int]:
+        """Retry each region's held rows, the region alone; one still down waits its backoff
+        and holds back no other."""
+        fetched = inserted = 0
+        directories = await asyncio.to_thread(_held_regions, self._held_dir)
+        now = time.monotonic()
+        for region in directories:
+            retry_at, delay = self._held_retry.get(region, (0.0, 0.0))
+            if now < retry_at:
+                continue
+            spool = self._held_spool(region)
+            await asyncio.to_thread(spool.seal, min_age=0.0)
+            for path in await asyncio.to_thread(spool.sealed_files):
+                batch = await asyncio.to_thread(spool.read, path)
+                result: RegionalResult = await self._run_sync(self._insert_sync, batch.events)
+                inserted += result.written.inserted
+                if result.held:
+                    # Still unreachable: the file stays; its written rows are skipped next
+                    # time (the insert ignores known request ids).
+                    delay = min(max(delay * 2, self.flush_interval), self.max_backoff)
+                    self._held_retry[region] = (time.monotonic() + delay, delay)
+                    break
+                await asyncio.to_thread(spool.remove, path)
+                fetched += len(batch.events) or 1
+                self._held_retry.pop(region, None)
+        return fetched, inserted
+
+    def held_counts(self) -> dict[str, int]:
+        """Blocking: rows held back per region, in this writer's spool directory."""
+        return _held_counts(self._held_dir)
 
     # Background loop -----------------------------------------------------------------------
 
