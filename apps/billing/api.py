@@ -54,7 +54,8 @@ Row schema version {EXPORT_SCHEMA_VERSION} (also in the `schema_version` field a
 **Grouped rows** (`mode=aggregate`): `period` (ISO start of the hour/day/month bucket, UTC;
 only with `granularity`), one column per `group_by` dimension (`team` + `team_id`, `user` +
 `user_id`, `virtual_account` + `virtual_account_id`, `model`, `status_code`, `provider`,
-`request_type`, `tag.<key>`; null when absent), then the metrics asked for: `requests`,
+`request_type`, `region` (the data region whose database holds the rows), `tag.<key>`;
+null when absent), then the metrics asked for: `requests`,
 `errors`, `error_rate` (0..1), `input_tokens`, `output_tokens`, `cached_tokens` (prompt-cache
 reads), `cache_write_tokens` (prompt-cache writes; both are part of `input_tokens`),
 `total_tokens` (input + output), `cost_usd` ({CURRENCY}, string with {COST_DECIMALS} decimals),
@@ -86,9 +87,12 @@ class UsageParams(Schema):
     virtual_account: str | None = Field(None, description="Virtual account names or ids")
     model: str | None = Field(None, description="Model names, comma-separated")
     status: str | None = Field(None, description="Codes (429), classes (4xx), success or error")
+    region: str | None = Field(
+        None, description="Data regions, comma-separated (DATA_REGIONS); default: all, merged"
+    )
     group_by: str | None = Field(
         None,
-        description="Comma-separated: team, user, virtual_account, model, status, provider, request_type, tag.<key> (or a configured tag key). Tag filters: tag.<key>=<value>",
+        description="Comma-separated: team, user, virtual_account, model, status, provider, request_type, region, tag.<key> (or a configured tag key). Tag filters: tag.<key>=<value>",
     )
     granularity: Literal["hour", "day", "month"] | None = None
     metrics: str | None = Field(

@@ -18,12 +18,22 @@ from django.utils.dateparse import parse_date, parse_datetime
 
 from apps.accounts.models import TagDefinition, Team, VirtualAccount
 from apps.usage.grouping import day_bounds, next_month, rollup_tag_keys
+from apps.usage.regions import region_names
 from apps.usage.tags import MAX_TAG_VALUE_CHARS, control_character, tag_key_problem
 
 from .exceptions import UsageQueryError
 
 # Built-in group_by dimensions (the query layer's columns this API offers).
-DIMENSIONS = ("team", "user", "virtual_account", "model", "status", "provider", "request_type")
+DIMENSIONS = (
+    "team",
+    "user",
+    "virtual_account",
+    "model",
+    "status",
+    "provider",
+    "request_type",
+    "region",
+)
 GRANULARITIES = ("hour", "day", "month")
 METRICS = ("requests", "tokens", "cost", "latency", "error_rate")
 DATE_RE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
@@ -56,6 +66,8 @@ class UsageQuery:
     group_by: tuple[Dim, ...] = ()
     granularity: str | None = None
     metrics: frozenset[str] = field(default_factory=lambda: frozenset(METRICS))
+    # Data regions read (apps/usage/regions.py); empty is all of them.
+    regions: tuple[str, ...] = ()
 
 
 def _split(value: str | None) -> list[str]:
@@ -190,6 +202,13 @@ def parse_usage_query(
                 )
             tags.append((key, value))
 
+    regions = tuple(_split(params.get("region")))
+    unknown_regions = sorted(set(regions) - set(region_names()))
+    if unknown_regions:
+        raise UsageQueryError(
+            f"region: unknown {', '.join(unknown_regions)}; use {', '.join(region_names())}"
+        )
+
     granularity = params.get("granularity") or None
     if granularity is not None and granularity not in GRANULARITIES:
         raise UsageQueryError(f"granularity: use one of {', '.join(GRANULARITIES)}")
@@ -220,6 +239,7 @@ def parse_usage_query(
         group_by=parse_group_by(params.get("group_by", default_group_by)),
         granularity=granularity,
         metrics=metrics,
+        regions=regions,
     )
 
 

@@ -27,9 +27,9 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
 
-from django.db import connection
 from django.db.models import (
     Aggregate,
+    Count,
     F,
     FloatField,
     Model,
@@ -46,7 +46,15 @@ from gateway_portal.db_snapshot import read_snapshot
 from .aggregates import RAW_SUMS, ROLLUP_SUMS, summed_cost
 from .coverage import covered_days, covered_hours, held_ranges, uncovered
 from .grouping import rollup_tag_keys, utc_midnight, utc_today
+from .histograms import Histogram, merge_into, percentiles, sql_bucket
 from .models import TagUsageDaily, TagUsageHourly, UsageCubeDaily, UsageCubeHourly, UsageRecord
+from .regions import (
+    current_alias,
+    current_region,
+    in_region,
+    ledger_connection,
+    region_names,
+)
 from .scope import UsageScope
 from .tags import TagText, tag_equals
 
@@ -62,6 +70,8 @@ COLUMNS = {
     "request_type": "request_type",
 }
 BUCKETS = ("hour", "day", "month")
+# Grouping by region splits each group by the data region whose ledger holds its rows.
+REGION = "region"
 PERCENTILES = (("latency_p50_ms", 0.5), ("latency_p90_ms", 0.9), ("latency_p99_ms", 0.99))
 _TRUNC = {"hour": TruncHour, "day": TruncDay, "month": TruncMonth}
 _CUBE_DIMENSIONS = frozenset({"team", "user", "virtual_account", "model", "provider", "error_type"})
@@ -94,6 +104,8 @@ class UsageFilter:
     # No rollup keeps keys apart: a filter on them reads raw rows.
     api_key_ids: tuple[int, ...] = ()
     key_lineage_ids: tuple[uuid.UUID, ...] = ()
+    # The data regions whose ledgers are read; empty is all of them.
+    regions: tuple[str, ...] = ()
 
     @property
     def by_status(self) -> bool:
@@ -372,21 +384,116 @@ def usage_totals(
     """Sums per (bucket, group), ordered by bucket then group values (None last, text in code
     point order); lazy.
 
-    `group_by` holds names of COLUMNS and `tag:<key>`; `bucket` is one of BUCKETS or None (one
-    total per group). With `latency`, each group also carries its exact latency percentiles,
-    read from the raw rows (None where none are left, past retention). `use_rollups=False`
-    reads raw rows only (what the rollups must agree with).
+    `group_by` holds names of COLUMNS, `tag:<key>` and `region`; `bucket` is one of BUCKETS or
+    None (one total per group). With `latency`, each group also carries its exact latency
+    percentiles, read from the raw rows (None where none are left, past retention).
+    `use_rollups=False` reads raw rows only (what the rollups must agree with).
 
     A read the rollups take no part in streams from one GROUP BY (a chargeback over many
     groups never sits in memory); one that adds rollup rows to raw rows is summed here.
+
+    Each data region's ledger is read where it lives (`where.regions`, or all of them) and
+    the regions' sums are added; latency percentiles of several regions are merged through
+    their histograms (within `histograms.RELATIVE_ERROR`), since percentiles do not add.
     """
+    names = list(where.regions) if where.regions else region_names()
+    inner = tuple(d for d in group_by if d != REGION)
+    if len(names) == 1 and REGION not in group_by:
+        if names[0] == current_region():
+            # Lazy: its queries run as it is read, on the database the router picks now.
+            return _region_totals(scope, where, inner, bucket, latency, use_rollups)
+        with in_region(names[0]):
+            return iter(list(_region_totals(scope, where, inner, bucket, latency, use_rollups)))
+    return iter(_across_regions(names, scope, where, group_by, inner, bucket, latency, use_rollups))
+
+
+def _across_regions(
+    names: list[str],
+    scope: UsageScope,
+    where: UsageFilter,
+    group_by: tuple[str, ...],
+    inner: tuple[str, ...],
+    bucket: str | None,
+    latency: bool,
+    use_rollups: bool,
+) -> list[UsageTotals]:
+    sums: dict[tuple, list] = {}
+    histograms: dict[tuple, Histogram] = {}
+    at = group_by.index(REGION) if REGION in group_by else None
+    for name in names:
+        with in_region(name):
+            totals = list(_region_totals(scope, where, inner, bucket, False, use_rollups))
+            found = _raw_latency_histograms(scope, where, inner, bucket) if latency else {}
+        for row in totals:
+            group = row.group if at is None else (*row.group[:at], name, *row.group[at:])
+            acc = sums.setdefault((row.bucket, group), [0, 0, 0, 0, 0, 0, Decimal(0)])
+            for index, value in enumerate(_totals_sums(row)):
+                acc[index] += value
+            if latency:
+                merge_into(
+                    histograms.setdefault((row.bucket, group), {}),
+                    found.get((row.bucket, row.group), {}),
+                )
+    merged = [
+        UsageTotals(
+            moment,
+            group,
+            *acc,
+            latency=dict(
+                zip(
+                    (n for n, _ in PERCENTILES),
+                    percentiles(histograms.get((moment, group), {}), [f for _, f in PERCENTILES]),
+                    strict=True,
+                )
+            )
+            if latency
+            else {},
+        )
+        for (moment, group), acc in sums.items()
+    ]
+    return sorted(merged, key=_order)
+
+
+def _totals_sums(row: UsageTotals) -> tuple[int, int, int, int, int, int, Decimal]:
+    return (
+        row.requests,
+        row.errors,
+        row.input_tokens,
+        row.output_tokens,
+        row.cached_tokens,
+        row.cache_write_tokens,
+        row.cost_usd,
+    )
+
+
+def _raw_latency_histograms(scope, where, group_by, bucket) -> dict[tuple, Histogram]:
+    """Latency histograms per (bucket, group) of the current region's raw rows."""
+    qs, names = grouped_raw(raw_rows(scope=scope, where=where), group_by, bucket)
+    qs = qs.exclude(latency_ms__isnull=True).annotate(_lat=sql_bucket("latency_ms"))
+    found: dict[tuple, Histogram] = {}
+    for row in qs.values(*names, "_lat").annotate(c=Count("id")).order_by():
+        key = (_moment(row.get("_bucket")), _group_of(row, group_by))
+        histogram = found.setdefault(key, {})
+        histogram[int(row["_lat"])] = histogram.get(int(row["_lat"]), 0) + row["c"]
+    return found
+
+
+def _region_totals(
+    scope: UsageScope,
+    where: UsageFilter,
+    group_by: tuple[str, ...],
+    bucket: str | None,
+    latency: bool,
+    use_rollups: bool,
+) -> Iterator[UsageTotals]:
+    """`usage_totals` of the current region's ledger."""
     rollup = _rollup_for(where, group_by) if use_rollups else None
     # Coverage and the rows it selects from one committed state: a rollup run committing
     # between them would count its new span twice (its rows, and the raw rows after the
     # old `until`).
-    with read_snapshot():
+    with read_snapshot(current_alias()):
         days, hours = rollup_coverage(where, bucket) if rollup is not None else (set(), {})
-        if days or hours or (latency and connection.vendor != "postgresql"):
+        if days or hours or (latency and ledger_connection().vendor != "postgresql"):
             return iter(_merged(scope, where, group_by, bucket, latency, rollup, days, hours))
     return _raw_streamed(scope, where, group_by, bucket, latency)
 
@@ -443,7 +550,7 @@ def _db_order(group_by: tuple[str, ...], names: list[str]) -> list[OrderBy]:
     order = []
     for name in names:
         expression = F(name)
-        if name in text and connection.vendor == "postgresql":
+        if name in text and ledger_connection().vendor == "postgresql":
             expression = Collate(expression, "C")
         order.append(OrderBy(expression, nulls_last=True))
     return order
@@ -498,7 +605,7 @@ def _raw_percentiles(scope, where, group_by, bucket) -> dict[tuple, dict[str, fl
     """Exact latency percentiles per (bucket, group) of the raw rows."""
     qs, names = grouped_raw(raw_rows(scope=scope, where=where), group_by, bucket)
     found: dict[tuple, dict[str, float | None]] = {}
-    if connection.vendor == "postgresql":
+    if ledger_connection().vendor == "postgresql":
         aggregates = {n: PercentileCont("latency_ms", f) for n, f in PERCENTILES}
         for row in _group_rows(qs, names, {"n": RAW_SUMS["n"], **aggregates}):
             key = (_moment(row.get("_bucket")), _group_of(row, group_by))

@@ -55,6 +55,7 @@ def _usage_filter(*, scope: UsageScope, query: UsageQuery) -> UsageFilter:
         tags=query.tags,
         status_codes=query.status_codes,
         status_range=query.status_range,
+        regions=query.regions,
     )
 
 
