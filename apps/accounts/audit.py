@@ -25,6 +25,8 @@ class AuditAction:
     MEMBERSHIP_REMOVED = "membership.removed"
     TEAM_CREATED = "team.created"
     TEAM_UPDATED = "team.updated"
+    TEAM_REGION_CHANGED = "team.region_changed"
+    CUSTOMER_REGION_SET = "customer_region.set"
     VIRTUAL_ACCOUNT_CREATED = "virtualaccount.created"
     VIRTUAL_ACCOUNT_UPDATED = "virtualaccount.updated"
     TAG_DEFINED = "tag.defined"

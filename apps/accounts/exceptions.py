@@ -24,3 +24,7 @@ class PolicyError(AccountsError):
 
 class SecretRevealError(AccountsError):
     """No secret is waiting to be revealed: already revealed, expired, or never created."""
+
+
+class RegionError(AccountsError):
+    """A data region must be one of DATA_REGIONS."""

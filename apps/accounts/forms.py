@@ -194,6 +194,20 @@ class TeamEditForm(forms.Form):
     )
 
 
+class TeamRegionForm(ChoicesFormMixin, forms.Form):
+    """Admins: where the team's usage, tags and logged bodies are kept."""
+
+    data_region = forms.ChoiceField(
+        label="Data region",
+        help_text="New usage rows go to this region's database at once; history stays "
+        "until it is moved (manage.py usage_move_region).",
+    )
+
+    def __init__(self, *args, regions, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.set_choices("data_region", [(name, name) for name in regions])
+
+
 class MembershipAddForm(ChoicesFormMixin, forms.Form):
     username = forms.CharField(max_length=150)
     role = forms.ChoiceField()

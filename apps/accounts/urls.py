@@ -27,6 +27,7 @@ urlpatterns = [
     path("teams/new/", teams.team_create_view, name="team_create"),
     path("teams/<int:pk>/", teams.team_detail, name="team_detail"),
     path("teams/<int:pk>/edit/", teams.team_edit, name="team_edit"),
+    path("teams/<int:pk>/region/", teams.team_region, name="team_region"),
     path("teams/<int:pk>/members/", teams.member_add, name="member_add"),
     path(
         "teams/<int:pk>/rotation-policy/", teams.team_rotation_policy, name="team_rotation_policy"

@@ -18,6 +18,7 @@ from .pending_secrets import (
     pending_secret_reveal,
     pending_secrets_purge,
 )
+from .regions import customer_region_set, team_region_set
 from .rotation import (
     api_keys_retire_expired,
     api_keys_rotate_due,
@@ -46,6 +47,7 @@ __all__ = [
     "api_keys_rotate_due",
     "api_keys_warn_expiring",
     "audit_record",
+    "customer_region_set",
     "invalidate_after_commit",
     "membership_remove",
     "membership_set",
@@ -56,6 +58,7 @@ __all__ = [
     "rotation_policy_set",
     "tag_definition_upsert",
     "team_create",
+    "team_region_set",
     "team_update",
     "validate_tag_keys",
     "validate_tags",

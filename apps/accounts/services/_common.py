@@ -3,6 +3,7 @@
 from django.db import transaction
 
 from apps.proxy.key_events import publish_invalidation
+from apps.usage.regions import region_or_default
 from apps.usage.tags import tag_key_problem, tags_problem
 
 from ..exceptions import TagsError
@@ -84,6 +85,7 @@ def team_snapshot(team: Team) -> dict:
         "default_tags": dict(team.default_tags or {}),
         "allow_request_logging": team.allow_request_logging,
         "required_tag_keys": list(team.required_tag_keys or []),
+        "data_region": region_or_default(team.data_region),
     }
 
 

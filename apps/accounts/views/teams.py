@@ -12,6 +12,8 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_POST
 
+from apps.usage.regions import is_multi_region, region_names, region_or_default
+
 from .. import selectors
 from ..exceptions import AccountsError
 from ..forms import (
@@ -20,6 +22,7 @@ from ..forms import (
     RotationPolicyForm,
     TeamCreateForm,
     TeamEditForm,
+    TeamRegionForm,
     VirtualAccountCreateForm,
     VirtualAccountEditForm,
 )
@@ -36,6 +39,7 @@ from ..services import (
     rotation_policy_remove,
     rotation_policy_set,
     team_create,
+    team_region_set,
     team_update,
     virtual_account_create,
     virtual_account_update,
@@ -94,6 +98,16 @@ def _team_context(request, identity, team, **forms) -> dict:
             }
         ),
         "member_form": forms.get("member_form") or MembershipAddForm(role_choices=roles),
+        "data_region": region_or_default(team.data_region),
+        "region_form": (
+            forms.get("region_form")
+            or TeamRegionForm(
+                regions=region_names(),
+                initial={"data_region": region_or_default(team.data_region)},
+            )
+        )
+        if identity.is_admin and is_multi_region()
+        else None,
         "va_form": forms.get("va_form") or VirtualAccountCreateForm(),
         "subscription": selectors.team_current_subscription(team=team),
         # Billing pages are admin-only; the subject key is billing's "team:<id>".
@@ -137,6 +151,22 @@ def team_edit(request: HttpRequest, identity, pk: int) -> HttpResponse:
             messages.success(request, "Team saved.")
             return redirect("team_detail", pk=team.pk)
     return _team_page(request, identity, team, status=400, edit_form=form)
+
+
+@require_POST
+@portal_view(ADMIN_ONLY)
+def team_region(request: HttpRequest, identity, pk: int) -> HttpResponse:
+    team = _managed_team(identity, pk)
+    form = TeamRegionForm(request.POST, regions=region_names())
+    if form.is_valid():
+        try:
+            team_region_set(team=team, region=form.cleaned_data["data_region"], actor=request.user)
+        except AccountsError as exc:
+            form.add_error(None, str(exc))
+        else:
+            messages.success(request, f"New usage of {team} is kept in {team.data_region}.")
+            return redirect("team_detail", pk=team.pk)
+    return _team_page(request, identity, team, status=400, region_form=form)
 
 
 @require_POST

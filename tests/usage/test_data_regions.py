@@ -1,0 +1,306 @@
+"""Data residency per record, against real databases: the primary (the suite's PostgreSQL),
+a US region database on the same server and an EU region on a PostgreSQL server of its own
+(so that it can be stopped), with a 2-worker gateway configured with both regions.
+
+What is checked is where rows physically are (SQL on each database), what a reader of the
+usage API gets (the regions merged, or split by region), and that an unreachable region
+delays only its own rows.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import psycopg
+import pytest
+from django.db import connection
+from django.test import override_settings
+
+from apps.accounts.constants import Role
+from apps.accounts.services import customer_region_set, team_region_set
+from apps.usage.models import UsageRecord
+from gateway_portal.data_regions import parse_regions
+from tests import factories
+from tests.proxy.conftest import (
+    GatewayServer,
+    free_port,
+    gateway_env,
+    start_gateway,
+    stop_gateway,
+)
+from tests.proxy.conftest import test_database_url as primary_database_url
+from tests.proxy.helpers import declare_model
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "scripts"))
+
+from run_tests import _initdb, as_postgres_user, pg_bin  # noqa: E402  (scripts/ is no package)
+
+pytestmark = [
+    pytest.mark.services,
+    pytest.mark.slow,
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.skipif(
+        not connection.vendor == "postgresql", reason="two PostgreSQL region databases"
+    ),
+]
+
+TABLE = UsageRecord._meta.db_table
+# Identifiers from the model only; values are always parameters.
+COUNT_TAGGED = f"SELECT count(*) FROM {TABLE} WHERE tags::text LIKE %s"  # noqa: S608
+COUNT_IDS = f"SELECT count(*) FROM {TABLE} WHERE request_id = ANY(%s)"  # noqa: S608
+
+
+@dataclass
+class PgServer:
+    """A PostgreSQL server of the test's own, which the test can stop and start again."""
+
+    workdir: Path
+    port: int
+
+    @property
+    def data(self) -> Path:
+        return self.workdir / "pgdata"
+
+    def url(self, database: str) -> str:
+        return f"postgres://tollgate@127.0.0.1:{self.port}/{database}"
+
+    def start(self) -> None:
+        opts = (
+            f"-p {self.port} -k {self.workdir} -c listen_addresses=127.0.0.1 -c fsync=off "
+            "-c synchronous_commit=off -c max_connections=100"
+        )
+        command = [pg_bin("pg_ctl"), "-D", str(self.data), "-o", opts, "-l"]
+        command += [str(self.workdir / "pg.log"), "-w", "start"]
+        subprocess.run(as_postgres_user(command), check=True, stdout=subprocess.DEVNULL)
+
+    def stop(self) -> None:
+        command = [pg_bin("pg_ctl"), "-D", str(self.data), "-m", "immediate", "-w", "stop"]
+        subprocess.run(as_postgres_user(command), check=False, stdout=subprocess.DEVNULL)
+
+
+@contextlib.contextmanager
+def pg_server() -> Iterator[PgServer]:
+    workdir = Path(tempfile.mkdtemp(prefix="tollgate-eu-pg-"))
+    if os.geteuid() == 0:  # the server runs as postgres (`as_postgres_user`)
+        shutil.chown(workdir, "postgres")
+    _initdb(workdir / "pgdata")
+    server = PgServer(workdir, free_port())
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def create_database(server_url: str, name: str) -> str:
+    """A fresh database `name` on the server of `server_url`; its URL."""
+    admin = server_url.rsplit("/", 1)[0] + "/postgres"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        conn.execute(f'CREATE DATABASE "{name}"')
+    return server_url.rsplit("/", 1)[0] + f"/{name}"
+
+
+def sql(url: str, query: str, *params) -> list[tuple]:
+    with psycopg.connect(url, connect_timeout=3) as conn:
+        return conn.execute(query, params).fetchall()
+
+
+@dataclass
+class Regions:
+    eu_server: PgServer
+    eu_url: str
+    us_url: str
+    primary_url: str
+    env: dict[str, str]
+
+
+@pytest.fixture(scope="module")
+def regions(django_db_setup, django_db_blocker) -> Iterator[Regions]:
+    with django_db_blocker.unblock(), pg_server() as eu_server:
+        primary_url = primary_database_url()
+        eu_url = create_database(eu_server.url("postgres"), "tollgate_eu")
+        us_url = create_database(primary_url, "tollgate_us_region")
+        env = {"DATA_REGIONS": f"eu={eu_url},us={us_url}", "DATA_REGION_DEFAULT": "us"}
+        # `migrate` migrates the primary (already done: nothing to do) and both regions.
+        migrate = [sys.executable, "manage.py", "migrate", "--noinput", "-v0"]
+        subprocess.run(migrate, cwd=ROOT, env=gateway_env(free_port(), env), check=True)
+        yield Regions(eu_server, eu_url, us_url, primary_url, env)
+        with contextlib.suppress(psycopg.Error):
+            create_database(primary_url, "tollgate_us_region")  # emptied for the next run
+
+
+@pytest.fixture(scope="module")
+def regional_gateway(regions) -> Iterator[GatewayServer]:
+    server = start_gateway(regions.env | {"USAGE_FLUSH_INTERVAL": "0.1"}, workers=2)
+    yield server
+    stop_gateway(server)
+
+
+def people(regions: Regions):
+    eu = factories.make_team("Kontor EU", slug="kontor-eu")
+    us = factories.make_team("Ranch US", slug="ranch-us")
+    saas = factories.make_team("SaaS", slug="saas")
+    # The services check names against the gateway's regions (this process has one).
+    specs, default = parse_regions(regions.env["DATA_REGIONS"], default="us")
+    with override_settings(DATA_REGIONS=specs, DATA_REGION_DEFAULT=default):
+        team_region_set(team=eu, region="eu", actor=None)
+        team_region_set(team=us, region="us", actor=None)
+        # SaaS is a US team, but its customer "zeiss" is kept in the EU.
+        team_region_set(team=saas, region="us", actor=None)
+        customer_region_set(customer_id="zeiss", region="eu", actor=None)
+    finance = factories.make_user("fin", team=us, role=Role.FINANCE)
+    keys = {
+        "eu": factories.make_key(user=factories.make_user("anna", team=eu))[1],
+        "us": factories.make_key(user=factories.make_user("bill", team=us))[1],
+        "saas": factories.make_key(user=factories.make_user("sam", team=saas))[1],
+        "reader": factories.make_key(user=finance, scopes=["usage:read"])[1],
+    }
+    return {"eu": eu, "us": us, "saas": saas}, keys
+
+
+def send(gateway: GatewayServer, secret: str, tags: dict, *, stream: bool = False) -> str:
+    body = {
+        "model": "rg-chat",
+        "messages": [{"role": "user", "content": "Where am I kept?"}],
+        "stream": stream,
+    }
+    headers = {"Authorization": f"Bearer {secret}", "X-Gateway-Metadata": json.dumps(tags)}
+    response = httpx.post(
+        f"{gateway.url}/v1/chat/completions", json=body, headers=headers, timeout=30
+    )
+    assert response.status_code == 200, response.text
+    return response.headers["x-request-id"]
+
+
+def rows_in(url: str, ids: list[str]) -> dict[str, tuple]:
+    found = sql(
+        url,
+        f"SELECT request_id, team_id, region, tags::text, request_body IS NOT NULL, "  # noqa: S608
+        f"input_tokens, output_tokens FROM {TABLE} WHERE request_id = ANY(%s)",
+        ids,
+    )
+    return {row[0]: row[1:] for row in found}
+
+
+def wait_rows(url: str, ids: list[str], timeout: float = 40) -> dict[str, tuple]:
+    deadline = time.monotonic() + timeout
+    while True:
+        found = rows_in(url, ids)
+        if len(found) == len(ids) or time.monotonic() > deadline:
+            return found
+        time.sleep(0.3)
+
+
+def test_each_row_its_tags_and_bodies_live_only_in_its_regions_database(regions, regional_gateway):
+    teams, keys = people(regions)
+    declare_model("rg-chat", regional_gateway.simulator_url, "demo-chat")
+    regional_gateway.wait_for_model(keys["eu"], "rg-chat")
+
+    logged = {"log_request": "true"}
+    eu_ids = [send(regional_gateway, keys["eu"], {"site": "berlin", **logged}) for _ in range(6)]
+    eu_ids += [send(regional_gateway, keys["eu"], {"site": "berlin"}, stream=True)]
+    us_ids = [send(regional_gateway, keys["us"], {"site": "austin", **logged}) for _ in range(5)]
+    zeiss = [send(regional_gateway, keys["saas"], {"customer_id": "zeiss"}) for _ in range(3)]
+    acme = [send(regional_gateway, keys["saas"], {"customer_id": "acme"}) for _ in range(2)]
+    every = eu_ids + us_ids + zeiss + acme
+
+    in_eu = wait_rows(regions.eu_url, eu_ids + zeiss)
+    in_us = wait_rows(regions.us_url, us_ids + acme)
+    assert set(in_eu) == set(eu_ids + zeiss)
+    assert set(in_us) == set(us_ids + acme)
+    # Nowhere else: not in the other region, not in the primary.
+    assert not rows_in(regions.eu_url, us_ids + acme)
+    assert not rows_in(regions.us_url, eu_ids + zeiss)
+    assert not rows_in(regions.primary_url, every)
+    assert {row[1] for row in in_eu.values()} == {"eu"}
+    assert {row[1] for row in in_us.values()} == {"us"}
+    # Tag values and logged bodies went with their rows, and only there.
+    assert all("berlin" in in_eu[rid][2] and in_eu[rid][3] for rid in eu_ids[:6])
+    assert all("austin" in in_us[rid][2] and in_us[rid][3] for rid in us_ids)
+    for url, foreign in ((regions.eu_url, "austin"), (regions.us_url, "berlin")):
+        (count,) = sql(url, COUNT_TAGGED, f"%{foreign}%")[0]
+        assert count == 0
+
+    # The usage API merges the regions: its totals are the sum of both databases'.
+    reader = {"Authorization": f"Bearer {keys['reader']}"}
+    api = f"{regional_gateway.url}/api/usage/"
+    merged = httpx.get(api, params={"group_by": "team"}, headers=reader, timeout=30).json()
+    by_team = {item["team_id"]: item for item in merged["data"]}
+    expected = {}
+    for rows in (in_eu, in_us):
+        for team_id, _region, _tags, _body, input_tokens, output_tokens in rows.values():
+            totals = expected.setdefault(team_id, [0, 0, 0])
+            totals[0] += 1
+            totals[1] += input_tokens
+            totals[2] += output_tokens
+    assert {
+        team_id: [item["requests"], item["input_tokens"], item["output_tokens"]]
+        for team_id, item in by_team.items()
+    } == expected
+    assert by_team[teams["saas"].pk]["requests"] == 5  # three EU rows and two US rows
+
+    # Split by region, in the CSV a warehouse loads: every line names its region.
+    split = httpx.get(
+        api, params={"group_by": "team,region", "format": "csv"}, headers=reader, timeout=30
+    )
+    lines = list(csv.DictReader(io.StringIO(split.text)))
+    assert {(line["team"], line["region"], int(line["requests"])) for line in lines} == {
+        ("kontor-eu", "eu", 7),
+        ("ranch-us", "us", 5),
+        ("saas", "eu", 3),
+        ("saas", "us", 2),
+    }
+    # One region alone, as a filter.
+    eu_only = httpx.get(
+        api, params={"group_by": "team", "region": "eu"}, headers=reader, timeout=30
+    ).json()
+    assert {item["team"]: item["requests"] for item in eu_only["data"]} == {
+        "kontor-eu": 7,
+        "saas": 3,
+    }
+    unknown = httpx.get(api, params={"region": "mars"}, headers=reader, timeout=30)
+    assert unknown.status_code == 400 and "mars" in unknown.text
+
+
+def test_a_stopped_region_delays_only_its_own_rows_and_loses_none(regions, regional_gateway):
+    _teams, keys = people(regions)
+    declare_model("rg-chat", regional_gateway.simulator_url, "demo-chat")
+    regional_gateway.wait_for_model(keys["eu"], "rg-chat")
+
+    regions.eu_server.stop()
+    try:
+        # Requests are answered as ever: the region's database is off the request path.
+        eu_ids = [send(regional_gateway, keys["eu"], {"phase": "outage"}) for _ in range(8)]
+        us_ids = [send(regional_gateway, keys["us"], {"phase": "outage"}) for _ in range(8)]
+        # The US region keeps writing while the EU one is down.
+        assert set(wait_rows(regions.us_url, us_ids, timeout=20)) == set(us_ids)
+        # ...while the EU rows wait in the writer's spool for their own database.
+        deadline = time.monotonic() + 20
+        while "region eu unreachable, rows held back" not in regional_gateway.log():
+            assert time.monotonic() < deadline, regional_gateway.log()[-3000:]
+            time.sleep(0.2)
+    finally:
+        regions.eu_server.start()
+    # The held EU rows arrive once their database is back, each once.
+    in_eu = wait_rows(regions.eu_url, eu_ids, timeout=60)
+    assert set(in_eu) == set(eu_ids)
+    (count,) = sql(regions.eu_url, COUNT_IDS, eu_ids)[0]
+    assert count == len(eu_ids)
+    assert not rows_in(regions.us_url, eu_ids)
+    assert not rows_in(regions.primary_url, eu_ids + us_ids)
