@@ -35,6 +35,7 @@ from .errors import (
 )
 from .metadata import LOG_REQUEST_TAG, metadata_header, parse_metadata_header
 from .refusals import record_refusal
+from .regions import row_region
 from .responses import send_json
 from .validation import check_content_type
 
@@ -253,4 +254,5 @@ def _prepare_call(
         stream=endpoint.is_stream(body),
         log_bodies=log_bodies,
         passed_headers=passed,
+        region=row_region(key, tags),
     )

@@ -38,7 +38,7 @@ from .health import ttft_timeout
 from .pricing import price_override
 from .providers.base import DeploymentInfo, InvalidAnswer, UnsupportedRequest, Usage
 from .providers.registry import provider_for
-from .regions import row_region
+from .regions import is_strict, row_region, serving_region
 from .responses import send_json
 from .router import deployments_to_try
 from .tokens import estimate_text_tokens
@@ -67,6 +67,9 @@ class Call:
     log_bodies: bool
     # Client headers the endpoint forwards to a native deployment (`Endpoint.passed_headers`).
     passed_headers: dict[str, str] = field(default_factory=dict)
+    # The data region of the call's usage row (`regions.row_region`), decided up front
+    # because a strict region also decides which deployments may serve the call.
+    region: str = ""
     created_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     # Outcome, filled in as the call goes.
     status: int = 0
@@ -172,6 +175,8 @@ async def _open(
     unsupported = 0
     tried = set() if tried is None else tried
     candidates = [d for d in deployments_to_try(call.model, call.body) if d.id not in tried]
+    if is_strict(call.region):
+        candidates = serving_region(call, candidates)
     candidates = candidates[: max(settings.PROXY_MAX_ATTEMPTS - call.attempts, 0)]
     for attempt, deployment in enumerate(candidates, call.attempts + 1):
         exchange = call.endpoint.exchange(provider_for(deployment), deployment)
@@ -679,7 +684,7 @@ async def _record(call: Call) -> None:
         tags=call.tags,
         request_body=call.body if call.log_bodies else None,
         response_body=call.response_body,
-        region=row_region(call.key, call.tags),
+        region=call.region or row_region(call.key, call.tags),
     )
     await _settle(call)
     await get_usage_buffer().put(event)

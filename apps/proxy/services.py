@@ -10,6 +10,7 @@ from django.core.exceptions import ValidationError
 from django.db import transaction
 
 from apps.outbound.guard import check_url
+from apps.usage.regions import region_names
 
 from .crypto import api_key_env_problem
 from .models import Deployment, GatewayModel, ModelMode, ProviderType, RoutingStrategy
@@ -30,6 +31,7 @@ DEPLOYMENT_KEYS = {
     "prices",
     "extra",
     "ttft_timeout_seconds",
+    "regions",
     "is_active",
 }
 PRICE_KEYS = (
@@ -119,6 +121,19 @@ def _deployment_fields(where: str, spec: dict[str, Any]) -> dict[str, Any]:
         if ttft <= 0:
             raise CatalogSpecError(f"{where}: ttft_timeout_seconds must be positive")
         fields["extra"]["ttft_timeout_seconds"] = ttft
+    # The data regions the deployment may serve (a strict region's tenants go only to
+    # deployments naming it; apps/proxy/regions.py); kept in `extra`, where routing reads it.
+    if "regions" in spec:
+        regions = spec["regions"]
+        if not isinstance(regions, list) or not all(isinstance(r, str) for r in regions):
+            raise CatalogSpecError(f"{where}: regions must be a list of region names")
+        unknown = sorted(set(regions) - set(region_names()))
+        if unknown:
+            raise CatalogSpecError(
+                f"{where}: regions: {', '.join(unknown)} not in DATA_REGIONS "
+                f"({', '.join(region_names())})"
+            )
+        fields["extra"]["regions"] = list(dict.fromkeys(regions))
     return fields
 
 
@@ -197,6 +212,8 @@ def model_catalog_export() -> dict[str, Any]:
             extra = dict(dep.extra or {})
             if "ttft_timeout_seconds" in extra:
                 item["ttft_timeout_seconds"] = extra.pop("ttft_timeout_seconds")
+            if "regions" in extra:
+                item["regions"] = extra.pop("regions")
             if extra:
                 item["extra"] = extra
             if not dep.is_active:

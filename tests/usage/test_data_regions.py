@@ -31,6 +31,7 @@ from django.test import override_settings
 
 from apps.accounts.constants import Role
 from apps.accounts.services import customer_region_set, team_region_set
+from apps.proxy.services import model_catalog_apply
 from apps.usage.models import UsageRecord
 from gateway_portal.data_regions import parse_regions
 from tests import factories
@@ -42,7 +43,6 @@ from tests.proxy.conftest import (
     stop_gateway,
 )
 from tests.proxy.conftest import test_database_url as primary_database_url
-from tests.proxy.helpers import declare_model
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "scripts"))
@@ -62,6 +62,9 @@ TABLE = UsageRecord._meta.db_table
 # Identifiers from the model only; values are always parameters.
 COUNT_TAGGED = f"SELECT count(*) FROM {TABLE} WHERE tags::text LIKE %s"  # noqa: S608
 COUNT_IDS = f"SELECT count(*) FROM {TABLE} WHERE request_id = ANY(%s)"  # noqa: S608
+DEPLOYMENTS_OF = (
+    f"SELECT request_id, deployment, status_code FROM {TABLE} WHERE request_id = ANY(%s)"  # noqa: S608
+)
 
 
 @dataclass
@@ -147,9 +150,33 @@ def regions(django_db_setup, django_db_blocker) -> Iterator[Regions]:
 
 @pytest.fixture(scope="module")
 def regional_gateway(regions) -> Iterator[GatewayServer]:
-    server = start_gateway(regions.env | {"USAGE_FLUSH_INTERVAL": "0.1"}, workers=2)
+    extra = {"USAGE_FLUSH_INTERVAL": "0.1", "DATA_REGIONS_STRICT": "eu"}
+    server = start_gateway(regions.env | extra, workers=2)
     yield server
     stop_gateway(server)
+
+
+def gateway_regions(regions: Regions):
+    """This process's settings made the gateway's, for services that check region names."""
+    specs, default = parse_regions(regions.env["DATA_REGIONS"], default="us", strict="eu")
+    return override_settings(DATA_REGIONS=specs, DATA_REGION_DEFAULT=default)
+
+
+def declare(regions: Regions, gateway: GatewayServer, name: str, *served: list[str]) -> None:
+    """A model with one simulator deployment per entry of `served` (its regions), in order."""
+    deployments = [
+        {
+            "name": f"d{index}-{'-'.join(names)}",
+            "provider": "simulator",
+            "upstream_model": "demo-chat",
+            "base_url": gateway.simulator_url,
+            "priority": index,
+            "regions": names,
+        }
+        for index, names in enumerate(served)
+    ]
+    with gateway_regions(regions):
+        model_catalog_apply(spec={"models": [{"name": name, "deployments": deployments}]})
 
 
 def people(regions: Regions):
@@ -157,8 +184,7 @@ def people(regions: Regions):
     us = factories.make_team("Ranch US", slug="ranch-us")
     saas = factories.make_team("SaaS", slug="saas")
     # The services check names against the gateway's regions (this process has one).
-    specs, default = parse_regions(regions.env["DATA_REGIONS"], default="us")
-    with override_settings(DATA_REGIONS=specs, DATA_REGION_DEFAULT=default):
+    with gateway_regions(regions):
         team_region_set(team=eu, region="eu", actor=None)
         team_region_set(team=us, region="us", actor=None)
         # SaaS is a US team, but its customer "zeiss" is kept in the EU.
@@ -174,16 +200,18 @@ def people(regions: Regions):
     return {"eu": eu, "us": us, "saas": saas}, keys
 
 
-def send(gateway: GatewayServer, secret: str, tags: dict, *, stream: bool = False) -> str:
+def post(gateway: GatewayServer, secret: str, tags: dict, model: str, stream: bool = False):
     body = {
-        "model": "rg-chat",
+        "model": model,
         "messages": [{"role": "user", "content": "Where am I kept?"}],
         "stream": stream,
     }
     headers = {"Authorization": f"Bearer {secret}", "X-Gateway-Metadata": json.dumps(tags)}
-    response = httpx.post(
-        f"{gateway.url}/v1/chat/completions", json=body, headers=headers, timeout=30
-    )
+    return httpx.post(f"{gateway.url}/v1/chat/completions", json=body, headers=headers, timeout=30)
+
+
+def send(gateway: GatewayServer, secret: str, tags: dict, *, stream: bool = False) -> str:
+    response = post(gateway, secret, tags, "rg-chat", stream)
     assert response.status_code == 200, response.text
     return response.headers["x-request-id"]
 
@@ -209,7 +237,7 @@ def wait_rows(url: str, ids: list[str], timeout: float = 40) -> dict[str, tuple]
 
 def test_each_row_its_tags_and_bodies_live_only_in_its_regions_database(regions, regional_gateway):
     teams, keys = people(regions)
-    declare_model("rg-chat", regional_gateway.simulator_url, "demo-chat")
+    declare(regions, regional_gateway, "rg-chat", ["eu", "us"])
     regional_gateway.wait_for_model(keys["eu"], "rg-chat")
 
     logged = {"log_request": "true"}
@@ -280,7 +308,7 @@ def test_each_row_its_tags_and_bodies_live_only_in_its_regions_database(regions,
 
 def test_a_stopped_region_delays_only_its_own_rows_and_loses_none(regions, regional_gateway):
     _teams, keys = people(regions)
-    declare_model("rg-chat", regional_gateway.simulator_url, "demo-chat")
+    declare(regions, regional_gateway, "rg-chat", ["eu", "us"])
     regional_gateway.wait_for_model(keys["eu"], "rg-chat")
 
     regions.eu_server.stop()
@@ -304,3 +332,38 @@ def test_a_stopped_region_delays_only_its_own_rows_and_loses_none(regions, regio
     assert count == len(eu_ids)
     assert not rows_in(regions.us_url, eu_ids)
     assert not rows_in(regions.primary_url, eu_ids + us_ids)
+
+
+def test_a_strict_region_is_served_only_by_its_deployments_and_fails_closed(
+    regions, regional_gateway
+):
+    _teams, keys = people(regions)
+    # The US deployment comes first: without the policy, EU calls would go there.
+    declare(regions, regional_gateway, "rg-mixed", ["us"], ["eu"])
+    declare(regions, regional_gateway, "rg-us-only", ["us"])
+    for model in ("rg-mixed", "rg-us-only"):
+        regional_gateway.wait_for_model(keys["eu"], model)
+
+    eu_ids = []
+    for _ in range(4):
+        response = post(regional_gateway, keys["eu"], {}, "rg-mixed")
+        assert response.status_code == 200, response.text
+        eu_ids.append(response.headers["x-request-id"])
+    assert {row[0] for row in deployments_of(regions.eu_url, eu_ids).values()} == {"d1-eu"}
+
+    refused = post(regional_gateway, keys["eu"], {}, "rg-us-only")
+    assert refused.status_code == 503
+    error = refused.json()["error"]
+    assert error["code"] == "residency_unavailable"
+    assert "Data residency policy" in error["message"] and "'eu' is strict" in error["message"]
+    # The refusal is in the EU ledger too, with no deployment tried.
+    refusal = refused.headers["x-request-id"]
+    assert wait_rows(regions.eu_url, [refusal])
+    assert deployments_of(regions.eu_url, [refusal])[refusal] == ["", 503]
+    # The US region is not strict: its tenants use any deployment.
+    assert post(regional_gateway, keys["us"], {}, "rg-us-only").status_code == 200
+
+
+def deployments_of(url: str, ids: list[str]) -> dict[str, tuple]:
+    found = sql(url, DEPLOYMENTS_OF, ids)
+    return {request_id: rest for request_id, *rest in found}
