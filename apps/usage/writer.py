@@ -156,11 +156,11 @@ def _insert_rows(pairs: list[Pair]) -> int:
             inserted = _copy_rows(list(rows.values()))
         else:
             inserted = _bulk_create_rows(rows)
-        _mark_late_days(rows.values())
+        mark_late_days(rows.values())
     return inserted
 
 
-def _mark_late_days(rows: Iterable[dict[str, Any]]) -> None:
+def mark_late_days(rows: Iterable[dict[str, Any]]) -> None:
     """Mark past days that got rows now, in the rows' transaction (see `UsageLateDay`), and
     today's hours that got rows older than the settle margin, so possibly missed by a
     rollup run already (`UsageLateHour`).

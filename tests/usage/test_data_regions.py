@@ -25,11 +25,13 @@ from pathlib import Path
 
 import httpx
 import psycopg
+import psycopg.types.json
 import pytest
 from django.db import connection
 from django.test import override_settings
 
 from apps.accounts.constants import Role
+from apps.accounts.models import AuditLog
 from apps.accounts.services import customer_region_set, team_region_set
 from apps.proxy.services import model_catalog_apply
 from apps.usage.models import UsageRecord
@@ -367,3 +369,71 @@ def test_a_strict_region_is_served_only_by_its_deployments_and_fails_closed(
 def deployments_of(url: str, ids: list[str]) -> dict[str, tuple]:
     found = sql(url, DEPLOYMENTS_OF, ids)
     return {request_id: rest for request_id, *rest in found}
+
+
+COLUMNS = [f.column for f in UsageRecord._meta.concrete_fields if not f.primary_key]
+
+
+def copy_rows(source_url: str, target_url: str, ids: list[str]) -> None:
+    """Rows of `ids` copied as they are: the state a move interrupted between its insert
+    into the target and its delete from the source leaves behind."""
+    names = ", ".join(COLUMNS)
+    with psycopg.connect(source_url) as source, psycopg.connect(target_url) as target:
+        select = f"SELECT {names} FROM {TABLE} WHERE request_id = ANY(%s)"  # noqa: S608
+        rows = source.execute(select, (ids,)).fetchall()
+        marks = ", ".join(["%s"] * len(COLUMNS))
+        insert = f"INSERT INTO {TABLE} ({names}) VALUES ({marks})"  # noqa: S608
+        with target.cursor() as cursor:
+            cursor.executemany(
+                insert,
+                [
+                    [psycopg.types.json.Jsonb(v) if isinstance(v, dict) else v for v in row]
+                    for row in rows
+                ],
+            )
+
+
+def move(regions: Regions, team: str, to: str) -> str:
+    command = [sys.executable, "manage.py", "usage", "move-region", "--team", team, "--to", to]
+    done = subprocess.run(
+        command, cwd=ROOT, env=gateway_env(free_port(), regions.env), capture_output=True,
+        text=True, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_moving_a_team_moves_its_history_once_and_can_be_rerun(regions, regional_gateway):
+    teams, keys = people(regions)
+    declare(regions, regional_gateway, "rg-chat", ["eu", "us"])
+    regional_gateway.wait_for_model(keys["us"], "rg-chat")
+    ids = [send(regional_gateway, keys["us"], {"site": "austin"}) for _ in range(6)]
+    before = wait_rows(regions.us_url, ids)
+    assert len(before) == 6
+
+    assert "6 rows moved (6 from us)" in move(regions, "ranch-us", "eu")
+    after = rows_in(regions.eu_url, ids)
+    assert set(after) == set(ids) and not rows_in(regions.us_url, ids)
+    # The same rows, counts and all, now in the EU database.
+    assert {rid: row[3:] for rid, row in after.items()} == {
+        rid: row[3:] for rid, row in before.items()
+    }
+    teams["us"].refresh_from_db()
+    assert teams["us"].data_region == "eu"
+
+    # Interrupted after its insert, before its delete: both databases hold three rows.
+    copy_rows(regions.eu_url, regions.us_url, ids[:3])
+    assert "3 rows moved (3 from us)" in move(regions, "ranch-us", "eu")
+    (count,) = sql(regions.eu_url, COUNT_IDS, ids)[0]
+    assert count == 6 and not rows_in(regions.us_url, ids)
+    assert "0 rows moved" in move(regions, "ranch-us", "eu")
+
+    # New rows of the team go to its new region at once (its keys were re-read).
+    new = send(regional_gateway, keys["us"], {"site": "austin"})
+    assert set(wait_rows(regions.eu_url, [new])) == {new}
+
+    # The audit log has the region change and each move.
+    actions = list(
+        AuditLog.objects.filter(object_id=str(teams["us"].pk)).values_list("action", flat=True)
+    )
+    assert "team.region_changed" in actions and actions.count("usage.region_moved") == 3

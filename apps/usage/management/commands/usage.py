@@ -1,0 +1,40 @@
+"""Usage ledger chores for runbooks: `usage move-region --team T --to eu`.
+
+The move is idempotent and may be re-run after an interruption (apps/usage/region_move.py);
+the audit log records the region change and the move.
+"""
+
+from typing import Any
+
+from django.core.management import BaseCommand, CommandError
+
+from apps.accounts.exceptions import AccountsError
+from apps.accounts.models import Team
+from apps.usage.region_move import RegionMoveError, usage_region_move
+from apps.usage.regions import UnknownRegion
+
+
+class Command(BaseCommand):
+    help = "Usage ledger chores: move-region."
+
+    def add_arguments(self, parser: Any) -> None:
+        sub = parser.add_subparsers(dest="action", required=True)
+        move = sub.add_parser(
+            "move-region", help="keep a team's usage in a region and move its history there"
+        )
+        move.add_argument("--team", required=True, help="the team's slug")
+        move.add_argument("--to", required=True, help="the data region (DATA_REGIONS)")
+
+    def handle(self, *args: Any, **opts: Any) -> None:
+        team = Team.objects.filter(slug=opts["team"]).first()
+        if team is None:
+            raise CommandError(f"no team with the slug '{opts['team']}'")
+        try:
+            result = usage_region_move(team=team, to=opts["to"], actor=None)
+        except (UnknownRegion, AccountsError, RegionMoveError) as exc:
+            raise CommandError(str(exc)) from exc
+        by_source = ", ".join(f"{n:,} from {r}" for r, n in sorted(result.moved.items()))
+        self.stdout.write(
+            f"team {result.team}: region {result.to}; "
+            f"{result.total:,} rows moved{f' ({by_source})' if by_source else ''}"
+        )
