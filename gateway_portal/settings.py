@@ -117,8 +117,15 @@ DATABASES = {"default": _database(DATABASE_URL)}
 # --- Data regions: where each tenant's usage, tags and bodies are kept -----------------
 # gateway_portal/data_regions.py explains the three variables. Each region with a database
 # of its own is a database alias; apps/usage/regions.py routes the ledger's models to it.
+# The demo (DEBUG with no DATABASE_URL: `make run`) shows two: the US region is kept in its
+# own database, the EU region in a second SQLite file.
+_DEMO_REGIONS = (
+    f"us={DATABASE_URL},eu=sqlite:///{VAR_DIR / 'region-eu.sqlite3'}"
+    if DEBUG and not env.str("DATABASE_URL", default="")
+    else ""
+)
 DATA_REGIONS, DATA_REGION_DEFAULT = parse_regions(
-    env.str("DATA_REGIONS", default=""),
+    env.str("DATA_REGIONS", default=_DEMO_REGIONS),
     default=env.str("DATA_REGION_DEFAULT", default=""),
     strict=env.str("DATA_REGIONS_STRICT", default=""),
     primary_url=DATABASE_URL,

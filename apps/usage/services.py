@@ -18,7 +18,7 @@ from apps.accounts.audit import audit_record
 
 from .capture import clean_text
 from .models import UsageDeadLetter
-from .regions import ledger_atomic
+from .regions import current_region, in_region, ledger_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -53,12 +53,21 @@ class ReplayResult:
     still_failing: int
 
 
-def usage_dead_letters_replay(*, actor: Any = None, ids: list[int] | None = None) -> ReplayResult:
-    """Write open dead letters again (all, or those in `ids`), e.g. after a fix is deployed.
+def usage_dead_letters_replay(
+    *, actor: Any = None, ids: list[int] | None = None, region: str | None = None
+) -> ReplayResult:
+    """Write open dead letters of `region` (default: the current one) again (all, or those in
+    `ids`), e.g. after a fix is deployed.
 
     Goes through the writer's own isolating, idempotent insert: a row that made it in an
-    earlier attempt is not counted twice, and one that is still refused stays open.
+    earlier attempt is not counted twice, and one that is still refused stays open. A dead
+    letter is kept, and replayed, in the region whose row it is.
     """
+    with in_region(region or current_region()):
+        return _replay(actor=actor, ids=ids)
+
+
+def _replay(*, actor: Any, ids: list[int] | None) -> ReplayResult:
     from .event import UsageEvent
     from .writer import insert_events_isolating
 

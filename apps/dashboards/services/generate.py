@@ -18,13 +18,21 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 
 from django.contrib.auth import get_user_model
-from django.db import connection, transaction
 from django.utils import timezone
 
 from apps.accounts.models import ApiKey, Membership, Team, VirtualAccount
 from apps.billing.models import ModelPrice
 from apps.proxy.models import Deployment
 from apps.usage.models import UsageRecord
+from apps.usage.regions import (
+    current_region,
+    default_region,
+    in_region,
+    is_multi_region,
+    ledger_atomic,
+    ledger_db,
+    region_or_default,
+)
 
 BATCH = 5000
 FEATURES = ["search", "chat-assistant", "summarize", "classify", "extract", "translate",
@@ -308,9 +316,12 @@ def _generate(
 def _bulk_insert(rows: Iterator[tuple], inserted_at: dt.datetime) -> int:
     written = 0
     batch: list[UsageRecord] = []
+    region = current_region()
     for values in rows:
         batch.append(
-            UsageRecord(**dict(zip(COLUMNS, values, strict=True)), inserted_at=inserted_at)
+            UsageRecord(
+                **dict(zip(COLUMNS, values, strict=True)), inserted_at=inserted_at, region=region
+            )
         )
         if len(batch) >= BATCH:
             UsageRecord.objects.bulk_create(batch)
@@ -328,13 +339,15 @@ def _copy_insert(rows: Iterator[tuple], inserted_at: dt.datetime) -> int:
     columns = [meta.get_field(name).column for name in COLUMNS]
     defaults = {"end_user": "", "tokens_estimated": False, "attempts": 1,
                 "client_disconnected": False, "inserted_at": inserted_at}  # fmt: skip
-    names = ", ".join(connection.ops.quote_name(c) for c in [*columns, *defaults])
-    sql = f"COPY {connection.ops.quote_name(meta.db_table)} ({names}) FROM STDIN"
+    quote = ledger_db.ops.quote_name
+    names = ", ".join(quote(c) for c in [*columns, *defaults, "region"])
+    sql = f"COPY {quote(meta.db_table)} ({names}) FROM STDIN"
+    region = current_region()
     written = 0
-    with connection.cursor() as cursor, cursor.cursor.copy(sql) as copy:
+    with ledger_db.cursor() as cursor, cursor.cursor.copy(sql) as copy:
         for values in rows:
             *head, tags = values
-            copy.write_row((*head, json.dumps(tags), *defaults.values()))
+            copy.write_row((*head, json.dumps(tags), *defaults.values(), region))
             written += 1
     return written
 
@@ -345,7 +358,28 @@ def usage_generate(*, rows: int, days: int, seed: int | None = None, use_copy: b
         return 0
     now = timezone.now()
     generated = _rows(rows=rows, days=days, seed=seed, now=now)
-    with transaction.atomic():
-        if use_copy and connection.vendor == "postgresql":
-            return _copy_insert(generated, now)
-        return _bulk_insert(generated, now)
+    if not is_multi_region():
+        return _insert(generated, now, use_copy)
+    # Each row goes to its team's region, as the gateway's writer would put it. The rows are
+    # held in memory to be split: a demo's size, not a benchmark's.
+    regions = {
+        team_id: region_or_default(region)
+        for team_id, region in Team.objects.values_list("pk", "data_region")
+    }
+    team_at = COLUMNS.index("team_id")
+    by_region: dict[str, list[tuple]] = {}
+    for values in generated:
+        by_region.setdefault(regions.get(values[team_at], default_region()), []).append(values)
+    written = 0
+    for region, region_rows in by_region.items():
+        with in_region(region):
+            written += _insert(iter(region_rows), now, use_copy)
+    return written
+
+
+def _insert(rows: Iterator[tuple], now: dt.datetime, use_copy: bool) -> int:
+    """Into the current region's ledger, in one transaction."""
+    with ledger_atomic():
+        if use_copy and ledger_db.vendor == "postgresql":
+            return _copy_insert(rows, now)
+        return _bulk_insert(rows, now)

@@ -8,18 +8,23 @@ from django.db import transaction
 from apps.accounts.constants import Role
 from apps.accounts.models import Team, VirtualAccount
 from apps.accounts.services import membership_set
+from apps.usage.regions import region_names
 
 DEMO_TEAMS = [
     ("Platform", "platform", {"cost_center": "cc-100"}),
     ("Frontend", "frontend", {"cost_center": "cc-200"}),
     ("SaaS", "saas", {"cost_center": "cc-300"}),
+    # Kept in the EU data region when there is one (the demo's two regions).
+    ("Kontor EU", "kontor-eu", {"cost_center": "cc-400"}),
 ]
+DEMO_TEAM_REGIONS = {"kontor-eu": "eu"}
 # username, password, team slug, role, superuser
 DEMO_USERS = [
     ("admin", "admin-demo-pass", "platform", Role.ADMIN, True),
     ("finance", "finance-demo-pass", "platform", Role.FINANCE, False),
     ("teamadmin", "teamadmin-demo-pass", "frontend", Role.TEAM_ADMIN, False),
     ("dev", "dev-demo-pass", "frontend", Role.DEVELOPER, False),
+    ("eva", "eva-demo-pass", "kontor-eu", Role.DEVELOPER, False),
 ]
 DEMO_VIRTUAL_ACCOUNT = ("countdown-bot", "saas", {"feature": "countdown-bot"})
 
@@ -46,8 +51,14 @@ class Command(BaseCommand):
         User = get_user_model()
         teams = {}
         for name, slug, tags in DEMO_TEAMS:
+            region = DEMO_TEAM_REGIONS.get(slug, "")
             teams[slug], _ = Team.objects.get_or_create(
-                slug=slug, defaults={"name": name, "default_tags": tags}
+                slug=slug,
+                defaults={
+                    "name": name,
+                    "default_tags": tags,
+                    "data_region": region if region in region_names() else "",
+                },
             )
         for username, password, team_slug, role, superuser in DEMO_USERS:
             user, created = User.objects.get_or_create(
