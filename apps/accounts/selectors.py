@@ -342,13 +342,16 @@ def tag_glossary(*, identity: PortalIdentity) -> list[GlossaryEntry]:
     """Defined tag keys plus keys seen in the caller's recent usage, alphabetically."""
     # Local: apps.usage builds on this module.
     from apps.usage.models import UsageRecord
+    from apps.usage.regions import ledger_managers
     from apps.usage.scope import usage_scope_for
 
     definitions = {
         d.key: d for d in TagDefinition.objects.select_related("owner_team", "owner_user")
     }
-    usage = usage_scope_for(identity).filter(UsageRecord.objects.all())
-    seen = tag_keys_recent(usage=usage)
+    scope = usage_scope_for(identity)
+    seen: set[str] = set()
+    for objects in ledger_managers(UsageRecord):
+        seen |= tag_keys_recent(usage=scope.filter(objects.all()))
     entries = []
     for key in sorted(set(definitions) | seen):
         definition = definitions.get(key)

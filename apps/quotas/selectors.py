@@ -17,6 +17,7 @@ from apps.accounts.models import ApiKey, Membership, Team, VirtualAccount
 from apps.accounts.selectors import PortalIdentity
 from apps.proxy.metadata import merge_tags
 from apps.usage.models import UsageRecord
+from apps.usage.regions import ledger_managers
 from apps.usage.scope import UsageScope, usage_scope_for
 
 from .counters import CounterStoreUnavailable
@@ -279,23 +280,26 @@ def _top_per_values(
 ) -> list[str]:
     # The counters cannot be listed through the store, so the values come from the usage
     # rows of the current window: the most frequent ones are the ones worth showing.
-    rows = scope.filter(UsageRecord.objects.filter(created_at__gte=since))
-    if subject != ANY_SUBJECT:
-        column, row_id, _ = resolved[subject]
-        rows = rows.filter(**{column: row_id})
-    if rule.models:
-        rows = rows.filter(model__in=rule.models)
-    values = (
-        rows.order_by()
-        .annotate(per_value=KeyTextTransform(rule.per, "tags"))
-        .values("per_value")
-        .annotate(n=Count("id"))
-        .order_by("-n")[:TOP_PER_VALUES]
-    )
-    return [
-        MISSING_PER_VALUE if row["per_value"] in (None, "") else str(row["per_value"])
-        for row in values
-    ]
+    counts: dict[str, int] = {}
+    for objects in ledger_managers(UsageRecord):  # each data region's rows
+        rows = scope.filter(objects.filter(created_at__gte=since))
+        if subject != ANY_SUBJECT:
+            column, row_id, _ = resolved[subject]
+            rows = rows.filter(**{column: row_id})
+        if rule.models:
+            rows = rows.filter(model__in=rule.models)
+        values = (
+            rows.order_by()
+            .annotate(per_value=KeyTextTransform(rule.per, "tags"))
+            .values("per_value")
+            .annotate(n=Count("id"))
+            .order_by("-n")[:TOP_PER_VALUES]
+        )
+        for row in values:
+            value = MISSING_PER_VALUE if row["per_value"] in (None, "") else str(row["per_value"])
+            counts[value] = counts.get(value, 0) + row["n"]
+    ranked = sorted(counts.items(), key=lambda item: -item[1])
+    return [value for value, _ in ranked[:TOP_PER_VALUES]]
 
 
 def quota_overview(*, identity: PortalIdentity, now: datetime | None = None) -> QuotaOverview:
@@ -395,15 +399,15 @@ def recent_quota_refusals(
     *, config: QuotaConfig, since: datetime, scope: UsageScope
 ) -> dict[str, RuleRefusals]:
     """rule id -> refusals since `since` among the usage rows of `scope`."""
-    rows = scope.filter(
-        UsageRecord.objects.filter(error_type=QUOTA_EXCEEDED, created_at__gte=since)
-    )
-    # Grouped in the database: a client hammering a spent quota makes many identical rows.
-    groups = list(
-        rows.order_by()
-        .values("team_id", "user_id", "virtual_account_id", "model", "tags", "response_body")
-        .annotate(n=Count("id"), last_at=Max("created_at"))
-    )
+    groups: list[dict[str, Any]] = []
+    for objects in ledger_managers(UsageRecord):  # each data region's rows
+        rows = scope.filter(objects.filter(error_type=QUOTA_EXCEEDED, created_at__gte=since))
+        # Grouped in the database: a client hammering a spent quota makes many identical rows.
+        groups += list(
+            rows.order_by()
+            .values("team_id", "user_id", "virtual_account_id", "model", "tags", "response_body")
+            .annotate(n=Count("id"), last_at=Max("created_at"))
+        )
     if not groups:
         return {}
     directory = subject_directory(

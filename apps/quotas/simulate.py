@@ -20,6 +20,7 @@ Choices the spec leaves open, made here:
 
 from __future__ import annotations
 
+import heapq
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -257,16 +258,28 @@ def simulate_recent(
 ) -> SimulationReport:
     """Replay the last `days` days of recorded usage (oldest first) against `config`."""
     from apps.usage.models import UsageRecord
+    from apps.usage.regions import ledger_managers
 
     until = now or datetime.now(UTC)
     since = until - timedelta(days=days)
-    rows = UsageRecord.objects.filter(created_at__gte=since, created_at__lt=until)
-    ids = rows.order_by().values_list("team_id", "user_id", "virtual_account_id").distinct()
+    # Each data region's rows; replayed as one history, merged in time order.
+    regions = [
+        objects.filter(created_at__gte=since, created_at__lt=until)
+        for objects in ledger_managers(UsageRecord)
+    ]
     team_ids, user_ids, account_ids = set(), set(), set()
-    for team_id, user_id, account_id in ids.iterator():
-        team_ids.add(team_id)
-        user_ids.add(user_id)
-        account_ids.add(account_id)
+    for rows in regions:
+        ids = rows.order_by().values_list("team_id", "user_id", "virtual_account_id").distinct()
+        for team_id, user_id, account_id in ids.iterator():
+            team_ids.add(team_id)
+            user_ids.add(user_id)
+            account_ids.add(account_id)
     directory = subject_directory(team_ids=team_ids, user_ids=user_ids, account_ids=account_ids)
-    ordered = rows.order_by("created_at", "id").values(*REPLAY_FIELDS)
-    return simulate(config, ordered.iterator(chunk_size=5000), directory, since=since, until=until)
+    ordered = heapq.merge(
+        *(
+            rows.order_by("created_at", "id").values(*REPLAY_FIELDS).iterator(chunk_size=5000)
+            for rows in regions
+        ),
+        key=lambda row: row["created_at"],
+    )
+    return simulate(config, ordered, directory, since=since, until=until)

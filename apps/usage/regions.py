@@ -147,3 +147,9 @@ def ledger_transaction(function: Callable[P, R]) -> Callable[P, R]:
             return function(*args, **kwargs)
 
     return run
+
+
+def ledger_managers(model: type[Any]) -> list[Any]:
+    """`model.objects` of each region's database, for reads that combine the regions
+    outside the query layer (tag keys seen, quota refusals)."""
+    return [model.objects.using(alias) for alias in ledger_aliases()]

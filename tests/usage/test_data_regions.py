@@ -14,6 +14,7 @@ import csv
 import io
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -218,6 +219,37 @@ def send(gateway: GatewayServer, secret: str, tags: dict, *, stream: bool = Fals
     return response.headers["x-request-id"]
 
 
+@contextlib.contextmanager
+def portal_session(gateway: GatewayServer, username: str) -> Iterator[httpx.Client]:
+    """A portal login on the served gateway, as a browser makes it."""
+    with httpx.Client(base_url=gateway.url, timeout=30) as client:
+        client.get("/login/")
+        form = {
+            "username": username,
+            "password": "pw-for-tests-123",
+            "csrfmiddlewaretoken": client.cookies["csrftoken"],
+        }
+        response = client.post("/login/", data=form, headers={"Referer": f"{gateway.url}/login/"})
+        assert response.status_code in (302, 303), response.text[-500:]
+        yield client
+
+
+def _kpi_sub(html: str, label: str) -> str:
+    match = re.search(
+        rf'<div class="label">{re.escape(label)}</div>.*?<div class="sub">(.*?)</div>', html, re.S
+    )
+    assert match, f"no KPI tile {label!r}"
+    return match.group(1)
+
+
+def _figure(html: str, name: str) -> dict:
+    match = re.search(
+        rf'<script id="figure-{name}" type="application/json">(.*?)</script>', html, re.S
+    )
+    assert match, f"figure {name} not on the page"
+    return json.loads(match.group(1))
+
+
 def rows_in(url: str, ids: list[str]) -> dict[str, tuple]:
     found = sql(
         url,
@@ -306,6 +338,18 @@ def test_each_row_its_tags_and_bodies_live_only_in_its_regions_database(regions,
     }
     unknown = httpx.get(api, params={"region": "mars"}, headers=reader, timeout=30)
     assert unknown.status_code == 400 and "mars" in unknown.text
+
+    # The dashboards as finance sees them: one figure for both regions.
+    total_requests = sum(t[0] for t in expected.values())
+    total_tokens = sum(t[1] + t[2] for t in expected.values())
+    with portal_session(regional_gateway, "fin") as portal:
+        html = portal.get("/dashboards/").text
+        assert _kpi_sub(html, "Requests today") == f"{total_requests:,} month to date"
+        assert _kpi_sub(html, "Tokens today") == f"{total_tokens:,} month to date"
+        # Latency percentiles merged from both regions' histograms.
+        traces = _figure(html, "latency")["data"]
+        assert any(v is not None for trace in traces for v in trace["y"]), traces
+        assert portal.get("/dashboards/latency/", params={"group": "team"}).status_code == 200
 
 
 def test_a_stopped_region_delays_only_its_own_rows_and_loses_none(regions, regional_gateway):

@@ -7,6 +7,7 @@ from apps.accounts.selectors import tag_keys_recent
 from apps.usage.grouping import rollup_tag_keys
 from apps.usage.models import UsageRecord
 from apps.usage.query import usage_totals
+from apps.usage.regions import ledger_managers
 from apps.usage.scope import UsageScope
 
 from ..filters import DashboardFilters
@@ -17,7 +18,8 @@ def tag_keys_in_use(*, scope: UsageScope) -> list[str]:
     """Keys for the tag pickers: rollup keys, glossary keys and keys in recent usage."""
     keys = set(rollup_tag_keys()) | set(TagDefinition.objects.values_list("key", flat=True))
     if not scope.is_empty:
-        keys |= tag_keys_recent(usage=scope.filter(UsageRecord.objects.all()))
+        for objects in ledger_managers(UsageRecord):
+            keys |= tag_keys_recent(usage=scope.filter(objects.all()))
     return sorted(keys)
 
 

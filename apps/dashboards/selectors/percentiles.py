@@ -18,9 +18,8 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from django.db import connection
 from django.db.models import Aggregate, Count, FloatField, Q, QuerySet
-from django.db.models.functions import TruncDay
+from django.db.models.functions import TruncDay, TruncHour
 
 from apps.usage import histograms
 from apps.usage.aggregates import group_text
@@ -35,6 +34,7 @@ from apps.usage.models import (
     UsageCubeHourly,
 )
 from apps.usage.query import COLUMNS, grouped_raw, percentile, rollup_coverage
+from apps.usage.regions import in_region, is_multi_region, ledger_db, region_names
 from apps.usage.scope import UsageScope
 
 from ..filters import DashboardFilters
@@ -86,7 +86,22 @@ def percentile_points(
     bucket: str | None = None,
 ) -> list[PercentilePoint]:
     """P50/P90/P99 per (bucket, group), ordered by bucket then group; groups with no
-    successful request are left out. `bucket` is "hour", "day" or None."""
+    successful request are left out. `bucket` is "hour", "day" or None.
+
+    With several data regions each region's ledger gives its histograms (rollups where they
+    cover, its raw rows bucketed in the database for the rest) and the sums of their counts
+    give the percentiles: within `histograms.RELATIVE_ERROR`, since exact percentiles of two
+    databases do not combine.
+    """
+    if is_multi_region():
+        merged: _Merged = defaultdict(lambda: ({}, {}))
+        for region in region_names():
+            with in_region(region):
+                part = _region_histograms(scope, filters, dimension, bucket)
+            for key, (latency, ttft) in part.items():
+                histograms.merge_into(merged[key][0], latency)
+                histograms.merge_into(merged[key][1], ttft)
+        return _points(_found(merged))
     source = _histogram_source(filters, dimension, bucket)
     if source is not None:
         covered, hours = rollup_coverage(usage_filter(filters))
@@ -94,6 +109,19 @@ def percentile_points(
             found = _from_histograms(source, scope, filters, dimension, bucket, covered, hours)
             return _points(found)
     return _points(_exact(scope, filters, dimension, bucket))
+
+
+def _region_histograms(scope, filters, dimension, bucket) -> _Merged:
+    """The current region's latency and TTFT histograms per (bucket, group)."""
+    source = _histogram_source(filters, dimension, bucket)
+    if source is not None:
+        covered, hours = rollup_coverage(usage_filter(filters))
+        if covered or hours:
+            return _merged_histograms(source, scope, filters, dimension, bucket, covered, hours)
+    merged: _Merged = defaultdict(lambda: ({}, {}))
+    column = COLUMNS[dimension] if dimension else None
+    _add_raw(merged, raw_usage(scope=scope, filters=filters), column, bucket)
+    return merged
 
 
 def _histogram_source(filters: DashboardFilters, dimension: str | None, bucket: str | None):
@@ -139,7 +167,7 @@ def _points(found: Iterable[tuple]) -> list[PercentilePoint]:
 def _exact(scope, filters, dimension, bucket) -> list[tuple]:
     qs = raw_usage(scope=scope, filters=filters).filter(status_code__lt=400)
     qs, names = grouped_raw(qs, (dimension,) if dimension else (), bucket)
-    if connection.vendor != "postgresql":
+    if ledger_db.vendor != "postgresql":
         return _python_percentiles(qs, names)
     stream_q = Q(is_stream=True, ttft_ms__isnull=False)
     aggregates = {
@@ -198,6 +226,18 @@ def _from_histograms(
     covered: set[dt.date],
     hours: dict[dt.datetime, dt.datetime],
 ) -> list[tuple]:
+    return _found(_merged_histograms(source, scope, filters, dimension, bucket, covered, hours))
+
+
+def _merged_histograms(
+    source: tuple[QuerySet, QuerySet],
+    scope: UsageScope,
+    filters: DashboardFilters,
+    dimension: str | None,
+    bucket: str | None,
+    covered: set[dt.date],
+    hours: dict[dt.datetime, dt.datetime],
+) -> _Merged:
     merged: _Merged = defaultdict(lambda: ({}, {}))
     column = COLUMNS[dimension] if dimension else None
     daily, hourly = source
@@ -224,6 +264,10 @@ def _from_histograms(
             if elsewhere is not None:
                 own = raw_usage(scope=UsageScope(user_id=scope.user_id), filters=filters)
                 _add_raw(merged, own.filter(elsewhere, _in_ranges(periods)), column, bucket)
+    return merged
+
+
+def _found(merged: _Merged) -> list[tuple]:
     found = []
     for (moment, group), (latency, ttft) in merged.items():
         n = histograms.total(latency)
@@ -296,7 +340,8 @@ def _add_raw(merged: _Merged, rows: QuerySet, column, bucket) -> None:
     """Bucket raw rows in the database and add their counts."""
     succeeded = rows.filter(status_code__lt=400)
     if bucket:
-        succeeded = succeeded.annotate(_moment=TruncDay("created_at", tzinfo=dt.UTC))
+        trunc = TruncHour if bucket == "hour" else TruncDay
+        succeeded = succeeded.annotate(_moment=trunc("created_at", tzinfo=dt.UTC))
     names = (["_moment"] if bucket else []) + ([column] if column else [])
     streams = succeeded.filter(is_stream=True, ttft_ms__isnull=False)
     for qs, field, index in ((succeeded, "latency_ms", 0), (streams, "ttft_ms", 1)):
