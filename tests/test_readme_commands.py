@@ -225,8 +225,9 @@ def test_the_readme_claude_code_setup_reaches_the_demo_with_its_tags(checkout, p
     # The tags of ANTHROPIC_CUSTOM_HEADERS reached the ledger on a `messages` row.
     query = (
         "from apps.usage.models import UsageRecord; "
-        "print(UsageRecord.objects.filter(request_type='messages', "
-        "tags__feature='claude-code', tags__repo='web').count())"
+        "from apps.usage.regions import ledger_managers; "
+        "print(sum(rows.filter(request_type='messages', tags__feature='claude-code', "
+        "tags__repo='web').count() for rows in ledger_managers(UsageRecord)))"
     )
     deadline = time.monotonic() + 20
     while run(checkout, f'.venv/bin/python manage.py shell -c "{query}"').stdout.strip() == "0":
@@ -291,8 +292,9 @@ def test_the_readme_codex_config_reaches_the_demo_with_its_tags(checkout, port, 
     assert final.output_text and final.usage.output_tokens > 0
     query = (
         "from apps.usage.models import UsageRecord; "
-        "print(UsageRecord.objects.filter(request_type='responses', "
-        "tags__feature='codex').count())"
+        "from apps.usage.regions import ledger_managers; "
+        "print(sum(rows.filter(request_type='responses', tags__feature='codex').count() "
+        "for rows in ledger_managers(UsageRecord)))"
     )
     deadline = time.monotonic() + 20
     while run(checkout, f'.venv/bin/python manage.py shell -c "{query}"').stdout.strip() == "0":
