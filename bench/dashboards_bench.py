@@ -8,7 +8,9 @@ Starts a throwaway PostgreSQL (the test set-up's helper), migrates, seeds a demo
 `generate_usage` (COPY) over `--days` days, ANALYZEs, then times every page through the
 Django test client as a finance user (everything in scope) and as a team admin: one warm-up,
 then `--runs` timed runs each; prints median and p95 (nearest rank). `--today-rows N` adds N
-rows between midnight UTC and now (a busy gateway by evening). With `--rollups` the daily
+rows between midnight UTC and now (a busy gateway by evening). `--regions` splits the same
+rows across two data regions (databases `tollgate_eu` and `tollgate_us` on the server, half
+the teams in each), so the pages read both and merge. With `--rollups` the daily
 rollups of past days are computed first, then one scheduled run (`usage.rollups_refresh`)
 rolls today's settled hours, as beat would; both are timed. Not a test: numbers only.
 """
@@ -208,6 +210,26 @@ def time_billing(finance, runs: int, days: int) -> None:
     )
 
 
+def region_databases(database_url: str) -> str:
+    """Two fresh region databases on the bench's server, as DATA_REGIONS."""
+    import psycopg
+
+    base = database_url.rsplit("/", 1)[0]
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        for name in ("tollgate_eu", "tollgate_us"):
+            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+            conn.execute(f"CREATE DATABASE {name}")
+    return f"eu={base}/tollgate_eu,us={base}/tollgate_us"
+
+
+def for_each_region(statement: str) -> None:
+    from apps.usage.regions import in_region, ledger_db, region_names
+
+    for region in region_names():
+        with in_region(region), ledger_db.cursor() as cursor:
+            cursor.execute(statement)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rows", type=int, default=1_000_000)
@@ -223,6 +245,9 @@ def main() -> None:
     parser.add_argument(
         "--keep-db", metavar="DIR", help="keep the database in DIR and reuse it when loaded"
     )
+    parser.add_argument(
+        "--regions", action="store_true", help="two data regions, half the teams in each"
+    )
     args = parser.parse_args()
 
     with contextlib.ExitStack() as stack:
@@ -234,13 +259,15 @@ def main() -> None:
         os.chmod(tmp, 0o755)
         with postgres(Path(tmp)) as database_url:
             os.environ.update(DATABASE_URL=database_url, DEBUG="true")
+            if args.regions:
+                os.environ.update(DATA_REGIONS=region_databases(database_url))
+                os.environ.update(DATA_REGION_DEFAULT="us")
             os.environ.setdefault("DJANGO_SETTINGS_MODULE", "gateway_portal.settings")
             import django
 
             django.setup()
             from django.conf import settings
             from django.core.management import call_command
-            from django.db import connection
             from django.test import Client
 
             settings.ALLOWED_HOSTS = ["*"]
@@ -252,29 +279,36 @@ def main() -> None:
                 print(f"reusing {UsageRecord.objects.count():,} rows in {tmp}")
             else:
                 users = seed_tenancy()
+                if args.regions:
+                    from apps.accounts.models import Team
+
+                    Team.objects.filter(slug__in=["team-0", "team-1"]).update(data_region="eu")
                 started = time.perf_counter()
                 call_command("generate_usage", rows=args.rows, days=args.days, seed=1)
-                with connection.cursor() as cursor:
-                    cursor.execute("ANALYZE proxy_usagerecord")
+                for_each_region("ANALYZE proxy_usagerecord")
                 print(f"loaded {args.rows:,} rows over {args.days} days in "
                       f"{time.perf_counter() - started:.1f} s")  # fmt: skip
                 if args.today_rows:
                     load_today(args.today_rows)
             if args.rollups:
+                from apps.usage.regions import in_region, region_names
                 from apps.usage.rollup_tables import rollup_days
 
                 started = time.perf_counter()
                 today = dt.datetime.now(dt.UTC).date()
-                rollup_days(start=today - dt.timedelta(days=args.days + 1), end=today)
+                for region in region_names():
+                    with in_region(region):
+                        rollup_days(start=today - dt.timedelta(days=args.days + 1), end=today)
                 print(f"daily rollups computed in {time.perf_counter() - started:.1f} s")
-                time_refresh()
-                with connection.cursor() as cursor:
-                    for table in (
-                        "dashboards_tagusagedaily",
-                        "dashboards_usagecubedaily",
-                        "dashboards_latencyhistogramdaily",
-                    ):
-                        cursor.execute(f"ANALYZE {table}")
+                for region in region_names():
+                    with in_region(region):
+                        time_refresh()
+                for table in (
+                    "dashboards_tagusagedaily",
+                    "dashboards_usagecubedaily",
+                    "dashboards_latencyhistogramdaily",
+                ):
+                    for_each_region(f"ANALYZE {table}")
 
             if args.billing:
                 time_billing(users["finance"], args.runs, args.days)
