@@ -200,7 +200,7 @@ class TeamRegionForm(ChoicesFormMixin, forms.Form):
     data_region = forms.ChoiceField(
         label="Data region",
         help_text="New usage rows go to this region's database at once; history stays "
-        "until it is moved (manage.py usage_move_region).",
+        "until it is moved (manage.py usage move-region).",
     )
 
     def __init__(self, *args, regions, **kwargs):

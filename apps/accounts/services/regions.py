@@ -2,7 +2,7 @@
 
 A change applies to new rows at once: every worker re-reads the team's keys (their cached
 information holds the region) and the catalog refresh brings customer regions. Rows already
-written stay where they are until `manage.py usage_move_region` moves them.
+written stay where they are until `manage.py usage move-region` moves them.
 """
 
 from django.db import transaction
