@@ -54,7 +54,14 @@ def parse_regions(
         if any(r.name == name for r in regions):
             raise RegionConfigError(f"DATA_REGIONS: region '{name}' is named twice")
         url = url.strip()
-        regions.append(RegionSpec(name, "" if url == primary_url else url, name in strict_names))
+        url = "" if url == primary_url else url
+        # One database holding two regions' ledgers would be read twice by every merged read.
+        shared = next((r.name for r in regions if r.url == url), None)
+        if shared is not None:
+            raise RegionConfigError(
+                f"DATA_REGIONS: regions '{shared}' and '{name}' name the same database"
+            )
+        regions.append(RegionSpec(name, url, name in strict_names))
     if not regions:
         name = default or "default"
         if not _NAME.match(name):

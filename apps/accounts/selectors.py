@@ -350,7 +350,7 @@ def tag_glossary(*, identity: PortalIdentity) -> list[GlossaryEntry]:
     }
     scope = usage_scope_for(identity)
     seen: set[str] = set()
-    for objects in ledger_managers(UsageRecord):
+    for objects in ledger_managers(UsageRecord, scope.readable_regions()):
         seen |= tag_keys_recent(usage=scope.filter(objects.all()))
     entries = []
     for key in sorted(set(definitions) | seen):

@@ -61,13 +61,15 @@ reads), `cache_write_tokens` (prompt-cache writes; both are part of `input_token
 `total_tokens` (input + output), `cost_usd` ({CURRENCY}, string with {COST_DECIMALS} decimals),
 `latency_p50_ms`, `latency_p90_ms`, `latency_p99_ms` (percentile_cont, interpolated).
 
-**Raw rows** (`mode=rows`): `id` (stable, unique), `request_id` (unique), `created_at`,
-`inserted_at` (when the row reached the database: the incremental watermark), attribution
-ids, `model`, `deployment`, `provider`, `request_type`, `is_stream`, `status_code`,
+**Raw rows** (`mode=rows`): `id` (stable; unique within its region), `request_id` (unique),
+`created_at`, `inserted_at` (when the row reached the database: the incremental watermark),
+`region` (the data region whose database holds the row), attribution ids, `model`, `deployment`, `provider`, `request_type`, `is_stream`, `status_code`,
 `error_type`, token counts, `tokens_estimated`, `cost_usd` (exact decimal string, 10 places),
 latencies in ms, `attempts`, `client_disconnected`, `tags` (object; JSON text in CSV). Rows
 come in (`inserted_at`, `id`) order. Resume from the last `next_cursor` (JSON body, or the
-`X-Next-Cursor` header for CSV/NDJSON) to load each row exactly once, late rows included;
+`X-Next-Cursor` header for CSV/NDJSON) to load each row exactly once, late rows included
+(with several regions, in (`inserted_at`, `region`, `id`) order, the cursor keeping a
+position per region);
 rows are handed out once they are BILLING_EXPORT_SETTLE_SECONDS (default 120 s) old. A cursor
 is signed and bound to the caller's scope and the row filters (range, team, user, virtual
 account, model, status, tags): replayed by another caller, with other filters, or altered,
@@ -205,8 +207,7 @@ def _rows(scope: UsageScope, query: UsageQuery, params: UsageParams):
             "has_more": page.has_more,
             "watermark": iso_utc(page.horizon),
         }
-    rows = page.rows.iterator(chunk_size=2000)
-    body = usage_rows_csv(rows) if params.format == "csv" else usage_rows_ndjson(rows)
+    body = usage_rows_csv(page.rows) if params.format == "csv" else usage_rows_ndjson(page.rows)
     response = rows_response(body, params.format)
     response["X-Next-Cursor"] = next_cursor or ""
     response["X-Has-More"] = "true" if page.has_more else "false"

@@ -281,7 +281,7 @@ def _top_per_values(
     # The counters cannot be listed through the store, so the values come from the usage
     # rows of the current window: the most frequent ones are the ones worth showing.
     counts: dict[str, int] = {}
-    for objects in ledger_managers(UsageRecord):  # each data region's rows
+    for objects in ledger_managers(UsageRecord, scope.readable_regions()):  # each region's
         rows = scope.filter(objects.filter(created_at__gte=since))
         if subject != ANY_SUBJECT:
             column, row_id, _ = resolved[subject]
@@ -400,7 +400,7 @@ def recent_quota_refusals(
 ) -> dict[str, RuleRefusals]:
     """rule id -> refusals since `since` among the usage rows of `scope`."""
     groups: list[dict[str, Any]] = []
-    for objects in ledger_managers(UsageRecord):  # each data region's rows
+    for objects in ledger_managers(UsageRecord, scope.readable_regions()):  # each region's
         rows = scope.filter(objects.filter(error_type=QUOTA_EXCEEDED, created_at__gte=since))
         # Grouped in the database: a client hammering a spent quota makes many identical rows.
         groups += list(

@@ -53,7 +53,6 @@ from .regions import (
     current_region,
     in_region,
     ledger_connection,
-    region_names,
 )
 from .scope import UsageScope
 from .tags import TagText, tag_equals
@@ -396,7 +395,7 @@ def usage_totals(
     the regions' sums are added; latency percentiles of several regions are merged through
     their histograms (within `histograms.RELATIVE_ERROR`), since percentiles do not add.
     """
-    names = list(where.regions) if where.regions else region_names()
+    names = scope.readable_regions(where.regions)
     inner = tuple(d for d in group_by if d != REGION)
     if len(names) == 1 and REGION not in group_by:
         if names[0] == current_region():

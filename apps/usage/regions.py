@@ -13,7 +13,7 @@ has a region of its own (`apps.proxy.regions`).
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any, ParamSpec, TypeVar
@@ -149,7 +149,9 @@ def ledger_transaction(function: Callable[P, R]) -> Callable[P, R]:
     return run
 
 
-def ledger_managers(model: type[Any]) -> list[Any]:
-    """`model.objects` of each region's database, for reads that combine the regions
-    outside the query layer (tag keys seen, quota refusals)."""
-    return [model.objects.using(alias) for alias in ledger_aliases()]
+def ledger_managers(model: type[Any], names: Iterable[str] | None = None) -> list[Any]:
+    """`model.objects` of each region's database (of the regions `names`, default all), for
+    reads that combine the regions outside the query layer (tag keys seen, quota refusals)."""
+    chosen = region_names() if names is None else list(names)
+    aliases = dict.fromkeys(alias_for(name) for name in chosen)
+    return [model.objects.using(alias) for alias in aliases]

@@ -10,6 +10,10 @@ The rule:
 - developer: their own rows (`user_id` is them), in whichever team they were made;
 - no role (no membership): nothing; every surface answers 403.
 
+With several data regions, a caller below the org-wide roles reads only the regions of their
+teams (`regions`): a team admin sees their team's region, finance and admins every region,
+merged. Rows a customer's own region moved elsewhere are read by the org-wide roles only.
+
 An API key with the `usage:read` scope acts for its owner: a user's key reads what that user
 reads in the portal (a developer's key their own rows, not the key's whole team); a virtual
 account's key reads that account's rows.
@@ -32,10 +36,11 @@ from dataclasses import dataclass
 from django.db.models import Q, QuerySet
 
 from apps.accounts.constants import Role
-from apps.accounts.models import ApiKey, Membership, VirtualAccount
+from apps.accounts.models import ApiKey, Membership, Team, VirtualAccount
 from apps.accounts.selectors import PortalIdentity, portal_identity
 
 from .constants import USAGE_READ_SCOPE
+from .regions import is_multi_region, region_names, region_or_default
 
 
 @dataclass(frozen=True)
@@ -48,6 +53,15 @@ class UsageScope:
     team_ids: frozenset[int] = frozenset()
     user_id: int | None = None
     virtual_account_id: int | None = None
+    # Data regions whose ledgers may be read; empty: every region.
+    regions: frozenset[str] = frozenset()
+
+    def readable_regions(self, wanted: Iterable[str] = ()) -> list[str]:
+        """The regions to read, in DATA_REGIONS order: `wanted` (empty: all) within the
+        scope's."""
+        names = region_names()
+        chosen = [name for name in names if name in set(wanted)] if wanted else names
+        return [name for name in chosen if not self.regions or name in self.regions]
 
     @property
     def is_empty(self) -> bool:
@@ -84,8 +98,14 @@ class UsageScope:
         team_ids: Iterable[int] = (),
         user_ids: Iterable[int] = (),
         virtual_account_ids: Iterable[int] = (),
+        regions: Iterable[str] = (),
     ) -> None:
         """Raise PermissionError when an explicit filter reaches outside the scope."""
+        outside = sorted(set(regions) - self.regions) if self.regions else []
+        if outside:
+            raise PermissionError(
+                f"region: you may only read your teams' data regions ({', '.join(sorted(self.regions))})"
+            )
         if self.everything:
             return
         if any(not self.may_read_team(team_id) for team_id in team_ids):
@@ -112,10 +132,23 @@ def usage_scope_for(identity: PortalIdentity) -> UsageScope:
     if identity.is_org_wide:
         return UsageScope(everything=True)
     if identity.role == Role.TEAM_ADMIN:
-        return UsageScope(team_ids=identity.admin_team_ids, user_id=identity.user_id)
+        return UsageScope(
+            team_ids=identity.admin_team_ids,
+            user_id=identity.user_id,
+            regions=_team_regions(identity.team_ids),
+        )
     if identity.role == Role.DEVELOPER:
-        return UsageScope(user_id=identity.user_id)
+        return UsageScope(user_id=identity.user_id, regions=_team_regions(identity.team_ids))
     return NO_USAGE
+
+
+def _team_regions(team_ids: Iterable[int]) -> frozenset[str]:
+    """The data regions of these teams; empty (no restriction) with one region only."""
+    if not is_multi_region():
+        return frozenset()
+    stored = Team.objects.filter(pk__in=list(team_ids)).values_list("data_region", flat=True)
+    # A caller in no team reads no region: the name of none stands for "nothing".
+    return frozenset(region_or_default(name) for name in stored) or frozenset({""})
 
 
 def usage_scope_for_key(key: ApiKey) -> UsageScope:
@@ -124,4 +157,7 @@ def usage_scope_for_key(key: ApiKey) -> UsageScope:
         raise PermissionError(f"This API key lacks the {USAGE_READ_SCOPE} scope.")
     if key.user_id is not None:
         return usage_scope_for(portal_identity(user=key.user))
-    return UsageScope(virtual_account_id=key.virtual_account_id)
+    # A virtual account's key belongs to the account's team, whose region it reads.
+    return UsageScope(
+        virtual_account_id=key.virtual_account_id, regions=_team_regions([key.team_id])
+    )

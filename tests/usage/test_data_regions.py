@@ -153,7 +153,12 @@ def regions(django_db_setup, django_db_blocker) -> Iterator[Regions]:
 
 @pytest.fixture(scope="module")
 def regional_gateway(regions) -> Iterator[GatewayServer]:
-    extra = {"USAGE_FLUSH_INTERVAL": "0.1", "DATA_REGIONS_STRICT": "eu"}
+    # Rows are exported at once (no settle wait), so the test can page through them.
+    extra = {
+        "USAGE_FLUSH_INTERVAL": "0.1",
+        "DATA_REGIONS_STRICT": "eu",
+        "BILLING_EXPORT_SETTLE_SECONDS": "0",
+    }
     server = start_gateway(regions.env | extra, workers=2)
     yield server
     stop_gateway(server)
@@ -194,11 +199,13 @@ def people(regions: Regions):
         team_region_set(team=saas, region="us", actor=None)
         customer_region_set(customer_id="zeiss", region="eu", actor=None)
     finance = factories.make_user("fin", team=us, role=Role.FINANCE)
+    saas_admin = factories.make_user("sue", team=saas, role=Role.TEAM_ADMIN)
     keys = {
         "eu": factories.make_key(user=factories.make_user("anna", team=eu))[1],
         "us": factories.make_key(user=factories.make_user("bill", team=us))[1],
         "saas": factories.make_key(user=factories.make_user("sam", team=saas))[1],
         "reader": factories.make_key(user=finance, scopes=["usage:read"])[1],
+        "saas_admin": factories.make_key(user=saas_admin, scopes=["usage:read"])[1],
     }
     return {"eu": eu, "us": us, "saas": saas}, keys
 
@@ -338,6 +345,39 @@ def test_each_row_its_tags_and_bodies_live_only_in_its_regions_database(regions,
     }
     unknown = httpx.get(api, params={"region": "mars"}, headers=reader, timeout=30)
     assert unknown.status_code == 400 and "mars" in unknown.text
+
+    # Raw rows across both regions, paged with the cursor: each row once, with its region.
+    exported: dict[str, str] = {}
+    cursor = None
+    params = {"mode": "rows", "limit": 4, "updated_since": "2000-01-01T00:00:00Z"}
+    for _ in range(20):
+        page = httpx.get(
+            api, params={**params, **({"cursor": cursor} if cursor else {})}, headers=reader,
+            timeout=30,
+        ).json()  # fmt: skip
+        for row in page["data"]:
+            if row["request_id"] in every:
+                assert row["request_id"] not in exported, "a row exported twice"
+                exported[row["request_id"]] = row["region"]
+        cursor = page["next_cursor"]
+        if not page["has_more"]:
+            break
+    assert exported == {rid: "eu" for rid in in_eu} | {rid: "us" for rid in in_us}
+    as_csv = httpx.get(api, params={**params, "limit": 1000, "format": "csv"}, headers=reader)
+    csv_regions = {
+        line["request_id"]: line["region"] for line in csv.DictReader(io.StringIO(as_csv.text))
+    }
+    assert {rid: csv_regions[rid] for rid in every} == exported
+
+    # A team admin reads their team's region only: SaaS is a US team, so the rows its EU
+    # customer left in the EU are not theirs to read, and asking for that region is a 403.
+    admin = {"Authorization": f"Bearer {keys['saas_admin']}"}
+    theirs = httpx.get(api, params={"group_by": "team,region"}, headers=admin, timeout=30).json()
+    assert [(item["team"], item["region"], item["requests"]) for item in theirs["data"]] == [
+        ("saas", "us", 2)
+    ]
+    denied = httpx.get(api, params={"region": "eu"}, headers=admin, timeout=30)
+    assert denied.status_code == 403 and "data regions" in denied.text
 
     # The dashboards as finance sees them: one figure for both regions.
     total_requests = sum(t[0] for t in expected.values())

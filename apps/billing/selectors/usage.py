@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import heapq
 import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ from apps.usage.query import (
     tag_dimension,
     usage_totals,
 )
+from apps.usage.regions import default_region, in_region, region_names
 from apps.usage.scope import UsageScope
 
 MAX_PAGE = 50_000
@@ -44,6 +46,7 @@ def _usage_filter(*, scope: UsageScope, query: UsageQuery) -> UsageFilter:
         team_ids=query.team_ids,
         user_ids=query.user_ids,
         virtual_account_ids=query.virtual_account_ids,
+        regions=query.regions,
     )
     return UsageFilter(
         start=query.start or _EARLIEST,
@@ -57,10 +60,6 @@ def _usage_filter(*, scope: UsageScope, query: UsageQuery) -> UsageFilter:
         status_range=query.status_range,
         regions=query.regions,
     )
-
-
-def _filtered(*, scope: UsageScope, query: UsageQuery) -> QuerySet[UsageRecord]:
-    return raw_rows(scope=scope, where=_usage_filter(scope=scope, query=query))
 
 
 # --- Grouped metrics --------------------------------------------------------------------
@@ -160,38 +159,48 @@ def cursor_binding(*, scope: UsageScope, query: UsageQuery) -> str:
         sorted(query.status_codes),
         list(query.status_range) if query.status_range else None,
         sorted(query.tags),
+        # Only when set, so cursors handed out before region filters existed still resume.
+        *([sorted(query.regions)] if query.regions else []),
     ]
     raw = json.dumps(parts, separators=(",", ":")).encode()
     return hashlib.sha256(raw).hexdigest()[:32]
 
 
+Position = tuple[dt.datetime, int]
+
+
 @dataclass(frozen=True)
 class RowCursor:
-    """Position after the last row handed out: (inserted_at, id) in export order.
+    """Per data region, the position after the last row handed out: (inserted_at, id) in
+    that region's export order. A region it does not name starts from its first row.
 
     On the wire it is signed (django.core.signing, SECRET_KEY, CURSOR_SALT) together with the
     `cursor_binding` of the export, so a client can neither forge a position nor replay it
     under another scope or other filters.
     """
 
-    inserted_at: dt.datetime
-    id: int
+    positions: dict[str, Position]
+
+    def at(self, region: str) -> Position | None:
+        return self.positions.get(region)
 
     def encode(self, *, binding: str) -> str:
-        payload = {"i": self.inserted_at.isoformat(), "id": self.id, "b": binding}
-        # Signer, not signing.dumps: no timestamp in it, so the same position and binding
+        places = {name: [at.isoformat(), pk] for name, (at, pk) in sorted(self.positions.items())}
+        # Signer, not signing.dumps: no timestamp in it, so the same positions and binding
         # always give the same cursor (an empty page hands back the one it was given).
-        return signing.Signer(salt=CURSOR_SALT).sign_object(payload)
+        return signing.Signer(salt=CURSOR_SALT).sign_object({"p": places, "b": binding})
 
     @classmethod
     def decode(cls, token: str, *, binding: str) -> RowCursor:
         try:
             data = signing.Signer(salt=CURSOR_SALT).unsign_object(token)
-            moment = dt.datetime.fromisoformat(data["i"])
-            if timezone.is_naive(moment):
-                raise ValueError("naive")
-            cursor, bound_to = cls(moment, int(data["id"])), data["b"]
-        except (signing.BadSignature, ValueError, KeyError, TypeError) as error:
+            if "p" in data:
+                places = {str(name): (_moment(at), int(pk)) for name, (at, pk) in data["p"].items()}
+            else:
+                # A cursor from before data regions: a position in the default region.
+                places = {default_region(): (_moment(data["i"]), int(data["id"]))}
+            cursor, bound_to = cls(places), data["b"]
+        except (signing.BadSignature, ValueError, KeyError, TypeError, AttributeError) as error:
             raise UsageQueryError(
                 "cursor: not a cursor returned by this API (altered or truncated)"
             ) from error
@@ -205,19 +214,26 @@ class RowCursor:
     @classmethod
     def after(cls, moment: dt.datetime) -> RowCursor:
         # Every row inserted at `moment` itself is excluded: `updated_since` is strict.
-        return cls(moment, 2**63 - 1)
+        return cls({name: (moment, 2**63 - 1) for name in region_names()})
+
+
+def _moment(value: str) -> dt.datetime:
+    moment = dt.datetime.fromisoformat(value)
+    if timezone.is_naive(moment):
+        raise ValueError("naive")
+    return moment
 
 
 @dataclass(frozen=True)
 class RowPage:
-    rows: QuerySet[UsageRecord]
+    rows: Iterator[dict]
     next_cursor: RowCursor | None
     has_more: bool
     horizon: dt.datetime
 
 
 ROW_FIELDS = (
-    "id", "request_id", "created_at", "inserted_at", "team_id", "user_id",
+    "id", "request_id", "created_at", "inserted_at", "region", "team_id", "user_id",
     "virtual_account_id", "api_key_id", "end_user", "model", "deployment", "provider",
     "request_type", "is_stream", "status_code", "error_type", "input_tokens", "output_tokens",
     "cached_tokens", "cache_write_tokens", "tokens_estimated", "cost_usd", "latency_ms",
@@ -233,36 +249,72 @@ def usage_rows_page(
     limit: int,
     now: dt.datetime | None = None,
 ) -> RowPage:
-    """A page of raw rows in (inserted_at, id) order, after `cursor`.
+    """A page of raw rows after `cursor`, from every region the caller reads, in
+    (inserted_at, region, id) order.
 
     Only rows inserted before the settle horizon are handed out, so a writer transaction that
     commits late cannot slip a row behind a cursor already returned: resuming from the last
-    `next_cursor` yields each row exactly once, late (spooled) rows included.
+    `next_cursor` yields each row exactly once, late (spooled) rows included. Each region
+    keeps its own position, since ids are numbered per database.
     """
     limit = max(1, min(limit, MAX_PAGE))
     now = now or timezone.now()
     horizon = now - dt.timedelta(seconds=settings.BILLING_EXPORT_SETTLE_SECONDS)
-    rows = _filtered(scope=scope, query=query).filter(inserted_at__lte=horizon)
-    if cursor is not None:
+    where = _usage_filter(scope=scope, query=query)
+    names = scope.readable_regions(query.regions)
+    after = {name: cursor.at(name) if cursor else None for name in names}
+    # The page's keys first (index-only), so headers can carry the cursor before a streamed
+    # body starts: each region's next `limit + 1`, merged, the first `limit` taken.
+    keys: list[tuple[dt.datetime, int, int]] = []
+    for index, name in enumerate(names):
+        rows = _region_rows(name, scope, where, horizon, after[name], None)
+        keys += [(at, index, pk) for at, pk in rows.values_list("inserted_at", "id")[: limit + 1]]
+    keys.sort()
+    taken = keys[:limit]
+    if not taken:
+        return RowPage(iter(()), cursor, False, horizon)
+    ends: dict[str, Position] = {}
+    for at, index, pk in taken:
+        ends[names[index]] = (at, pk)
+    parts = [
+        (index, name, _region_rows(name, scope, where, horizon, after[name], ends[name]))
+        for index, name in enumerate(names)
+        if name in ends
+    ]
+    positions = {**(cursor.positions if cursor else {}), **ends}
+    return RowPage(_merged_rows(parts), RowCursor(positions), len(keys) > limit, horizon)
+
+
+def _region_rows(
+    name: str,
+    scope: UsageScope,
+    where: UsageFilter,
+    horizon: dt.datetime,
+    after: Position | None,
+    through: Position | None,
+) -> QuerySet[UsageRecord]:
+    """Region `name`'s rows of the export, after `after` and up to `through`, in export
+    order. Bound to its database (`using`), so they can be read outside `in_region`."""
+    with in_region(name) as alias:
+        rows = raw_rows(scope=scope, where=where).using(alias)
+    rows = rows.filter(inserted_at__lte=horizon)
+    if after is not None:
+        rows = rows.filter(Q(inserted_at__gt=after[0]) | Q(inserted_at=after[0], id__gt=after[1]))
+    if through is not None:
         rows = rows.filter(
-            Q(inserted_at__gt=cursor.inserted_at)
-            | Q(inserted_at=cursor.inserted_at, id__gt=cursor.id)
+            Q(inserted_at__lt=through[0]) | Q(inserted_at=through[0], id__lte=through[1])
         )
-    rows = rows.order_by("inserted_at", "id")
-    # Find the page's last row first (index-only), so headers can carry the cursor before
-    # a streamed body starts.
-    edge = list(rows.values_list("inserted_at", "id")[limit - 1 : limit + 1])
-    if len(edge) == 0:
-        # Fewer than `limit` rows: the page ends at the last row there is.
-        last = rows.values_list("inserted_at", "id").reverse().first()
-        has_more = False
-    else:
-        last = edge[0]
-        has_more = len(edge) == 2
-    if last is None:
-        return RowPage(rows.none(), cursor, False, horizon)
-    end = RowCursor(last[0], last[1])
-    page = rows.filter(
-        Q(inserted_at__lt=end.inserted_at) | Q(inserted_at=end.inserted_at, id__lte=end.id)
-    ).values(*ROW_FIELDS)
-    return RowPage(page, end, has_more, horizon)
+    return rows.order_by("inserted_at", "id")
+
+
+def _merged_rows(parts: list[tuple[int, str, QuerySet[UsageRecord]]]) -> Iterator[dict]:
+    """The regions' rows interleaved in (inserted_at, region, id) order; `region` is the
+    region whose database holds the row (older rows may have none stored)."""
+
+    def keyed(index: int, name: str, rows: QuerySet[UsageRecord]) -> Iterator[tuple]:
+        for row in rows.values(*ROW_FIELDS).iterator(chunk_size=2000):
+            row["region"] = name
+            yield (row["inserted_at"], index, row["id"]), row
+
+    for _, row in heapq.merge(*(keyed(*part) for part in parts), key=lambda pair: pair[0]):
+        yield row

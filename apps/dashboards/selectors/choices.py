@@ -18,7 +18,7 @@ def tag_keys_in_use(*, scope: UsageScope) -> list[str]:
     """Keys for the tag pickers: rollup keys, glossary keys and keys in recent usage."""
     keys = set(rollup_tag_keys()) | set(TagDefinition.objects.values_list("key", flat=True))
     if not scope.is_empty:
-        for objects in ledger_managers(UsageRecord):
+        for objects in ledger_managers(UsageRecord, scope.readable_regions()):
             keys |= tag_keys_recent(usage=scope.filter(objects.all()))
     return sorted(keys)
 

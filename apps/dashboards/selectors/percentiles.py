@@ -34,7 +34,7 @@ from apps.usage.models import (
     UsageCubeHourly,
 )
 from apps.usage.query import COLUMNS, grouped_raw, percentile, rollup_coverage
-from apps.usage.regions import in_region, is_multi_region, ledger_db, region_names
+from apps.usage.regions import in_region, is_multi_region, ledger_db
 from apps.usage.scope import UsageScope
 
 from ..filters import DashboardFilters
@@ -95,7 +95,7 @@ def percentile_points(
     """
     if is_multi_region():
         merged: _Merged = defaultdict(lambda: ({}, {}))
-        for region in region_names():
+        for region in scope.readable_regions():
             with in_region(region):
                 part = _region_histograms(scope, filters, dimension, bucket)
             for key, (latency, ttft) in part.items():
