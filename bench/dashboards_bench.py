@@ -211,14 +211,15 @@ def time_billing(finance, runs: int, days: int) -> None:
 
 
 def region_databases(database_url: str) -> str:
-    """Two fresh region databases on the bench's server, as DATA_REGIONS."""
+    """Two region databases on the bench's server, as DATA_REGIONS (kept with --keep-db)."""
     import psycopg
 
     base = database_url.rsplit("/", 1)[0]
     with psycopg.connect(database_url, autocommit=True) as conn:
+        found = {row[0] for row in conn.execute("SELECT datname FROM pg_database")}
         for name in ("tollgate_eu", "tollgate_us"):
-            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-            conn.execute(f"CREATE DATABASE {name}")
+            if name not in found:
+                conn.execute(f"CREATE DATABASE {name}")
     return f"eu={base}/tollgate_eu,us={base}/tollgate_us"
 
 

@@ -33,10 +33,10 @@ from .errors import (
     PayloadTooLarge,
     Unauthorized,
 )
+from .json_answers import send_json
 from .metadata import LOG_REQUEST_TAG, metadata_header, parse_metadata_header
 from .refusals import record_refusal
 from .regions import row_region
-from .responses import send_json
 from .validation import check_content_type
 
 COUNT_TOKENS_PATH = "/v1/messages/count_tokens"

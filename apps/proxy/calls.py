@@ -35,11 +35,11 @@ from .endpoints.base import ClientStream, Endpoint, Exchange
 from .errors import BadRequest, GatewayError, UpstreamError
 from .health import board as health
 from .health import ttft_timeout
+from .json_answers import send_json
 from .pricing import price_override
 from .providers.base import DeploymentInfo, InvalidAnswer, UnsupportedRequest, Usage
 from .providers.registry import provider_for
 from .regions import is_strict, row_region, serving_region
-from .responses import send_json
 from .router import deployments_to_try
 from .tokens import estimate_text_tokens
 

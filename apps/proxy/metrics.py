@@ -174,6 +174,12 @@ def _spool_size() -> tuple[float, float]:
     return float(files), float(size)
 
 
+def _held_rows() -> dict[str, int]:
+    from apps.usage.writer import held_row_counts
+
+    return held_row_counts(Path(settings.USAGE_SPOOL_DIR) / "held")
+
+
 async def _live_values() -> list[Any]:
     from .catalog import catalog
     from .health import STATE_VALUES, board
@@ -211,6 +217,13 @@ async def _live_values() -> list[Any]:
                 ewma.add_metric(labels, item.ewma_ms / 1000)
     depth, lag = await _buffer_values()
     files, size = await asyncio.to_thread(_spool_size)
+    held = GaugeMetricFamily(
+        "tollgate_usage_held_rows",
+        "Usage rows held in the local spool because their data region's database is down.",
+        labels=["region"],
+    )
+    for region, rows in (await asyncio.to_thread(_held_rows)).items():
+        held.add_metric([region], rows)
     return [
         state,
         share,
@@ -230,6 +243,7 @@ async def _live_values() -> list[Any]:
         GaugeMetricFamily(
             "tollgate_usage_spool_bytes", "Bytes in the local usage spool.", value=size
         ),
+        held,
     ]
 
 

@@ -25,8 +25,10 @@ if TYPE_CHECKING:
 
 
 def row_region(key: KeyInfo, tags: dict[str, Any]) -> str:
+    """The team's region, unless the customer tag names a customer kept elsewhere. The tag
+    comes from the client, so it never takes a row out of a strict team region."""
     customer = tags.get(settings.BILLING_CUSTOMER_TAG_KEY)
-    if customer and catalog.customer_regions:
+    if customer and catalog.customer_regions and not is_strict(key.region):
         return catalog.customer_regions.get(str(customer), key.region)
     return key.region
 

@@ -18,10 +18,12 @@ import uuid
 from dataclasses import dataclass, fields
 from typing import Any
 
+from django.conf import settings
 from django.db import transaction
+from django.db.models import Q, QuerySet
 
 from apps.accounts.audit import audit_record
-from apps.accounts.models import Team
+from apps.accounts.models import CustomerRegion, Team
 
 from .event import UsageEvent
 from .models import UsageRecord
@@ -50,10 +52,13 @@ def usage_region_move(*, team: Team, to: str, actor: Any = None) -> RegionMove:
     region_spec(to)  # an unknown region is refused before anything changes
     team_region_set(team=team, region=to, actor=actor)
     moved: dict[str, int] = {}
+    # Rows of customers kept in a region of their own stay where they are: they live by
+    # their customer's region, not the team's.
+    pinned = list(CustomerRegion.objects.exclude(region=to).values_list("customer_id", flat=True))
     for source in region_names():
         if source == to:
             continue
-        count = _move_from(team.pk, source, to)
+        count = _move_from(team.pk, source, to, pinned)
         if count:
             moved[source] = count
     result = RegionMove(team.slug, to, moved)
@@ -68,13 +73,20 @@ def usage_region_move(*, team: Team, to: str, actor: Any = None) -> RegionMove:
     return result
 
 
-def _move_from(team_id: int, source: str, to: str) -> int:
+def _team_rows(team_id: int, pinned: list[str]) -> QuerySet[UsageRecord]:
+    rows = UsageRecord.objects.filter(team_id=team_id)
+    if pinned:
+        key = settings.BILLING_CUSTOMER_TAG_KEY
+        # has_key first: a row without the tag compares as NULL, which `exclude` would drop.
+        rows = rows.exclude(Q(tags__has_key=key) & Q(**{f"tags__{key}__in": pinned}))
+    return rows
+
+
+def _move_from(team_id: int, source: str, to: str, pinned: list[str]) -> int:
     moved = 0
     while True:
         with in_region(source):
-            rows = list(
-                UsageRecord.objects.filter(team_id=team_id).order_by("created_at", "id")[:CHUNK]
-            )
+            rows = list(_team_rows(team_id, pinned).order_by("created_at", "id")[:CHUNK])
         if not rows:
             return moved
         events = [_event_of(row, to) for row in rows]

@@ -1,8 +1,13 @@
 """Beat tasks of the usage ledger: the one scheduled rollup, partitions and retention.
 
-Each runs over every data region's ledger in turn (apps/usage/regions.py); a region whose
-database is unreachable fails the task (retried), after the regions before it are done.
+Each runs over every data region's ledger (apps/usage/regions.py). A region whose database
+is unreachable does not hold back the others: they are all done first, then its error fails
+the task, which is retried (every task here is idempotent).
 """
+
+import logging
+from collections.abc import Callable
+from typing import TypeVar
 
 from celery import shared_task
 from django.conf import settings
@@ -13,6 +18,25 @@ from .regions import in_region, region_names
 from .retention import raw_cutoff, usage_bodies_prune, usage_raw_prune
 from .rollups import usage_rollups_refresh
 
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+def each_region(work: Callable[[], T]) -> list[T]:
+    """`work()` inside every region; the first failure is raised after the rest ran."""
+    results: list[T] = []
+    failure: OperationalError | None = None
+    for region in region_names():
+        try:
+            with in_region(region):
+                results.append(work())
+        except OperationalError as error:
+            logger.warning("usage task: region %s failed, the others go on: %s", region, error)
+            failure = failure or error
+    if failure is not None:
+        raise failure
+    return results
+
 
 @shared_task(
     name="usage.rollups_refresh",
@@ -22,10 +46,9 @@ from .rollups import usage_rollups_refresh
 )
 def rollups_refresh(days: int | None = None) -> dict:
     """Refresh every rollup table (see `apps.usage.rollups`); idempotent."""
+    recent = days or settings.USAGE_ROLLUP_RECENT_DAYS
     totals: dict = {"months": [], "days": [], "hours": [], "requests": 0}
-    for region in region_names():
-        with in_region(region):
-            run = usage_rollups_refresh(recent_days=days or settings.USAGE_ROLLUP_RECENT_DAYS)
+    for run in each_region(lambda: usage_rollups_refresh(recent_days=recent)):
         totals["months"] += run.months
         totals["days"] += run.days
         totals["hours"] += run.hours
@@ -42,13 +65,13 @@ def rollups_refresh(days: int | None = None) -> dict:
 )
 def partitions_maintain() -> dict:
     """Create the coming months' partitions (PostgreSQL; see `apps.usage.partitions`)."""
-    created = []
-    for region in region_names():
-        with in_region(region):
-            created += usage_partitions_ensure(
-                months_ahead=settings.USAGE_PARTITIONS_AHEAD_MONTHS, keep_from=raw_cutoff()
-            )
-    return {"created": created}
+
+    def ensure() -> list[str]:
+        return usage_partitions_ensure(
+            months_ahead=settings.USAGE_PARTITIONS_AHEAD_MONTHS, keep_from=raw_cutoff()
+        )
+
+    return {"created": [name for created in each_region(ensure) for name in created]}
 
 
 @shared_task(
@@ -60,10 +83,7 @@ def partitions_maintain() -> dict:
 def retention_prune() -> dict:
     """Drop raw rows and null logged bodies past their retention (`apps.usage.retention`)."""
     result: dict = {"dropped": [], "rows": 0, "refused": {}, "bodies_nulled": 0}
-    for region in region_names():
-        with in_region(region):
-            raw = usage_raw_prune()
-            bodies = usage_bodies_prune()
+    for raw, bodies in each_region(lambda: (usage_raw_prune(), usage_bodies_prune())):
         result["dropped"] += list(raw.dropped)
         result["rows"] += raw.rows
         result["refused"].update(

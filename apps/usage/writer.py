@@ -344,7 +344,8 @@ def _held_regions(directory: Path) -> list[str]:
     return sorted(path.name for path in directory.iterdir() if path.is_dir())
 
 
-def _held_counts(directory: Path) -> dict[str, int]:
+def held_row_counts(directory: Path) -> dict[str, int]:
+    """Blocking: rows held back per region in the held spool `directory`."""
     counts: dict[str, int] = {}
     for region in _held_regions(directory):
         lines = 0
@@ -508,10 +509,33 @@ class UsageWriter:
     async def _insert(self, events: list[UsageEvent]) -> int:
         """Rows inserted; refused rows are dead-lettered, a database outage raises (with
         several regions, an unreachable region's rows are held in its spool instead)."""
+        if is_multi_region():
+            events = await self._park_backed_off(events)
+            if not events:
+                return 0
         result: RegionalResult = await self._run_sync(self._insert_sync, events)
         for region, held in result.held.items():
             await asyncio.to_thread(self._held_spool(region).append, held)
+            self._back_off(region)
         return result.written.inserted
+
+    async def _park_backed_off(self, events: list[UsageEvent]) -> list[UsageEvent]:
+        """The events to insert now: those of a region inside its backoff go straight to its
+        held spool, so a region that is down (or hangs) costs the others no connect attempt
+        per batch."""
+        now = time.monotonic()
+        waiting = {r for r, (retry_at, _) in self._held_retry.items() if now < retry_at}
+        if not waiting:
+            return events
+        groups = by_region(events)
+        for region in waiting & set(groups):
+            await asyncio.to_thread(self._held_spool(region).append, groups.pop(region))
+        return [event for group in groups.values() for event in group]
+
+    def _back_off(self, region: str) -> None:
+        _, delay = self._held_retry.get(region, (0.0, 0.0))
+        delay = min(max(delay * 2, self.flush_interval), self.max_backoff)
+        self._held_retry[region] = (time.monotonic() + delay, delay)
 
     # Rows held back by region ------------------------------------------------------------
 
@@ -528,7 +552,7 @@ class UsageWriter:
         directories = await asyncio.to_thread(_held_regions, self._held_dir)
         now = time.monotonic()
         for region in directories:
-            retry_at, delay = self._held_retry.get(region, (0.0, 0.0))
+            retry_at, _ = self._held_retry.get(region, (0.0, 0.0))
             if now < retry_at:
                 continue
             spool = self._held_spool(region)
@@ -540,17 +564,12 @@ class UsageWriter:
                 if result.held:
                     # Still unreachable: the file stays; its written rows are skipped next
                     # time (the insert ignores known request ids).
-                    delay = min(max(delay * 2, self.flush_interval), self.max_backoff)
-                    self._held_retry[region] = (time.monotonic() + delay, delay)
+                    self._back_off(region)
                     break
                 await asyncio.to_thread(spool.remove, path)
                 fetched += len(batch.events) or 1
                 self._held_retry.pop(region, None)
         return fetched, inserted
-
-    def held_counts(self) -> dict[str, int]:
-        """Blocking: rows held back per region, in this writer's spool directory."""
-        return _held_counts(self._held_dir)
 
     # Background loop -----------------------------------------------------------------------
 

@@ -198,6 +198,8 @@ def people(regions: Regions):
         # SaaS is a US team, but its customer "zeiss" is kept in the EU.
         team_region_set(team=saas, region="us", actor=None)
         customer_region_set(customer_id="zeiss", region="eu", actor=None)
+        # "acme" is a US customer (of SaaS, a US team anyway): a tag any client may send.
+        customer_region_set(customer_id="acme", region="us", actor=None)
     finance = factories.make_user("fin", team=us, role=Role.FINANCE)
     saas_admin = factories.make_user("sue", team=saas, role=Role.TEAM_ADMIN)
     keys = {
@@ -409,6 +411,8 @@ def test_a_stopped_region_delays_only_its_own_rows_and_loses_none(regions, regio
         while "region eu unreachable, rows held back" not in regional_gateway.log():
             assert time.monotonic() < deadline, regional_gateway.log()[-3000:]
             time.sleep(0.2)
+        # ...and the held rows are on the metrics page, by region.
+        assert held_rows(regional_gateway, "eu", deadline=time.monotonic() + 10) > 0
     finally:
         regions.eu_server.start()
     # The held EU rows arrive once their database is back, each once.
@@ -418,6 +422,19 @@ def test_a_stopped_region_delays_only_its_own_rows_and_loses_none(regions, regio
     assert count == len(eu_ids)
     assert not rows_in(regions.us_url, eu_ids)
     assert not rows_in(regions.primary_url, eu_ids + us_ids)
+    assert held_rows(regional_gateway, "eu", deadline=time.monotonic() + 10, want=0) == 0
+
+
+def held_rows(gateway: GatewayServer, region: str, *, deadline: float, want: int | None = None):
+    """`tollgate_usage_held_rows` of `region` on the gateway's metrics page (0 when absent),
+    polled until it is `want` (or, with None, above 0) or the deadline passes."""
+    pattern = re.compile(rf'^tollgate_usage_held_rows{{region="{region}"}} (\S+)$', re.M)
+    while True:
+        found = pattern.search(httpx.get(f"{gateway.url}/metrics", timeout=10).text)
+        value = float(found.group(1)) if found else 0.0
+        if (value > 0 if want is None else value == want) or time.monotonic() > deadline:
+            return value
+        time.sleep(0.3)
 
 
 def test_a_strict_region_is_served_only_by_its_deployments_and_fails_closed(
@@ -436,6 +453,13 @@ def test_a_strict_region_is_served_only_by_its_deployments_and_fails_closed(
         assert response.status_code == 200, response.text
         eu_ids.append(response.headers["x-request-id"])
     assert {row[0] for row in deployments_of(regions.eu_url, eu_ids).values()} == {"d1-eu"}
+    # A customer tag naming a US customer does not take a strict EU team's call, or its
+    # row, out of the EU.
+    tagged = post(regional_gateway, keys["eu"], {"customer_id": "acme"}, "rg-mixed")
+    assert tagged.status_code == 200, tagged.text
+    tagged_id = tagged.headers["x-request-id"]
+    assert deployments_of(wait_and(regions.eu_url, tagged_id), [tagged_id])[tagged_id][0] == "d1-eu"
+    assert not rows_in(regions.us_url, [tagged_id])
 
     refused = post(regional_gateway, keys["eu"], {}, "rg-us-only")
     assert refused.status_code == 503
@@ -448,6 +472,12 @@ def test_a_strict_region_is_served_only_by_its_deployments_and_fails_closed(
     assert deployments_of(regions.eu_url, [refusal])[refusal] == ["", 503]
     # The US region is not strict: its tenants use any deployment.
     assert post(regional_gateway, keys["us"], {}, "rg-us-only").status_code == 200
+
+
+def wait_and(url: str, request_id: str) -> str:
+    """`url`, once the row of `request_id` is in its database."""
+    assert wait_rows(url, [request_id]), f"{request_id} never reached {url}"
+    return url
 
 
 def deployments_of(url: str, ids: list[str]) -> dict[str, tuple]:
@@ -516,8 +546,17 @@ def test_moving_a_team_moves_its_history_once_and_can_be_rerun(regions, regional
     new = send(regional_gateway, keys["us"], {"site": "austin"})
     assert set(wait_rows(regions.eu_url, [new])) == {new}
 
-    # The audit log has the region change and each move.
+    # Moving back leaves the rows of a customer kept in the EU (zeiss) where they are.
+    zeiss = [send(regional_gateway, keys["us"], {"customer_id": "zeiss"}) for _ in range(2)]
+    assert set(wait_rows(regions.eu_url, zeiss)) == set(zeiss)
+    assert "7 rows moved (7 from eu)" in move(regions, "ranch-us", "us")
+    assert set(rows_in(regions.us_url, [*ids, new])) == {*ids, new}
+    assert set(rows_in(regions.eu_url, zeiss)) == set(zeiss)
+    assert not rows_in(regions.us_url, zeiss)
+
+    # The audit log has the region changes and each move.
     actions = list(
         AuditLog.objects.filter(object_id=str(teams["us"].pk)).values_list("action", flat=True)
     )
-    assert "team.region_changed" in actions and actions.count("usage.region_moved") == 3
+    # Three changes: the explicit "us" (the default, stored all the same), eu, us again.
+    assert actions.count("team.region_changed") == 3 and actions.count("usage.region_moved") == 4

@@ -25,10 +25,12 @@ def _checked(region: str) -> str:
 def team_region_set(*, team: Team, region: str, actor) -> Team:
     """Keep the team's new usage rows in `region`; audited."""
     team = Team.objects.select_for_update().get(pk=team.pk)
-    before = region_or_default(team.data_region)
     region = _checked(region)
-    if region == before:
+    # An explicit choice is stored even when it is today's default, so a later change of
+    # DATA_REGION_DEFAULT does not move this team's new rows.
+    if region == team.data_region:
         return team
+    before = region_or_default(team.data_region)
     team.data_region = region
     team.save(update_fields=["data_region"])
     audit_record(

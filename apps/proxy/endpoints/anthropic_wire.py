@@ -36,10 +36,6 @@ def anthropic_error(error: GatewayError) -> dict[str, Any]:
     return {"type": "error", "error": detail}
 
 
-def event_bytes(name: str, data: dict[str, Any]) -> bytes:
-    return b"event: " + name.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
-
-
 def anthropic_usage(usage: Usage) -> dict[str, Any]:
     """Anthropic's usage object: its `input_tokens` leave out the cache reads and writes."""
     fresh = max(usage.input_tokens - usage.cached_tokens - usage.cache_write_tokens, 0)

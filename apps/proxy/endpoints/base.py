@@ -12,8 +12,16 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Any
 
+import orjson
+
 from ..errors import GatewayError
 from ..providers.base import DeploymentInfo, Provider, UpstreamRequest, Usage
+
+
+def event_bytes(name: str, data: dict[str, Any]) -> bytes:
+    """One named server-sent event (`event:` and `data:` lines), as Messages and Responses
+    streams frame theirs."""
+    return b"event: " + name.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
 
 
 class ClientStream:

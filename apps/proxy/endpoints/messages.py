@@ -21,9 +21,8 @@ from .anthropic_wire import (
     anthropic_usage,
     content_text,
     estimate_messages_input,
-    event_bytes,
 )
-from .base import ClientStream, Endpoint, Exchange
+from .base import ClientStream, Endpoint, Exchange, event_bytes
 from .messages_validation import validate_messages
 from .messages_via_chat import MessagesViaChat
 from .openai_api import chunk_text
@@ -31,7 +30,7 @@ from .openai_api import chunk_text
 MESSAGES = "messages"
 
 
-class NativeStream(ClientStream):
+class NativeMessagesStream(ClientStream):
     """An Anthropic event stream relayed as it came; the model renamed in `message_start`.
 
     Usage and produced text are read by the chat translator of the same events, so the
@@ -71,7 +70,7 @@ class NativeStream(ClientStream):
         return out
 
 
-class NativeExchange(Exchange):
+class NativeMessagesExchange(Exchange):
     """Messages to an Anthropic deployment, as they came."""
 
     def build(self, body: dict[str, Any], headers: dict[str, str]) -> UpstreamRequest:
@@ -106,7 +105,7 @@ class NativeExchange(Exchange):
         answer["usage"] = anthropic_usage(usage)
 
     def stream(self) -> ClientStream:
-        return NativeStream(self.deployment)
+        return NativeMessagesStream(self.deployment)
 
 
 class MessagesEndpoint(Endpoint):
@@ -138,7 +137,7 @@ class MessagesEndpoint(Endpoint):
 
     def exchange(self, provider: Provider, deployment: DeploymentInfo) -> Exchange:
         if provider.name == "anthropic":
-            return NativeExchange(provider, deployment)
+            return NativeMessagesExchange(provider, deployment)
         return MessagesViaChat(provider, deployment)
 
 

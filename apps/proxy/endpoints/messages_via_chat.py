@@ -22,9 +22,8 @@ from .anthropic_wire import (
     anthropic_usage,
     content_text,
     estimate_messages_input,
-    event_bytes,
 )
-from .base import ClientStream, Exchange
+from .base import ClientStream, Exchange, event_bytes
 from .openai_api import RetoldChunks, parse_openai_answer
 
 # OpenAI finish_reason -> Anthropic stop_reason.

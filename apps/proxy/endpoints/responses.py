@@ -17,12 +17,11 @@ from ..errors import GatewayError
 from ..providers.base import DeploymentInfo, InvalidAnswer, Provider, UpstreamRequest, Usage
 from ..providers.openai import OpenAIProvider
 from ..tokens import estimate_text_tokens
-from .base import ClientStream, Endpoint, Exchange
+from .base import ClientStream, Endpoint, Exchange, event_bytes
 from .responses_validation import validate_responses
 from .responses_via_chat import ResponsesViaChat
 from .responses_wire import (
     error_event,
-    event_bytes,
     input_text,
     output_text,
     responses_usage,
@@ -46,7 +45,7 @@ _RESPONSE_EVENTS = frozenset(
 _TERMINAL_EVENTS = frozenset({"response.completed", "response.incomplete"})
 
 
-class NativeStream(ClientStream):
+class NativeResponsesStream(ClientStream):
     """Responses events relayed as they came; usage read from `response.completed`."""
 
     def __init__(self, deployment: DeploymentInfo) -> None:
@@ -88,7 +87,7 @@ class NativeStream(ClientStream):
         return out
 
 
-class NativeExchange(Exchange):
+class NativeResponsesExchange(Exchange):
     """Responses to a server that speaks them, as they came."""
 
     provider: OpenAIProvider
@@ -117,7 +116,7 @@ class NativeExchange(Exchange):
         answer["usage"] = responses_usage(usage)
 
     def stream(self) -> ClientStream:
-        return NativeStream(self.deployment)
+        return NativeResponsesStream(self.deployment)
 
     def stream_failure(self, event: dict[str, Any]) -> str | None:
         kind = event.get("type")
@@ -153,7 +152,7 @@ class ResponsesEndpoint(Endpoint):
     def exchange(self, provider: Provider, deployment: DeploymentInfo) -> Exchange:
         speaks_responses = isinstance(provider, OpenAIProvider) and provider.name == "openai"
         if speaks_responses and deployment.extra.get("responses_api", True):
-            return NativeExchange(provider, deployment)
+            return NativeResponsesExchange(provider, deployment)
         return ResponsesViaChat(provider, deployment)
 
 

@@ -14,9 +14,9 @@ from typing import Any
 from ..errors import GatewayError
 from ..providers.base import CHAT, UnsupportedRequest, UpstreamRequest, Usage
 from ..tokens import estimate_text_tokens
-from .base import ClientStream, Exchange
+from .base import ClientStream, Exchange, event_bytes
 from .openai_api import RetoldChunks, parse_openai_answer
-from .responses_wire import error_event, event_bytes, output_text, responses_usage
+from .responses_wire import error_event, output_text, responses_usage
 
 _PART_TYPES = {"input_text": "text", "output_text": "text"}
 

@@ -4,14 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-import orjson
-
 from ..errors import GatewayError
 from ..providers.base import Usage
-
-
-def event_bytes(name: str, data: dict[str, Any]) -> bytes:
-    return b"event: " + name.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
+from .base import event_bytes
 
 
 def error_event(error: GatewayError, sequence: int) -> bytes:
