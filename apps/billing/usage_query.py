@@ -18,7 +18,7 @@ from django.utils.dateparse import parse_date, parse_datetime
 
 from apps.accounts.models import TagDefinition, Team, VirtualAccount
 from apps.usage.grouping import day_bounds, next_month, rollup_tag_keys
-from apps.usage.regions import region_names
+from apps.usage.regions import is_multi_region, region_names
 from apps.usage.tags import MAX_TAG_VALUE_CHARS, control_character, tag_key_problem
 
 from .exceptions import UsageQueryError
@@ -258,5 +258,9 @@ def parse_chargeback_query(params: QueryDict) -> UsageQuery:
         data["start"] = first.isoformat()
         # A datetime, not a date: an end date would include the whole next day.
         data["end"] = day_bounds(first, next_month(first))[1].isoformat()
+    if is_multi_region():
+        # With several data regions every chargeback line names the region its rows live in.
+        dims = [d.strip() for d in (data.get("group_by") or "team").split(",") if d.strip()]
+        data["group_by"] = ",".join(dims if "region" in dims else [*dims, "region"])
     query = parse_usage_query(data, default_group_by="team")
     return replace(query, metrics=frozenset({"requests", "tokens", "cost"}))

@@ -337,6 +337,16 @@ def test_each_row_its_tags_and_bodies_live_only_in_its_regions_database(regions,
         ("saas", "eu", 3),
         ("saas", "us", 2),
     }
+    # The chargeback CSV, with several regions, has a line per team and region.
+    charge = httpx.get(f"{api}chargeback.csv", headers=reader, timeout=30)
+    assert charge.status_code == 200, charge.text
+    charged = list(csv.DictReader(io.StringIO(charge.text)))
+    assert {
+        (line["team"], line["region"], int(line["requests"]))
+        for line in charged
+        if line["team"] != "TOTAL"
+    } == {("kontor-eu", "eu", 7), ("ranch-us", "us", 5), ("saas", "eu", 3), ("saas", "us", 2)}
+    assert int(charged[-1]["requests"]) == 17 and charged[-1]["team"] == "TOTAL"
     # One region alone, as a filter.
     eu_only = httpx.get(
         api, params={"group_by": "team", "region": "eu"}, headers=reader, timeout=30
