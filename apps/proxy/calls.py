@@ -33,6 +33,7 @@ from .auth import KeyInfo
 from .catalog import ModelEntry, catalog
 from .endpoints.base import ClientStream, Endpoint, Exchange
 from .errors import BadRequest, GatewayError, UpstreamError
+from .first_token import begins_answer
 from .health import board as health
 from .health import ttft_timeout
 from .json_answers import send_json
@@ -462,11 +463,12 @@ async def _open_stream(
     aiohttp.ClientResponse,
     AsyncIterator[tuple[str | None, bytes]],
 ]:
-    """Open a stream and wait for its first event before anything is sent to the client, so
+    """Open a stream and wait for its first token before anything is sent to the client, so
     a deployment silent past its time-to-first-token limit, or answering something that is
     not an event stream, is abandoned for the next one.
 
-    Returns (deployment, exchange, response, events) with the first event put back in front.
+    Returns (deployment, exchange, response, events) with the events read so far put back in
+    front.
     """
     tried: set[int] = set()
     failure: _Failure | None = None
@@ -475,13 +477,8 @@ async def _open_stream(
             call, stream=True, tried=tried, failure=failure
         )
         events = _sse_events(response.content)
-        limit = ttft_timeout(deployment)
-        if limit is not None:
-            limit = max(limit - (time.perf_counter() - _started(call)), 0.001)
         try:
-            first = await asyncio.wait_for(anext(events), limit)
-        except StopAsyncIteration:
-            first = None
+            held, failure = await _until_first_token(call, exchange, deployment, events)
         except TimeoutError:
             response.release()
             health.attempt_failed(call, "ttft")
@@ -495,22 +492,51 @@ async def _open_stream(
             health.attempt_failed(call, "stream")
             failure = _Failure("connection", f"{deployment.name}: {exc.__class__.__name__}")
             continue
-        # An HTML page, a JSON body or broken lines hold no event, or no JSON one.
-        if first is None or first[1] == b"[DONE]":
-            failure = _invalid_answer(deployment, "the stream ended before its first event")
-        else:
-            failure = _read_event(exchange, deployment, first[1])[1]
-            if failure is None:
-                return deployment, exchange, response, _prepend(first, events)
+        if failure is None:
+            return deployment, exchange, response, _prepend(held, events)
         response.release()
         health.attempt_failed(call, failure.kind)
         logger.warning("%s; trying the next deployment", failure.detail)
 
 
+async def _until_first_token(
+    call: Call,
+    exchange: Exchange,
+    deployment: DeploymentInfo,
+    events: AsyncIterator[tuple[str | None, bytes]],
+) -> tuple[list[tuple[str | None, bytes]], _Failure | None]:
+    """The stream's events up to the first that begins the answer
+    (`first_token.begins_answer`: Anthropic's `message_start` or a role-only chunk does not),
+    read within what is left of the TTFT limit (TimeoutError past it); or the failure an
+    event reports. Nothing has reached the client yet, so either still fails over."""
+    held: list[tuple[str | None, bytes]] = []
+    limit = ttft_timeout(deployment)
+    while True:
+        left = None
+        if limit is not None:
+            left = max(limit - (time.perf_counter() - _started(call)), 0.001)
+        try:
+            item = await asyncio.wait_for(anext(events), left)
+        except StopAsyncIteration:
+            item = None
+        if item is None or item[1] == b"[DONE]":
+            if not held:
+                # An HTML page, a JSON body or broken lines hold no event, or no JSON one.
+                return held, _invalid_answer(deployment, "the stream ended before its first event")
+            return held + ([item] if item else []), None
+        held.append(item)
+        parsed, failure = _read_event(exchange, deployment, item[1])
+        if failure is not None:
+            return held, failure
+        if begins_answer(cast(dict[str, Any], parsed)):
+            return held, None
+
+
 async def _prepend(
-    first: tuple[str | None, bytes], events: AsyncIterator[tuple[str | None, bytes]]
+    held: list[tuple[str | None, bytes]], events: AsyncIterator[tuple[str | None, bytes]]
 ) -> AsyncIterator[tuple[str | None, bytes]]:
-    yield first
+    for item in held:
+        yield item
     async for item in events:
         yield item
 

@@ -239,6 +239,37 @@ def test_images_and_stop_sequences_reach_the_upstream(gateway, secret):
             assert upstream["stop_sequences"] == ["\n\n"]
 
 
+def test_images_in_a_tool_result_reach_a_chat_upstream(gateway, secret):
+    pixel = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkYPhfDwAChwGA60e6kgAAAABJRU5ErkJggg=="
+    image = {
+        "type": "image",
+        "source": {"type": "base64", "media_type": "image/png", "data": pixel},
+    }
+    call = {"type": "tool_use", "id": "toolu_1", "name": "get_weather", "input": {"city": "Oslo"}}
+    result = {
+        "type": "tool_result",
+        "tool_use_id": "toolu_1",
+        "content": [{"type": "text", "text": "Radar attached"}, image],
+    }
+    client(gateway, secret).messages.create(
+        model="chat-via",
+        max_tokens=32,
+        tools=[WEATHER_TOOL],
+        messages=[
+            {"role": "user", "content": "Weather in Oslo?"},
+            {"role": "assistant", "content": [call]},
+            {"role": "user", "content": [result]},
+        ],
+    )
+    messages = last_upstream_request(gateway)["json"]["messages"]
+    # Chat tool messages carry text only: the image follows in a user message, not dropped.
+    assert [m["role"] for m in messages] == ["user", "assistant", "tool", "user"]
+    assert messages[2] == {"role": "tool", "tool_call_id": "toolu_1", "content": "Radar attached"}
+    note, part = messages[3]["content"]
+    assert "toolu_1" in note["text"]
+    assert part["image_url"]["url"] == f"data:image/png;base64,{pixel}"
+
+
 def test_auth_by_bearer_and_version_headers_pass_through(gateway, secret):
     sdk = anthropic.Anthropic(base_url=gateway.url, auth_token=secret, max_retries=0)
     sdk.messages.create(

@@ -74,10 +74,21 @@ def secret(gateway, user):
                         **{"first-token-late": {"ttft_timeout_seconds": 0.5}},
                     ),
                 },
+                {
+                    # Native Anthropic: `message_start` comes at once, the tokens 3 s later.
+                    "name": "late-claude",
+                    "deployments": _deployments(
+                        gateway,
+                        "first-token-late",
+                        "demo-chat",
+                        provider="anthropic",
+                        **{"first-token-late": {"ttft_timeout_seconds": 0.5}},
+                    ),
+                },
             ]
         }
     )
-    for model in ("any-chat", "any-embed", "any-rerank", "late-chat"):
+    for model in ("any-chat", "any-embed", "any-rerank", "late-chat", "late-claude"):
         gateway.wait_for_model(secret, model)
     yield secret
     httpx.post(knobs, json={"first-token-late": None})
@@ -110,15 +121,20 @@ def test_tags_and_one_usage_row_on_every_endpoint(gateway, secret, team, user, k
     assert Decimal(response.headers["x-gateway-cost-usd"]) == row.cost_usd
 
 
-@pytest.mark.parametrize("kind", STREAMED)
-def test_a_late_first_token_fails_over_on_every_streaming_endpoint(gateway, secret, kind):
+# The Responses calls reach the simulator natively: its `response.created` comes at once
+# and the tokens late, as with native Messages (late-claude): the limit is on the first
+# token, not the first event.
+@pytest.mark.parametrize(
+    ("kind", "model"), [*((kind, "late-chat") for kind in STREAMED), ("messages", "late-claude")]
+)
+def test_a_late_first_token_fails_over_on_every_streaming_endpoint(gateway, secret, kind, model):
     path, body = CALLS[kind]
-    body = {**body, "model": "late-chat", "stream": True}
+    body = {**body, "model": model, "stream": True}
     started = time.monotonic()
     with httpx.stream(
         "POST", gateway.url + path, json=body, headers={"x-api-key": secret}, timeout=30
     ) as response:
-        assert response.status_code == 200
+        assert response.status_code == 200, gateway.log()[-4000:]
         request_id = response.headers["x-request-id"]
         text = response.read().decode()
     assert time.monotonic() - started < 2.5  # did not wait for the late deployment's 3 s

@@ -67,7 +67,7 @@ def content_text(content: object) -> str:
     if isinstance(content, str):
         return content
     if isinstance(content, list):
-        return " ".join(_block_text(block) for block in content)
+        return " ".join(text for text in map(_block_text, content) if text)
     return ""
 
 

@@ -47,6 +47,10 @@ def _image_part(block: dict[str, Any]) -> dict[str, Any]:
     return {"type": "image_url", "image_url": {"url": url}}
 
 
+def _blocks(content: object) -> list[dict[str, Any]]:
+    return [b for b in content if isinstance(b, dict)] if isinstance(content, list) else []
+
+
 def _user_messages(content: list[Any]) -> list[dict[str, Any]]:
     """One Anthropic user turn -> OpenAI tool messages (first, answering the assistant's
     calls) and a user message with the rest."""
@@ -59,6 +63,12 @@ def _user_messages(content: list[Any]) -> list[dict[str, Any]]:
             if block.get("is_error"):
                 text = f"Error: {text}"
             tools.append({"role": "tool", "tool_call_id": block["tool_use_id"], "content": text})
+            # A chat tool message carries text only: the result's images follow in the user
+            # message, introduced, rather than being dropped.
+            images = [_image_part(b) for b in _blocks(block.get("content")) if b["type"] == "image"]
+            if images:
+                note = f"Images returned by tool call {block['tool_use_id']}:"
+                parts += [{"type": "text", "text": note}, *images]
         elif kind == "text":
             parts.append({"type": "text", "text": block["text"]})
         elif kind == "image":

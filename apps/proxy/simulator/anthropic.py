@@ -150,7 +150,7 @@ async def messages_create(req: Request, body: Mapping[str, Any], knobs: Knobs, s
     failure = sse_event("error", stream_error(knobs).anthropic_body())
     stream = event_stream(send, knobs, lambda _sent: failure)
     try:
-        if not await stream.start(req.receive, knobs.first_token_delay):
+        if not await stream.start(req.receive, knobs.first_token_delay, opening_first=True):
             return
         opening = (
             sse_event("message_start", {"type": "message_start", "message": start}),

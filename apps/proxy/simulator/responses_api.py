@@ -273,7 +273,7 @@ async def _stream(
         (last, {"response": final}),
     ]
     try:
-        if not await stream.start(req.receive, knobs.first_token_delay):
+        if not await stream.start(req.receive, knobs.first_token_delay, opening_first=True):
             return False
         for kind, fields in [
             ("response.created", {"response": snapshot}),

@@ -133,6 +133,7 @@ class EventStream:
         "_limit",
         "_send",
         "_sent",
+        "_token_delay",
         "_watcher",
     )
 
@@ -152,10 +153,17 @@ class EventStream:
         self._sent = 0
         self._interval = 1.0 / tokens_per_second if tokens_per_second > 0 else 0.0
         self._deadline = 0.0
+        self._token_delay = 0.0  # still to wait before the first paced event
         self._gone = False
         self._watcher: asyncio.Task[None] | None = None
 
-    async def start(self, receive: Receive, first_token_delay: float) -> bool:
+    async def start(
+        self, receive: Receive, first_token_delay: float, *, opening_first: bool = False
+    ) -> bool:
+        """Send the headers, then wait the time to first token; with `opening_first` the
+        wait comes before the first paced (token) event instead, after the opening events,
+        as Anthropic's `message_start` and the Responses API's `response.created` arrive at
+        once and the tokens later."""
         await self._send(
             {
                 "type": "http.response.start",
@@ -171,7 +179,9 @@ class EventStream:
             # A slow stream watches for the client leaving so it stops producing; a fast one
             # finishes before that matters and skips the extra task.
             self._watcher = asyncio.create_task(self._watch(receive))
-        if first_token_delay > 0:
+        if opening_first:
+            self._token_delay = first_token_delay
+        elif first_token_delay > 0:
             await asyncio.sleep(first_token_delay)
         # The first paced token goes out at once, the next one interval later.
         self._deadline = time.monotonic() - self._interval
@@ -203,6 +213,12 @@ class EventStream:
             self._sent += 1
             self._gone = True
             return False
+        if paced and self._token_delay > 0:
+            await asyncio.sleep(self._token_delay)
+            self._token_delay = 0.0
+            self._deadline = time.monotonic() - self._interval
+            if self._gone:
+                return False
         if paced and self._interval:
             # Pace against an absolute schedule so sleep overshoot does not accumulate.
             self._deadline += self._interval
