@@ -27,6 +27,8 @@ class ModelPrice(models.Model):
         max_digits=20, decimal_places=12, null=True, blank=True
     )
     effective_from = models.DateField()
+    # Part of the gateway catalog's change fingerprint: an edited price reaches the workers.
+    updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
         ordering = ["model_name", "-effective_from"]

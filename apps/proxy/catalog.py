@@ -164,8 +164,8 @@ def _fingerprint() -> tuple[Any, ...]:
     for model in (GatewayModel, Deployment):
         agg = model.objects.aggregate(n=Count("id"), t=Max("updated_at"))
         parts.append((agg["n"], agg["t"]))
-    agg = ModelPrice.objects.aggregate(n=Count("id"), m=Max("id"))
-    parts.append((agg["n"], agg["m"]))
+    agg = ModelPrice.objects.aggregate(n=Count("id"), m=Max("id"), t=Max("updated_at"))
+    parts.append((agg["n"], agg["m"], agg["t"]))
     agg = CustomerRegion.objects.aggregate(n=Count("id"), t=Max("updated_at"))
     parts.append((agg["n"], agg["t"]))
     return tuple(parts)

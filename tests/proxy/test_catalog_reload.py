@@ -1,10 +1,13 @@
 """A catalog reload reads one committed state, whatever commits while it reads."""
 
+import datetime as dt
 import threading
+from decimal import Decimal
 
 import pytest
 from django.db import connection, connections
 
+from apps.billing.models import ModelPrice
 from apps.proxy.catalog import Catalog
 from tests.proxy.helpers import declare_model
 
@@ -59,3 +62,22 @@ def test_a_reload_inside_a_transaction_reads_what_that_transaction_sees():
     catalog = Catalog()
     assert catalog.load_sync(force=True)
     assert [d.name for d in catalog.models["uncommitted-chat"].deployments] == ["d0-demo-chat"]
+
+
+@pytest.mark.django_db
+def test_an_edited_price_reaches_the_catalog():
+    declare_model("priced-chat", UPSTREAM, "demo-chat")
+    price = ModelPrice.objects.create(
+        model_name="demo-chat",
+        input_cost_per_token=Decimal("0.000001"),
+        effective_from=dt.date(2020, 1, 1),
+    )
+    catalog = Catalog()
+    assert catalog.load_sync(force=True)
+    now = dt.datetime.now(dt.UTC)
+    assert catalog.prices.price_at("demo-chat", now).input == Decimal("0.000001")
+    # The same rows, one of them edited (no row added or removed): the refresh sees it.
+    price.input_cost_per_token = Decimal("0.000003")
+    price.save()
+    assert catalog.load_sync()
+    assert catalog.prices.price_at("demo-chat", now).input == Decimal("0.000003")

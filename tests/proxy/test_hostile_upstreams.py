@@ -270,6 +270,24 @@ def test_unbelievable_usage_is_replaced_by_the_estimate_and_flagged(
         assert values and min(values) >= 0, name
 
 
+@pytest.mark.embedded
+def test_a_native_messages_stream_tells_the_client_what_it_is_billed(
+    strict_gateway, secret, hostile
+):
+    names = declare(strict_gateway, secret, hostile, "anthropic", *BAD_USAGE)
+    for name in names:
+        body = {"model": name, "max_tokens": 64, "messages": MESSAGES, "stream": True}
+        response = post(strict_gateway, secret, body, path="/v1/messages")
+        assert response.status_code == 200, (name, response.text)
+        events = [orjson.loads(data) for data in sse_data(response)]
+        closing = [e for e in events if e.get("type") == "message_delta"]
+        row = wait_for_usage(response.headers["x-request-id"])
+        assert_estimated(row, suspect=True, name=name)
+        # The closing usage is the count billed, not the upstream's garbage.
+        assert closing, (name, events)
+        assert closing[-1]["usage"]["output_tokens"] == row.output_tokens, name
+
+
 @pytest.mark.parametrize(
     ("mode", "path", "body"),
     [

@@ -62,8 +62,15 @@ class NativeMessagesStream(ClientStream):
     def tail(self, usage: Usage, error: GatewayError | None, client_gone: bool) -> bytes:
         out = b""
         for name, data in self.closing:
-            if name == "message_delta" and isinstance(data.get("usage"), dict):
-                self.with_cost(data["usage"])
+            if name == "message_delta":
+                # The counts billed, where the upstream's claim was not believed.
+                billed = anthropic_usage(usage)
+                claimed = data.get("usage")
+                if not isinstance(claimed, dict):
+                    claimed = data["usage"] = {}
+                claimed.update({k: v for k, v in billed.items() if k in claimed})
+                claimed["output_tokens"] = billed["output_tokens"]
+                self.with_cost(claimed)
             out += event_bytes(name, data)
         if error is not None:
             out += event_bytes("error", anthropic_error(error))

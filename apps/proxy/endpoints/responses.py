@@ -79,8 +79,19 @@ class NativeResponsesStream(ClientStream):
         out = b""
         if self.completed is not None:
             response = self.completed["response"]
-            if isinstance(response.get("usage"), dict):
-                self.with_cost(response["usage"])
+            if isinstance(response, dict):
+                # The counts billed, where the upstream's claim was not believed; its
+                # details (reasoning tokens) are kept.
+                claimed = response.get("usage")
+                if not isinstance(claimed, dict):
+                    claimed = response["usage"] = {}
+                billed = responses_usage(usage)
+                for key in ("input_tokens", "output_tokens", "total_tokens"):
+                    claimed[key] = billed[key]
+                details = claimed.get("input_tokens_details")
+                if isinstance(details, dict):
+                    details["cached_tokens"] = usage.cached_tokens
+                self.with_cost(claimed)
             out = event_bytes(str(self.completed["type"]), self.completed)
         if error is not None:
             out += error_event(error, self.sequence + 1)
