@@ -160,7 +160,7 @@ def _build(records: dict[str, Any]) -> tuple[dict[str, ModelEntry], PriceBook]:
 
 
 def _fingerprint() -> tuple[Any, ...]:
-    parts = []
+    parts: list[tuple[Any, ...]] = []
     for model in (GatewayModel, Deployment):
         agg = model.objects.aggregate(n=Count("id"), t=Max("updated_at"))
         parts.append((agg["n"], agg["t"]))
