@@ -202,7 +202,7 @@ def to_message(answer: dict[str, Any], usage: Usage) -> dict[str, Any]:
     }
 
 
-class ChunksToEvents(RetoldChunks):
+class ChunksToMessagesEvents(RetoldChunks):
     """OpenAI chunks (as the provider's translator gives them) -> Anthropic stream events."""
 
     def __init__(self, exchange: MessagesViaChat) -> None:
@@ -264,7 +264,7 @@ class ChunksToEvents(RetoldChunks):
         out: list[bytes] = []
         index = call.get("index", 0)
         function = call.get("function") or {}
-        if call.get("id") or index not in self.tool_blocks:
+        if self.begins_tool_call(call):
             block: dict[str, Any] = {
                 "type": "tool_use",
                 "id": call.get("id"),
@@ -320,4 +320,4 @@ class MessagesViaChat(Exchange):
         answer["usage"] = anthropic_usage(usage)
 
     def stream(self) -> ClientStream:
-        return ChunksToEvents(self)
+        return ChunksToMessagesEvents(self)

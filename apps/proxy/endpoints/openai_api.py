@@ -146,6 +146,24 @@ class RetoldChunks(ClientStream):
     def __init__(self, provider: Provider, deployment: DeploymentInfo) -> None:
         super().__init__()
         self.translator: StreamTranslator = provider.stream_translator(deployment)
+        # OpenAI tool call index -> the id of the call begun last at that index.
+        self.tool_call_ids: dict[int, str | None] = {}
+
+    def begins_tool_call(self, call: dict[str, Any]) -> bool:
+        """Whether a tool call delta begins a new call, the one rule of both retellings: its
+        index is new, or it names an id other than that index's call (servers that number
+        every call 0). An id repeated on every delta, as some servers send, continues it."""
+        index = call.get("index", 0)
+        call_id = call.get("id") or None
+        if index not in self.tool_call_ids:
+            self.tool_call_ids[index] = call_id
+            return True
+        known = self.tool_call_ids[index]
+        if call_id is None or call_id == known:
+            return False
+        self.tool_call_ids[index] = call_id
+        # An id first given on a later delta names the call already begun.
+        return known is not None
 
     def feed(self, event: str | None, parsed: dict[str, Any], raw: bytes) -> list[bytes]:
         out: list[bytes] = []

@@ -200,7 +200,7 @@ def to_output(answer: dict[str, Any]) -> tuple[list[dict[str, Any]], str]:
     return output, status
 
 
-class ChunksToEvents(RetoldChunks):
+class ChunksToResponsesEvents(RetoldChunks):
     """OpenAI chunks (as the provider's translator gives them) -> Responses stream events."""
 
     def __init__(self, exchange: ResponsesViaChat) -> None:
@@ -300,7 +300,7 @@ class ChunksToEvents(RetoldChunks):
         index = call.get("index", 0)
         function = call.get("function") or {}
         item = self.tool_items.get(index)
-        if item is None:
+        if self.begins_tool_call(call) or item is None:
             out += self._close()
             call_id = str(call.get("id") or _new_id("call"))
             item = function_item(call_id, str(function.get("name") or ""), "", "in_progress")
@@ -372,4 +372,4 @@ class ResponsesViaChat(Exchange):
         answer["usage"] = responses_usage(usage)
 
     def stream(self) -> ClientStream:
-        return ChunksToEvents(self)
+        return ChunksToResponsesEvents(self)
