@@ -7,6 +7,7 @@ rows the database refused.
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +22,13 @@ from .models import UsageDeadLetter
 from .regions import current_region, in_region, ledger_atomic
 
 logger = logging.getLogger(__name__)
+
+
+def error_summary(error: str) -> str:
+    """The first line of a write error with its quoted values left out: the audit log lives in
+    the primary database, and an error's text may quote a region's row (tags, bodies)."""
+    first = error.splitlines()[0] if error else ""
+    return re.sub(r"\([^)]*\)|\"[^\"]*\"|'[^']*'", "…", first)[:200]
 
 
 def usage_dead_letter_record(*, request_id: str, payload: str, error: str) -> None:
@@ -94,7 +102,7 @@ def _replay(*, actor: Any, ids: list[int] | None) -> ReplayResult:
                 actor=actor,
                 action="usage.dead_letter_replayed",
                 obj=letter,
-                before={"error": letter.error, "failures": letter.failures},
+                before={"error": error_summary(letter.error), "failures": letter.failures},
                 after={"written": bool(result.inserted)},
             )
         if result.inserted:

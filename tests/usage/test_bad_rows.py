@@ -176,3 +176,20 @@ def test_an_event_with_an_unreadable_cost_is_set_aside_not_raised():
     raw = make_event().to_json().replace(b'"cost_usd":"0.0000360000"', b'"cost_usd":"abc"')
     with pytest.raises(ValueError, match="not a usage event"):
         UsageEvent.from_json(raw)
+
+
+def test_a_replayed_dead_letter_leaves_no_row_values_in_the_audit_log():
+    from apps.accounts.models import AuditLog
+
+    event = make_event(request_id="req_quoted", tags={"site": "berlin"})
+    UsageDeadLetter.objects.create(
+        request_id="req_quoted",
+        payload=event.to_json().decode(),
+        error='null value in column "x" violates not-null constraint\n'
+        'DETAIL:  Failing row contains (7, req_quoted, {"site": "berlin"}).',
+    )
+    assert usage_dead_letters_replay().written == 1
+    entry = AuditLog.objects.get(action="usage.dead_letter_replayed")
+    # The audit log is governance data in the primary: the row's tag value stays out of it.
+    assert "berlin" not in json.dumps(entry.before) + entry.object_repr
+    assert entry.before["error"].startswith("null value in column")
