@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
+import re
 import time
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -344,6 +345,9 @@ def _held_regions(directory: Path) -> list[str]:
     return sorted(path.name for path in directory.iterdir() if path.is_dir())
 
 
+_REGION_FOLDER = re.compile(r"[a-z][a-z0-9_-]{0,31}")
+
+
 def held_row_counts(directory: Path) -> dict[str, int]:
     """Blocking: rows held back per region in the held spool `directory`."""
     counts: dict[str, int] = {}
@@ -540,9 +544,11 @@ class UsageWriter:
     # Rows held back by region ------------------------------------------------------------
 
     def _held_spool(self, region: str) -> SpoolFile:
-        spool = self._held.get(region)
+        # The name came with the event: never let it reach outside the held directory.
+        folder = region if _REGION_FOLDER.fullmatch(region) else "_unnamed"
+        spool = self._held.get(folder)
         if spool is None:
-            spool = self._held[region] = SpoolFile(self._held_dir / region)
+            spool = self._held[folder] = SpoolFile(self._held_dir / folder)
         return spool
 
     async def _replay_held(self) -> tuple[int, int]:
@@ -566,6 +572,14 @@ class UsageWriter:
                     # time (the insert ignores known request ids).
                     self._back_off(region)
                     break
+                if batch.unreadable:
+                    # Lines that are no event, dead-lettered as the main spool's are; if that
+                    # fails the file stays (its written rows are skipped next time).
+                    try:
+                        await self._run_sync(_dead_letter_unreadable, batch.unreadable)
+                    except DatabaseError:
+                        self._back_off(region)
+                        break
                 await asyncio.to_thread(spool.remove, path)
                 fetched += len(batch.events) or 1
                 self._held_retry.pop(region, None)

@@ -110,3 +110,12 @@ def test_an_unreadable_spool_line_is_dead_lettered_and_the_rest_written(tmp_path
     (letter,) = UsageDeadLetter.objects.all()
     assert letter.payload == '{"not": "an event"}'
     assert letter.request_id == f"unreadable_{path.name}:2"[:64]
+
+
+def test_a_held_region_name_never_leaves_the_held_directory(tmp_path):
+    writer = UsageWriter(MemoryBuffer(spool_dir=tmp_path))
+    held = tmp_path / "held"
+    assert writer._held_spool("eu").directory == held / "eu"
+    # A region name comes with the event; one that is no region name gets a fixed folder.
+    for name in ("../../etc", "EU/x", "", "a" * 40):
+        assert writer._held_spool(name).directory == held / "_unnamed"
