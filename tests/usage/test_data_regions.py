@@ -517,14 +517,18 @@ def copy_rows(source_url: str, target_url: str, ids: list[str]) -> None:
             )
 
 
-def move(regions: Regions, team: str, to: str) -> str:
-    command = [sys.executable, "manage.py", "usage", "move-region", "--team", team, "--to", to]
+def manage(regions: Regions, *args: str) -> str:
+    """`manage.py` with the gateway's regions, in a process of its own; its output."""
     done = subprocess.run(
-        command, cwd=ROOT, env=gateway_env(free_port(), regions.env), capture_output=True,
-        text=True, check=False,
+        [sys.executable, "manage.py", *args], cwd=ROOT, env=gateway_env(free_port(), regions.env),
+        capture_output=True, text=True, check=False,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     return done.stdout
+
+
+def move(regions: Regions, team: str, to: str) -> str:
+    return manage(regions, "usage", "move-region", "--team", team, "--to", to)
 
 
 def test_moving_a_team_moves_its_history_once_and_can_be_rerun(regions, regional_gateway):
@@ -568,5 +572,10 @@ def test_moving_a_team_moves_its_history_once_and_can_be_rerun(regions, regional
     actions = list(
         AuditLog.objects.filter(object_id=str(teams["us"].pk)).values_list("action", flat=True)
     )
+    # The operations commands go over every region unless told one.
+    rolled = manage(regions, "rollup", "--days", "1")
+    assert "region eu: " in rolled and "region us: " in rolled
+    assert manage(regions, "usage_partitions", "--region", "eu").startswith("== region eu")
+
     # Three changes: the explicit "us" (the default, stored all the same), eu, us again.
     assert actions.count("team.region_changed") == 3 and actions.count("usage.region_moved") == 4

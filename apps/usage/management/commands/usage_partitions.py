@@ -1,15 +1,16 @@
-"""`manage.py usage_partitions [--exact] [--ensure] [--prune [--dry-run]]`.
+"""`manage.py usage_partitions [--exact] [--ensure] [--prune [--dry-run]] [--region R]`.
 
 Lists the raw usage table's partitions (PostgreSQL) with rows and sizes; `--ensure` creates
 the coming months' partitions as the beat task does; `--prune` applies the retention
 (whole months of raw rows, then logged bodies), `--dry-run` only says what it would do.
 """
 
-from django.core.management import BaseCommand
+from django.core.management import BaseCommand, CommandError
 from django.db.models import Min
 
 from apps.usage.models import UsageRecord
 from apps.usage.partitions import usage_partitions
+from apps.usage.regions import UnknownRegion, in_region, is_multi_region, region_names, region_spec
 from apps.usage.retention import raw_cutoff, usage_bodies_prune, usage_raw_prune
 from apps.usage.tasks import partitions_maintain
 
@@ -31,16 +32,27 @@ class Command(BaseCommand):
         parser.add_argument("--ensure", action="store_true", help="create coming partitions")
         parser.add_argument("--prune", action="store_true", help="apply the retention")
         parser.add_argument("--dry-run", action="store_true", help="with --prune: only report")
+        parser.add_argument("--region", help="one data region (default: every region)")
 
     def handle(self, *args, exact: bool, ensure: bool, prune: bool, dry_run: bool, **options):
         if ensure:
             # What the beat task does, run here and now.
             created = partitions_maintain()["created"]
             self.stdout.write(f"created: {', '.join(created) or 'none'}")
-        if prune:
-            self._prune(dry_run=dry_run)
-        if not (ensure or prune):
-            self._list(exact=exact)
+        try:
+            names = [region_spec(options["region"]).name] if options["region"] else region_names()
+        except UnknownRegion as error:
+            raise CommandError(str(error)) from error
+        if ensure and not prune:
+            return
+        for name in names:
+            if is_multi_region():
+                self.stdout.write(f"== region {name}")
+            with in_region(name):
+                if prune:
+                    self._prune(dry_run=dry_run)
+                else:
+                    self._list(exact=exact)
 
     def _list(self, *, exact: bool) -> None:
         partitions = usage_partitions(exact=exact)
