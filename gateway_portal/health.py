@@ -34,17 +34,32 @@ def _check_redis() -> str | None:
 
 
 def _check_usage() -> str | None:
-    """Rows the database refused are not an outage (the gateway keeps serving and writing
-    every other row), so they make the instance degraded, not unready."""
-    from apps.usage.selectors import usage_dead_letter_count
+    """Rows the database refused, and rows held for a region whose database is down, are not
+    an outage (the gateway keeps serving, and writing every other row), so they make the
+    instance degraded, not unready. A region with rows held is not connected to here: the
+    probe must not wait on that database's connect timeout."""
+    from pathlib import Path
 
-    try:
-        count = usage_dead_letter_count()
-    except DatabaseError:
-        return None  # the database check already says so
+    from apps.usage.regions import region_names
+    from apps.usage.selectors import usage_dead_letters_open
+    from apps.usage.writer import held_row_counts
+
+    held = held_row_counts(Path(settings.USAGE_SPOOL_DIR) / "held")
+    notes = [
+        f"{rows} row{'s' if rows != 1 else ''} held for region {region} (its database unreachable)"
+        for region, rows in held.items()
+    ]
+    count = 0
+    for region in region_names():
+        if region in held:
+            continue
+        try:
+            count += usage_dead_letters_open(region).count()
+        except DatabaseError:
+            notes.append(f"region {region} unreachable")
     if count:
-        return f"{count} row{'s' if count != 1 else ''} dead-lettered"
-    return None
+        notes.insert(0, f"{count} row{'s' if count != 1 else ''} dead-lettered")
+    return "; ".join(notes) or None
 
 
 def readyz(request: HttpRequest) -> JsonResponse:

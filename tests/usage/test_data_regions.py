@@ -423,6 +423,10 @@ def test_a_stopped_region_delays_only_its_own_rows_and_loses_none(regions, regio
             time.sleep(0.2)
         # ...and the held rows are on the metrics page, by region.
         assert held_rows(regional_gateway, "eu", deadline=time.monotonic() + 10) > 0
+        # Readiness says so without waiting on the stopped database: degraded, not down.
+        ready = httpx.get(f"{regional_gateway.url}/readyz", timeout=10)
+        assert ready.status_code == 200, ready.text
+        assert ready.json()["status"] == "degraded" and "held for region eu" in ready.text
     finally:
         regions.eu_server.start()
     # The held EU rows arrive once their database is back, each once.
