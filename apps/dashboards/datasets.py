@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from decimal import Decimal
 
 from apps.usage.scope import UsageScope
@@ -175,9 +175,7 @@ def overview_kpis(
     """Today and month to date (the other filters still apply), and the selected period."""
 
     def on(start: dt.date) -> DashboardFilters:
-        return DashboardFilters(
-            start=start, end=today, team_id=filters.team_id, model=filters.model, tags=filters.tags
-        )
+        return replace(filters, start=start, end=today)
 
     today_points = selectors.usage_points(scope=scope, filters=on(today))
     month_points = selectors.usage_points(scope=scope, filters=on(today.replace(day=1)))

@@ -22,13 +22,15 @@ COLUMN_DIMENSIONS = ("team", "virtual_account", "user", "model", "provider", "er
 
 @dataclass(frozen=True)
 class DashboardFilters:
-    """Whole UTC days `start`..`end` (inclusive) plus optional team, model and tag filters."""
+    """Whole UTC days `start`..`end` (inclusive) plus optional team, model, tag and data
+    region filters (no region: every region the caller reads, merged)."""
 
     start: dt.date
     end: dt.date
     team_id: int | None = None
     model: str = ""
     tags: tuple[tuple[str, str], ...] = ()
+    region: str = ""
 
     @property
     def bounds(self) -> tuple[dt.datetime, dt.datetime]:
@@ -53,6 +55,7 @@ class DashboardFilters:
             team_id=self.team_id,
             model=self.model,
             tags=(*self.tags, (key, value)),
+            region=self.region,
         )
 
 

@@ -12,7 +12,7 @@ from .datasets import DEFAULT_TOP, PERCENTILE_CHOICES, RANK_METRICS, PageOptions
 from .filters import MAX_DAYS, DashboardFilters, default_filters, is_valid_dimension
 
 # The filter parameters shared by every page (the tabs carry them from page to page).
-FILTER_PARAMS = ("start", "end", "team", "model", "tag")
+FILTER_PARAMS = ("start", "end", "team", "model", "tag", "region")
 
 
 def _no_control_character(value: str) -> None:
@@ -26,6 +26,7 @@ class FilterForm(forms.Form):
     start = forms.DateField(required=False, widget=forms.DateInput(attrs={"type": "date"}))
     end = forms.DateField(required=False, widget=forms.DateInput(attrs={"type": "date"}))
     team = forms.TypedChoiceField(required=False, coerce=int, empty_value=None)
+    region = forms.ChoiceField(required=False)
     model = forms.CharField(required=False, max_length=200)
     tag = forms.CharField(
         required=False,
@@ -40,9 +41,11 @@ class FilterForm(forms.Form):
     value = forms.CharField(required=False, max_length=300)
     rank = forms.ChoiceField(required=False, choices=[(m, m) for m in RANK_METRICS])
 
-    def __init__(self, data, *, teams: list[tuple[int, str]], **kwargs):
+    def __init__(self, data, *, teams: list[tuple[int, str]], regions: list[str] = (), **kwargs):
         super().__init__(data, **kwargs)
         self.fields["team"].choices = [("", "All teams"), *teams]
+        # Shown with several data regions only (the caller's own).
+        self.fields["region"].choices = [("", "All regions"), *((r, r) for r in regions)]
 
     def clean_tag(self) -> tuple[str, str] | None:
         text = self.cleaned_data.get("tag", "").strip()
@@ -97,6 +100,7 @@ class FilterForm(forms.Form):
             team_id=data.get("team"),
             model=data.get("model") or "",
             tags=(tag,) if tag else (),
+            region=data.get("region") or "",
         )
 
     def options(self, *, default_group: str = "team") -> PageOptions:

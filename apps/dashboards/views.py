@@ -14,6 +14,7 @@ from django.utils import timezone
 
 from apps.accounts.permissions import EVERY_ROLE, portal_view
 from apps.accounts.selectors import PortalIdentity
+from apps.usage.regions import is_multi_region
 from apps.usage.scope import UsageScope, usage_scope_for
 
 from . import charts, datasets, exports, selectors
@@ -65,7 +66,10 @@ def _resolve(
         scope.check_filters(team_ids=[int(team)] if team.isdigit() else [])
     except PermissionError as exc:
         raise PermissionDenied(str(exc)) from exc
-    form = FilterForm(request.GET or None, teams=selectors.teams_for_filter(scope=scope))
+    regions = scope.readable_regions() if is_multi_region() else []
+    form = FilterForm(
+        request.GET or None, teams=selectors.teams_for_filter(scope=scope), regions=regions
+    )
     if form.is_bound:
         form.is_valid()
     today = _today()

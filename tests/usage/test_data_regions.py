@@ -402,6 +402,10 @@ def test_each_row_its_tags_and_bodies_live_only_in_its_regions_database(regions,
         traces = _figure(html, "latency")["data"]
         assert any(v is not None for trace in traces for v in trace["y"]), traces
         assert portal.get("/dashboards/latency/", params={"group": "team"}).status_code == 200
+        # One region as a filter: the EU database's rows alone.
+        eu_page = portal.get("/dashboards/", params={"region": "eu"}).text
+        assert 'name="region"' in eu_page
+        assert _kpi_sub(eu_page, "Requests today") == f"{len(in_eu):,} month to date"
 
 
 def test_a_stopped_region_delays_only_its_own_rows_and_loses_none(regions, regional_gateway):

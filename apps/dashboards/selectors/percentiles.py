@@ -97,7 +97,7 @@ def percentile_points(
     """
     if is_multi_region():
         merged: _Merged = defaultdict(lambda: ({}, {}))
-        for region in scope.readable_regions():
+        for region in scope.readable_regions((filters.region,) if filters.region else ()):
             with in_region(region):
                 part = _region_histograms(scope, filters, dimension, bucket)
             for key, (latency, ttft) in part.items():

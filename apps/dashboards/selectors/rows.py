@@ -27,6 +27,7 @@ def usage_filter(filters: DashboardFilters) -> UsageFilter:
         team_ids=() if filters.team_id is None else (filters.team_id,),
         models=(filters.model,) if filters.model else (),
         tags=filters.tags,
+        regions=(filters.region,) if filters.region else (),
     )
 
 
