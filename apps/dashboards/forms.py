@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Sequence
 
 from django import forms
 
@@ -41,7 +42,9 @@ class FilterForm(forms.Form):
     value = forms.CharField(required=False, max_length=300)
     rank = forms.ChoiceField(required=False, choices=[(m, m) for m in RANK_METRICS])
 
-    def __init__(self, data, *, teams: list[tuple[int, str]], regions: list[str] = (), **kwargs):
+    def __init__(
+        self, data, *, teams: list[tuple[int, str]], regions: Sequence[str] = (), **kwargs
+    ):
         super().__init__(data, **kwargs)
         self.fields["team"].choices = [("", "All teams"), *teams]
         # Shown with several data regions only (the caller's own).
