@@ -329,15 +329,10 @@ def _add_rollup(merged: _Merged, source: QuerySet, scope, filters, column, bucke
         return
     qs = source.filter(team_q)
     by = (["day"] if bucket else []) + ([column] if column else [])
-    moments: dict[dt.date, dt.datetime] = {}
     for index, field in enumerate(("latency", "ttft")):
         for *keys, bucket_index, count in _histogram_sums(qs, field, by):
-            moment = None
-            if bucket:
-                day = keys[0]
-                moment = moments.get(day)
-                if moment is None:
-                    moment = moments[day] = dt.datetime.combine(day, dt.time.min, tzinfo=dt.UTC)
+            day = keys[0] if bucket else None
+            moment = dt.datetime.combine(day, dt.time.min, tzinfo=dt.UTC) if day else None
             group = group_text(keys[-1]) if column else ""
             target = merged[(moment, group)][index]
             target[bucket_index] = target.get(bucket_index, 0) + count
