@@ -18,8 +18,6 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from django.core.exceptions import EmptyResultSet
-from django.db import connections
 from django.db.models import Aggregate, Count, FloatField, Q, QuerySet
 from django.db.models.functions import TruncDay, TruncHour
 
@@ -328,59 +326,14 @@ def _add_rollup(merged: _Merged, source: QuerySet, scope, filters, column, bucke
     else:
         return
     qs = source.filter(team_q)
-    by = (["day"] if bucket else []) + ([column] if column else [])
-    for index, field in enumerate(("latency", "ttft")):
-        for *keys, bucket_index, count in _histogram_sums(qs, field, by):
-            day = keys[0] if bucket else None
-            moment = dt.datetime.combine(day, dt.time.min, tzinfo=dt.UTC) if day else None
-            group = group_text(keys[-1]) if column else ""
-            target = merged[(moment, group)][index]
-            target[bucket_index] = target.get(bucket_index, 0) + count
-
-
-# One row per (group, histogram bucket) of a JSON histogram column, summed by the database.
-_BUCKETS_OF = {
-    "postgresql": ("jsonb_each_text(t.{field})", "h.value::bigint"),
-    "sqlite": ("json_each(t.{field})", "h.value"),
-}
-
-
-def _histogram_sums(qs: QuerySet, field: str, by: list[str]) -> Iterable[tuple]:
-    """(*`by` values, bucket, count) of the histograms in `field` of `qs`'s rows, summed per
-    `by`: the database adds the buckets, so a page reading a month of rollups (two regions'
-    worth) no longer merges thousands of histograms in Python."""
-    connection = connections[qs.db]
-    sql_parts = _BUCKETS_OF.get(connection.vendor)
-    if sql_parts is None:
-        sums: dict[tuple, int] = defaultdict(int)
-        for row in qs.values(*by, field).iterator(chunk_size=2000):
-            for bucket, count in (row[field] or {}).items():
-                sums[(*(row[name] for name in by), int(bucket))] += int(count)
-        return [(*key, count) for key, count in sums.items()]
-    try:
-        inner, params = qs.values(*by, field).query.sql_with_params()
-    except EmptyResultSet:
-        return []
-    each, value = sql_parts
-    columns = "".join(f"t.{connection.ops.quote_name(name)}, " for name in by)
-    positions = ", ".join(str(n) for n in range(1, len(by) + 2))
-    sql = (
-        f"SELECT {columns}h.key, SUM({value}) FROM ({inner}) t, "  # noqa: S608 (names from the model)
-        f"{each.format(field=connection.ops.quote_name(field))} h GROUP BY {positions}"
-    )
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
-        rows = cursor.fetchall()
-    # SQLite gives dates back as text.
-    convert = _date if connection.vendor == "sqlite" and by[:1] == ["day"] else None
-    return [
-        ((convert(row[0]), *row[1:-2]) if convert else row[:-2]) + (int(row[-2]), int(row[-1]))
-        for row in rows
-    ]
-
-
-def _date(value: object) -> dt.date:
-    return value if isinstance(value, dt.date) else dt.date.fromisoformat(str(value))
+    fields = ["day", "latency", "ttft"] + ([column] if column else [])
+    for row in qs.values(*fields).iterator(chunk_size=2000):
+        day = row["day"]
+        moment = dt.datetime.combine(day, dt.time.min, tzinfo=dt.UTC) if bucket else None
+        group = group_text(row[column]) if column else ""
+        latency, ttft = merged[(moment, group)]
+        histograms.merge_into(latency, row["latency"])
+        histograms.merge_into(ttft, row["ttft"])
 
 
 def _add_raw(merged: _Merged, rows: QuerySet, column, bucket) -> None:
