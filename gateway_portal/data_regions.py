@@ -18,7 +18,7 @@ import re
 from dataclasses import dataclass
 
 PRIMARY_ALIAS = "default"
-_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
+REGION_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 
 
 class RegionConfigError(ValueError):
@@ -49,7 +49,7 @@ def parse_regions(
         name = name.strip()
         if not sep or not url.strip():
             raise RegionConfigError(f"DATA_REGIONS: '{part}' is not name=database-url")
-        if not _NAME.match(name):
+        if not REGION_NAME.match(name):
             raise RegionConfigError(f"DATA_REGIONS: '{name}' is not a region name (a-z, 0-9, -)")
         if any(r.name == name for r in regions):
             raise RegionConfigError(f"DATA_REGIONS: region '{name}' is named twice")
@@ -64,7 +64,7 @@ def parse_regions(
         regions.append(RegionSpec(name, url, name in strict_names))
     if not regions:
         name = default or "default"
-        if not _NAME.match(name):
+        if not REGION_NAME.match(name):
             raise RegionConfigError(f"DATA_REGION_DEFAULT: '{name}' is not a region name")
         regions = [RegionSpec(name, "", name in strict_names)]
     default = default or regions[0].name

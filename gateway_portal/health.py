@@ -38,13 +38,11 @@ def _check_usage() -> str | None:
     an outage (the gateway keeps serving, and writing every other row), so they make the
     instance degraded, not unready. A region with rows held is not connected to here: the
     probe must not wait on that database's connect timeout."""
-    from pathlib import Path
-
     from apps.usage.regions import region_names
     from apps.usage.selectors import usage_dead_letters_open
-    from apps.usage.writer import held_row_counts
+    from apps.usage.writer import held_rows_by_region
 
-    held = held_row_counts(Path(settings.USAGE_SPOOL_DIR) / "held")
+    held = held_rows_by_region()
     notes = [
         f"{rows} row{'s' if rows != 1 else ''} held for region {region} (its database unreachable)"
         for region, rows in held.items()

@@ -174,12 +174,6 @@ def _spool_size() -> tuple[float, float]:
     return float(files), float(size)
 
 
-def _held_rows() -> dict[str, int]:
-    from apps.usage.writer import held_row_counts
-
-    return held_row_counts(Path(settings.USAGE_SPOOL_DIR) / "held")
-
-
 async def _live_values() -> list[Any]:
     from .catalog import catalog
     from .health import STATE_VALUES, board
@@ -222,7 +216,9 @@ async def _live_values() -> list[Any]:
         "Usage rows held in the local spool because their data region's database is down.",
         labels=["region"],
     )
-    for region, rows in (await asyncio.to_thread(_held_rows)).items():
+    from apps.usage.writer import held_rows_by_region
+
+    for region, rows in (await asyncio.to_thread(held_rows_by_region)).items():
         held.add_metric([region], rows)
     return [
         state,

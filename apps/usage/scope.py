@@ -59,9 +59,12 @@ class UsageScope:
     def readable_regions(self, wanted: Iterable[str] = ()) -> list[str]:
         """The regions to read, in DATA_REGIONS order: `wanted` (empty: all) within the
         scope's."""
-        names = region_names()
-        chosen = [name for name in names if name in set(wanted)] if wanted else names
-        return [name for name in chosen if not self.regions or name in self.regions]
+        chosen = set(wanted)
+        return [
+            name
+            for name in region_names()
+            if (not chosen or name in chosen) and (not self.regions or name in self.regions)
+        ]
 
     @property
     def is_empty(self) -> bool:

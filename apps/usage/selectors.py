@@ -23,7 +23,3 @@ def usage_dead_letters_open(region: str | None = None) -> QuerySet[UsageDeadLett
 def usage_dead_letter_counts() -> dict[str, int]:
     """Open dead letters per data region."""
     return {region: usage_dead_letters_open(region).count() for region in region_names()}
-
-
-def usage_dead_letter_count() -> int:
-    return sum(usage_dead_letter_counts().values())

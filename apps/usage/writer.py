@@ -19,7 +19,6 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
-import re
 import time
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -57,6 +56,7 @@ from apps.usage.regions import (
     region_names,
     region_or_default,
 )
+from gateway_portal.data_regions import REGION_NAME
 
 logger = logging.getLogger(__name__)
 
@@ -345,7 +345,13 @@ def _held_regions(directory: Path) -> list[str]:
     return sorted(path.name for path in directory.iterdir() if path.is_dir())
 
 
-_REGION_FOLDER = re.compile(r"[a-z][a-z0-9_-]{0,31}")
+# Below the spool directory: a folder per region whose rows wait for its database.
+HELD_FOLDER = "held"
+
+
+def held_rows_by_region() -> dict[str, int]:
+    """Blocking: rows held back per region in this install's spool (metrics, readiness)."""
+    return held_row_counts(Path(settings.USAGE_SPOOL_DIR) / HELD_FOLDER)
 
 
 def held_row_counts(directory: Path) -> dict[str, int]:
@@ -385,7 +391,7 @@ class UsageWriter:
         self._db_down = False
         self._buffer_down = False
         # A region's rows its database could not take (see `insert_events_by_region`).
-        self._held_dir = self.buffer.spool.directory / "held"
+        self._held_dir = self.buffer.spool.directory / HELD_FOLDER
         self._held: dict[str, SpoolFile] = {}
         self._held_retry: dict[str, tuple[float, float]] = {}  # region: (retry at, delay)
 
@@ -545,7 +551,7 @@ class UsageWriter:
 
     def _held_spool(self, region: str) -> SpoolFile:
         # The name came with the event: never let it reach outside the held directory.
-        folder = region if _REGION_FOLDER.fullmatch(region) else "_unnamed"
+        folder = region if REGION_NAME.match(region) else "_unnamed"
         spool = self._held.get(folder)
         if spool is None:
             spool = self._held[folder] = SpoolFile(self._held_dir / folder)

@@ -3,6 +3,7 @@
 import time
 from decimal import Decimal
 
+from apps.proxy.providers.base import DeploymentInfo
 from apps.proxy.services import model_catalog_apply
 from apps.usage.models import UsageRecord
 
@@ -46,3 +47,16 @@ def expected_cost(input_tokens: int, output_tokens: int, prices: dict) -> Decima
     return Decimal(input_tokens) * Decimal(prices["input_cost_per_token"]) + Decimal(
         output_tokens
     ) * Decimal(prices["output_cost_per_token"])
+
+
+def deployment_info(**overrides) -> DeploymentInfo:
+    """A deployment as the catalog hands it to the pipeline, for tests that need no server."""
+    values = {
+        "id": 1,
+        "name": "d",
+        "model_name": "m",
+        "provider": "openai",
+        "upstream_model": "m",
+        "base_url": "http://127.0.0.1:9/v1",
+    }
+    return DeploymentInfo(**{**values, **overrides})

@@ -10,20 +10,12 @@ import pytest
 
 from apps.proxy.endpoints.messages_via_chat import MessagesViaChat
 from apps.proxy.endpoints.responses_via_chat import ResponsesViaChat
-from apps.proxy.providers.base import DeploymentInfo
 from apps.proxy.providers.registry import provider_for
+from tests.proxy.helpers import deployment_info
 
 pytestmark = pytest.mark.embedded
 
-DEPLOYMENT = DeploymentInfo(
-    id=1,
-    name="chat",
-    model_name="m",
-    provider="openai",
-    upstream_model="m",
-    base_url="http://127.0.0.1:9/v1",
-    api_key="",
-)
+DEPLOYMENT = deployment_info(name="chat", api_key="")
 
 
 def delta(index: int, call_id: str | None, name: str | None, arguments: str) -> dict:
@@ -53,6 +45,15 @@ EVERY_CALL_AT_ZERO = [
 WAYS = [OPENAI_WAY, ID_ON_EVERY_DELTA, EVERY_CALL_AT_ZERO]
 
 
+def joined(events: list[dict], kind: str, key: str, piece) -> list[str]:
+    """The pieces of the `kind` events, joined per `key` value, in first-seen order."""
+    found: dict[object, str] = {}
+    for event in events:
+        if event["type"] == kind:
+            found[event[key]] = found.get(event[key], "") + piece(event)
+    return list(found.values())
+
+
 def events(stream, chunks: list[dict]) -> list[dict]:
     raw = b"".join(b for chunk in chunks for b in stream.feed(None, chunk, orjson.dumps(chunk)))
     return [orjson.loads(line[6:]) for line in raw.split(b"\n") if line.startswith(b"data: ")]
@@ -64,13 +65,8 @@ def test_messages_get_one_tool_use_block_per_call(chunks):
     found = events(exchange.stream(), chunks)
     starts = [e["content_block"] for e in found if e["type"] == "content_block_start"]
     assert [(b["id"], b["name"]) for b in starts] == [("call_a", "weather"), ("call_b", "time")]
-    arguments: dict[int, str] = {}
-    for event in found:
-        if event["type"] == "content_block_delta":
-            arguments[event["index"]] = (
-                arguments.get(event["index"], "") + event["delta"]["partial_json"]
-            )
-    assert list(arguments.values()) == ['{"city":"Oslo"}', '{"tz":"CET"}']
+    arguments = joined(found, "content_block_delta", "index", lambda e: e["delta"]["partial_json"])
+    assert arguments == ['{"city":"Oslo"}', '{"tz":"CET"}']
 
 
 @pytest.mark.parametrize("chunks", WAYS)
@@ -80,8 +76,6 @@ def test_responses_get_one_function_call_item_per_call(chunks):
     found = events(exchange.stream(), chunks)
     added = [e["item"] for e in found if e["type"] == "response.output_item.added"]
     assert [(i["call_id"], i["name"]) for i in added] == [("call_a", "weather"), ("call_b", "time")]
-    arguments: dict[str, str] = {}
-    for event in found:
-        if event["type"] == "response.function_call_arguments.delta":
-            arguments[event["item_id"]] = arguments.get(event["item_id"], "") + event["delta"]
-    assert list(arguments.values()) == ['{"city":"Oslo"}', '{"tz":"CET"}']
+    kind = "response.function_call_arguments.delta"
+    arguments = joined(found, kind, "item_id", lambda e: e["delta"])
+    assert arguments == ['{"city":"Oslo"}', '{"tz":"CET"}']

@@ -14,7 +14,8 @@ from apps.proxy import calls
 from apps.proxy.auth import KeyInfo
 from apps.proxy.catalog import ModelEntry
 from apps.proxy.endpoints import ENDPOINTS
-from apps.proxy.providers.base import DeploymentInfo, Usage
+from apps.proxy.providers.base import Usage
+from tests.proxy.helpers import deployment_info
 
 pytestmark = pytest.mark.embedded
 
@@ -66,14 +67,7 @@ def test_every_count_of_usage_reaches_the_event(monkeypatch):
     for number, field in enumerate(fields(Usage), start=11):
         values[field.name] = True if field.type in (bool, "bool") else number * 10
     usage = Usage(**values)  # type: ignore[arg-type]
-    deployment = DeploymentInfo(
-        id=1,
-        name="d",
-        model_name="m",
-        provider="openai",
-        upstream_model="m",
-        base_url="http://127.0.0.1:9/v1",
-    )
+    deployment = deployment_info()
     call = calls.Call(
         request_id="req-1",
         started=0.0,

@@ -299,21 +299,21 @@ class ChunksToResponsesEvents(RetoldChunks):
         out: list[bytes] = []
         index = call.get("index", 0)
         function = call.get("function") or {}
-        item = self.tool_items.get(index)
-        if self.begins_tool_call(call) or item is None:
+        if self.begins_tool_call(call):
             out += self._close()
             call_id = str(call.get("id") or _new_id("call"))
-            item = function_item(call_id, str(function.get("name") or ""), "", "in_progress")
-            self.tool_items[index] = item
-            self.output.append(item)
-            self.open_item = item
+            begun = function_item(call_id, str(function.get("name") or ""), "", "in_progress")
+            self.tool_items[index] = begun
+            self.output.append(begun)
+            self.open_item = begun
             out.append(
                 self._event(
                     "response.output_item.added",
                     output_index=len(self.output) - 1,
-                    item=dict(item),
+                    item=dict(begun),
                 )
             )
+        item = self.tool_items[index]
         arguments = function.get("arguments")
         if isinstance(arguments, str) and arguments and item is self.open_item:
             item["arguments"] += arguments
