@@ -68,6 +68,7 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "apps.usage.region_reads.RegionReadsMiddleware",
 ]
 
 ROOT_URLCONF = "gateway_portal.urls"

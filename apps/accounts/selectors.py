@@ -372,7 +372,7 @@ def tag_glossary(*, identity: PortalIdentity) -> list[GlossaryEntry]:
     """Defined tag keys plus keys seen in the caller's recent usage, alphabetically."""
     # Local: apps.usage builds on this module.
     from apps.usage.models import UsageRecord
-    from apps.usage.regions import ledger_managers
+    from apps.usage.region_reads import read_each_region
     from apps.usage.scope import usage_scope_for
 
     definitions = {
@@ -380,8 +380,11 @@ def tag_glossary(*, identity: PortalIdentity) -> list[GlossaryEntry]:
     }
     scope = usage_scope_for(identity)
     seen: set[str] = set()
-    for objects in ledger_managers(UsageRecord, scope.readable_regions()):
-        seen |= tag_keys_recent(usage=scope.filter(objects.all()))
+    for found in read_each_region(
+        scope.readable_regions(),
+        lambda: tag_keys_recent(usage=scope.filter(UsageRecord.objects.all())),
+    ):
+        seen |= found
     entries = []
     for key in sorted(set(definitions) | seen):
         definition = definitions.get(key)

@@ -48,6 +48,7 @@ from .coverage import covered_days, covered_hours, held_ranges, uncovered
 from .grouping import rollup_tag_keys, utc_midnight, utc_today
 from .histograms import Histogram, merge_into, percentiles, sql_bucket
 from .models import TagUsageDaily, TagUsageHourly, UsageCubeDaily, UsageCubeHourly, UsageRecord
+from .region_reads import read_each_region
 from .regions import (
     current_alias,
     current_region,
@@ -419,10 +420,12 @@ def _across_regions(
     sums: dict[tuple, list] = {}
     histograms: dict[tuple, Histogram] = {}
     at = group_by.index(REGION) if REGION in group_by else None
-    for name in names:
-        with in_region(name):
-            totals = list(_region_totals(scope, where, inner, bucket, False, use_rollups))
-            found = _raw_latency_histograms(scope, where, inner, bucket) if latency else {}
+
+    def read() -> tuple[list[UsageTotals], dict[tuple, Histogram]]:
+        totals = list(_region_totals(scope, where, inner, bucket, False, use_rollups))
+        return totals, _raw_latency_histograms(scope, where, inner, bucket) if latency else {}
+
+    for name, (totals, found) in zip(names, read_each_region(names, read), strict=True):
         for row in totals:
             group = row.group if at is None else (*row.group[:at], name, *row.group[at:])
             acc = sums.setdefault((row.bucket, group), [0, 0, 0, 0, 0, 0, Decimal(0)])

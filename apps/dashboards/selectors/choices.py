@@ -7,7 +7,7 @@ from apps.accounts.selectors import tag_keys_recent
 from apps.usage.grouping import rollup_tag_keys
 from apps.usage.models import UsageRecord
 from apps.usage.query import usage_totals
-from apps.usage.regions import ledger_managers
+from apps.usage.region_reads import read_each_region
 from apps.usage.scope import UsageScope
 
 from ..filters import DashboardFilters
@@ -18,8 +18,11 @@ def tag_keys_in_use(*, scope: UsageScope) -> list[str]:
     """Keys for the tag pickers: rollup keys, glossary keys and keys in recent usage."""
     keys = set(rollup_tag_keys()) | set(TagDefinition.objects.values_list("key", flat=True))
     if not scope.is_empty:
-        for objects in ledger_managers(UsageRecord, scope.readable_regions()):
-            keys |= tag_keys_recent(usage=scope.filter(objects.all()))
+        for found in read_each_region(
+            scope.readable_regions(),
+            lambda: tag_keys_recent(usage=scope.filter(UsageRecord.objects.all())),
+        ):
+            keys |= found
     return sorted(keys)
 
 

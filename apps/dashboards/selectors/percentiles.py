@@ -34,7 +34,8 @@ from apps.usage.models import (
     UsageCubeHourly,
 )
 from apps.usage.query import COLUMNS, grouped_raw, percentile, rollup_coverage
-from apps.usage.regions import in_region, is_multi_region, ledger_db
+from apps.usage.region_reads import read_each_region
+from apps.usage.regions import is_multi_region, ledger_db
 from apps.usage.scope import UsageScope
 
 from ..filters import DashboardFilters
@@ -95,9 +96,11 @@ def percentile_points(
     """
     if is_multi_region():
         merged: _Merged = defaultdict(lambda: ({}, {}))
-        for region in scope.readable_regions((filters.region,) if filters.region else ()):
-            with in_region(region):
-                part = _region_histograms(scope, filters, dimension, bucket)
+        names = scope.readable_regions((filters.region,) if filters.region else ())
+        parts = read_each_region(
+            names, lambda: _region_histograms(scope, filters, dimension, bucket)
+        )
+        for part in parts:
             for key, (latency, ttft) in part.items():
                 histograms.merge_into(merged[key][0], latency)
                 histograms.merge_into(merged[key][1], ttft)
