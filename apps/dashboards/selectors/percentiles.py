@@ -95,16 +95,17 @@ def percentile_points(
     databases do not combine.
     """
     if is_multi_region():
-        merged: _Merged = defaultdict(lambda: ({}, {}))
         names = scope.readable_regions((filters.region,) if filters.region else ())
-        parts = read_each_region(
+        if not names:
+            return []
+        first, *rest = read_each_region(
             names, lambda: _region_histograms(scope, filters, dimension, bucket)
         )
-        for part in parts:
+        for part in rest:
             for key, (latency, ttft) in part.items():
-                histograms.merge_into(merged[key][0], latency)
-                histograms.merge_into(merged[key][1], ttft)
-        return _points(_found(merged))
+                histograms.add_counts(first[key][0], latency)
+                histograms.add_counts(first[key][1], ttft)
+        return _points(_found(first))
     source = _histogram_source(filters, dimension, bucket)
     if source is not None:
         covered, hours = rollup_coverage(usage_filter(filters))
@@ -217,7 +218,8 @@ def _python_percentiles(qs: QuerySet, names: list[str]) -> list[tuple]:
 # --- From histograms ------------------------------------------------------------------
 
 # (bucket moment, group) -> (latency histogram, TTFT histogram)
-_Merged = dict[tuple, tuple[histograms.Histogram, histograms.Histogram]]
+# Histograms keyed by text, as the rollups store them (`histograms.add_counts`).
+_Merged = dict[tuple, tuple[dict[str, int], dict[str, int]]]
 
 
 def _from_histograms(
@@ -335,8 +337,9 @@ def _add_rollup(merged: _Merged, source: QuerySet, scope, filters, column, bucke
         moment = dt.datetime.combine(day, dt.time.min, tzinfo=dt.UTC) if bucket else None
         group = group_text(row[column]) if column else ""
         latency, ttft = merged[(moment, group)]
-        histograms.merge_into(latency, row["latency"])
-        histograms.merge_into(ttft, row["ttft"])
+        # Keys stay text, as read back from JSON: raw counts are added under text keys too.
+        histograms.add_counts(latency, row["latency"])
+        histograms.add_counts(ttft, row["ttft"])
 
 
 def _add_raw(merged: _Merged, rows: QuerySet, column, bucket) -> None:
@@ -356,5 +359,5 @@ def _add_raw(merged: _Merged, rows: QuerySet, column, bucket) -> None:
         for row in counts:
             group = group_text(row[column]) if column else ""
             target = merged[(row.get("_moment"), group)][index]
-            bucket_index = int(row["_hb"])
-            target[bucket_index] = target.get(bucket_index, 0) + row["n"]
+            bucket_key = str(int(row["_hb"]))
+            target[bucket_key] = target.get(bucket_key, 0) + row["n"]
