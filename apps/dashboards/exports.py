@@ -30,18 +30,22 @@ def _cell(value: object) -> object:
     return csv_safe(value)
 
 
-def _lines(rows: Sequence[object]) -> Iterator[str]:
+def _lines(rows: Sequence[object], region: str | None) -> Iterator[str]:
     writer = csv.writer(Echo())
     is_percentile = bool(rows) and isinstance(rows[0], PercentilePoint)
     columns = PERCENTILE_COLUMNS if is_percentile else USAGE_COLUMNS
-    yield writer.writerow(columns)
+    yield writer.writerow([*columns, *(["region"] if region else [])])
     for row in rows:
-        yield writer.writerow([_cell(getattr(row, name)) for name in columns])
+        cells = [_cell(getattr(row, name)) for name in columns]
+        yield writer.writerow([*cells, *([region] if region else [])])
 
 
 def dataset_csv(
-    *, rows: Iterable[UsagePoint | PercentilePoint], filename: str
+    *, rows: Iterable[UsagePoint | PercentilePoint], filename: str, region: str | None = None
 ) -> StreamingHttpResponse:
-    response = StreamingHttpResponse(_lines(list(rows)), content_type="text/csv; charset=utf-8")
+    """`region` (several data regions): the regions the figures were read from, joined by
+    "+" when merged, in a last column, so every CSV says where its rows live."""
+    body = _lines(list(rows), region)
+    response = StreamingHttpResponse(body, content_type="text/csv; charset=utf-8")
     response["Content-Disposition"] = f'attachment; filename="{filename}"'
     return response

@@ -249,7 +249,12 @@ def chart_csv(request: HttpRequest, identity: PortalIdentity, dataset: str) -> H
     options = ctx.options
     if dataset.startswith("tag_") and not options.tag_key:
         return HttpResponse("Choose a tag key (key=...).", status=400, content_type="text/plain")
+    region = None
+    if is_multi_region():
+        chosen = (ctx.filters.region,) if ctx.filters.region else ()
+        region = "+".join(ctx.scope.readable_regions(chosen))
     return exports.dataset_csv(
         rows=read(ctx.scope, ctx.filters, options),
         filename=f"{dataset}-{ctx.filters.start}-{ctx.filters.end}.csv",
+        region=region,
     )

@@ -14,7 +14,7 @@ use the same rule, so no two surfaces can disagree about which days a rollup cov
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 
 from django.conf import settings
 from django.db.models import Min, Model
@@ -22,36 +22,31 @@ from django.db.models import Min, Model
 from .grouping import day_bounds, day_runs
 
 
-def day_is_final(day: dt.date, computed_at: dt.datetime, late: Collection[dt.date] = ()) -> bool:
-    """Whether a rollup of `day` computed at `computed_at` holds all of that day's rows;
-    `late` is `late_days()` of a range holding `day`."""
+def day_is_final(day: dt.date, computed_at: dt.datetime) -> bool:
+    """Whether a rollup of `day` computed at `computed_at` holds all of that day's rows (a
+    day with late rows waiting is left out by the caller)."""
     settle = dt.timedelta(seconds=settings.BILLING_EXPORT_SETTLE_SECONDS)
     _, end = day_bounds(day, day + dt.timedelta(days=1))
-    return computed_at >= end + settle and day not in late
-
-
-def late_days(start: dt.date, end: dt.date) -> set[dt.date]:
-    """Days in [start, end) with rows written after a rollup may have read them."""
-    from .models import UsageLateDay
-
-    return set(
-        UsageLateDay.objects.filter(day__gte=start, day__lt=end).values_list("day", flat=True)
-    )
+    return computed_at >= end + settle
 
 
 def covered_days(rollup: type[Model], start: dt.date, end: dt.date) -> set[dt.date]:
     """Days in [start, end) that `rollup` (a table with `day` and `computed_at`) answers for."""
+    from .models import UsageLateDay
+
     if start >= end:
         return set()
-    late = late_days(start, end)
+    # Late days left out in the same query: every read asks this, one round trip.
+    late = UsageLateDay.objects.filter(day__gte=start, day__lt=end).values("day")
     runs = (
         rollup.objects.filter(day__gte=start, day__lt=end)
+        .exclude(day__in=late)
         .order_by()
         .values("day")
         .annotate(computed=Min("computed_at"))
         .values_list("day", "computed")
     )
-    return {day for day, computed in runs if day_is_final(day, computed, late)}
+    return {day for day, computed in runs if day_is_final(day, computed)}
 
 
 def covered_hours(day: dt.date) -> dict[dt.datetime, dt.datetime]:
@@ -62,13 +57,13 @@ def covered_hours(day: dt.date) -> dict[dt.datetime, dt.datetime]:
     from .models import UsageLateHour, UsageRolledHour
 
     low, high = day_bounds(day, day + dt.timedelta(days=1))
-    late = set(
-        UsageLateHour.objects.filter(hour__gte=low, hour__lt=high).values_list("hour", flat=True)
+    late = UsageLateHour.objects.filter(hour__gte=low, hour__lt=high).values("hour")
+    rolled = (
+        UsageRolledHour.objects.filter(hour__gte=low, hour__lt=high)
+        .exclude(hour__in=late)
+        .values_list("hour", "until")
     )
-    rolled = UsageRolledHour.objects.filter(hour__gte=low, hour__lt=high).values_list(
-        "hour", "until"
-    )
-    return {hour: until for hour, until in rolled if hour not in late and until > hour}
+    return {hour: until for hour, until in rolled if until > hour}
 
 
 def uncovered(

@@ -27,11 +27,11 @@ NOW = dt.datetime(2026, 10, 11, 6, 0, tzinfo=dt.UTC)
 # Session, user, portal identity, the page's own reads (see each test) and, on portal pages,
 # the layout's context processor (the user's memberships, for the navigation).
 STATEMENTS_PAGE_QUERIES = 6
-CHARGEBACK_QUERIES = 7
+CHARGEBACK_QUERIES = 6
 # Insights: per month read (this month twice: by customer and by feature; three tier-fit
-# months), the covered days, the late-day marks, the rollup rows and the raw rest; for this
-# month also today's rolled and late hours.
-INSIGHTS_PAGE_QUERIES = 32
+# months), the covered days (late days left out in the same query), the rollup rows and the
+# raw rest; for this month also today's rolled hours (late hours left out alike).
+INSIGHTS_PAGE_QUERIES = 25
 
 
 @pytest.fixture
@@ -139,7 +139,7 @@ def test_chargeback_csv(client, django_assert_num_queries):
     client.force_login(finance)
     for start, count in ((0, 2), (2, 4)):
         _usage(_teams(start, count))
-        # session, user, identity, the month's covered days and late-day marks (none here:
+        # session, user, identity, the month's covered days less its late days (none here:
         # no rollup has run), the raw rows grouped, team labels
         with django_assert_num_queries(CHARGEBACK_QUERIES):
             body = _consume(

@@ -406,6 +406,15 @@ def test_each_row_its_tags_and_bodies_live_only_in_its_regions_database(regions,
         eu_page = portal.get("/dashboards/", params={"region": "eu"}).text
         assert 'name="region"' in eu_page
         assert _kpi_sub(eu_page, "Requests today") == f"{len(in_eu):,} month to date"
+        # A chart's CSV names the regions its figures were read from.
+        for params, regions_read, requests in (
+            ({}, "eu+us", total_requests),
+            ({"region": "eu"}, "eu", len(in_eu)),
+        ):
+            trend = portal.get("/dashboards/csv/trend/", params=params)
+            lines = list(csv.DictReader(io.StringIO(trend.text)))
+            assert {line["region"] for line in lines} == {regions_read}
+            assert sum(int(line["requests"]) for line in lines) == requests
 
 
 def test_a_stopped_region_delays_only_its_own_rows_and_loses_none(regions, regional_gateway):
