@@ -28,6 +28,7 @@ from apps.billing.models import Statement
 from apps.billing.selectors.usage import ROW_FIELDS, UsageGroup, dim_columns
 from apps.billing.usage_query import UsageQuery
 from apps.usage.query import PERCENTILES, UsageTotals
+from apps.usage.regions import is_multi_region
 from gateway_portal.csv_stream import Echo, csv_safe
 
 NDJSON = "application/x-ndjson"
@@ -215,7 +216,10 @@ STATEMENT_COLUMNS = [
 def statements_month_csv(
     statements: Iterable[Statement], *, month: dt.date
 ) -> StreamingHttpResponse:
-    """One row per statement of `month` (amounts in cents, as stored)."""
+    """One row per statement of `month` (amounts in cents, as stored); with several data
+    regions, also the regions whose ledgers hold the usage billed ("eu", "eu+us")."""
+    by_region = is_multi_region()
+    columns = [*STATEMENT_COLUMNS, *(["regions"] if by_region else [])]
     rows = (
         [
             f"{s.month:%Y-%m}",
@@ -229,11 +233,12 @@ def statements_month_csv(
             s.overage_amount,
             s.amount,
             CURRENCY,
+            *(["+".join(s.regions)] if by_region else []),
         ]
         for s in statements
     )
     response = StreamingHttpResponse(
-        _csv_stream(STATEMENT_COLUMNS, rows), content_type="text/csv; charset=utf-8"
+        _csv_stream(columns, rows), content_type="text/csv; charset=utf-8"
     )
     response["Content-Disposition"] = f'attachment; filename="statements_{month:%Y-%m}.csv"'
     return response

@@ -164,6 +164,8 @@ class Statement(models.Model):
     # Upstream cost of the same usage, for margin reports; not part of the amount.
     cost_usd = models.DecimalField(max_digits=24, decimal_places=10, default=0)
     lines = models.JSONField(default=list)
+    # The data regions whose ledgers hold the usage billed (empty with one region).
+    regions = models.JSONField(default=list, blank=True)
     computed_at = models.DateTimeField()
 
     class Meta:

@@ -11,6 +11,7 @@ from django.utils import timezone
 
 from apps.accounts.selectors import portal_identity
 from apps.usage.grouping import month_start
+from apps.usage.regions import is_multi_region
 
 from .exceptions import SubscriptionError
 from .exports import statements_month_csv
@@ -52,6 +53,7 @@ def statements(request: HttpRequest) -> HttpResponse:
             "month": month,
             "months": statement_months(),
             "statements": statements_for_month(month=month),
+            "by_region": is_multi_region(),
             "is_admin": identity.is_admin,
         },
     )

@@ -21,7 +21,8 @@ from decimal import Decimal
 from django.utils import timezone
 
 from apps.usage.grouping import day_bounds, month_start, next_month
-from apps.usage.query import UsageFilter, tag_dimension, usage_totals
+from apps.usage.query import REGION, UsageFilter, tag_dimension, usage_totals
+from apps.usage.regions import is_multi_region
 from apps.usage.scope import UsageScope
 
 EVERYTHING = UsageScope(everything=True)
@@ -97,6 +98,8 @@ class UsageRow:
     cached_tokens: int
     cache_write_tokens: int
     cost_usd: Decimal
+    # With several data regions, the region whose ledger holds these rows; else "".
+    region: str = ""
 
     @property
     def tokens(self) -> int:
@@ -138,6 +141,9 @@ def month_to_date_rows(
     group_by = ("team", "virtual_account", "model")
     if tag_key is not None:
         group_by += (tag_dimension(tag_key),)
+    by_region = is_multi_region()
+    if by_region:
+        group_by += (REGION,)
     found = usage_totals(
         scope=EVERYTHING,
         where=UsageSubject().usage_filter(month),
@@ -146,7 +152,9 @@ def month_to_date_rows(
     )
     rows = []
     for totals in found:
-        team_id, virtual_account_id, model, *tag = totals.group
+        team_id, virtual_account_id, model, *rest = totals.group
+        region = str(rest.pop()) if by_region else ""
+        tag = rest
         rows.append(
             UsageRow(
                 totals.bucket.date() if totals.bucket else month,
@@ -160,6 +168,7 @@ def month_to_date_rows(
                 totals.cached_tokens,
                 totals.cache_write_tokens,
                 totals.cost_usd,
+                region,
             )
         )
     return rows

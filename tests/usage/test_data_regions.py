@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import datetime as dt
 import io
 import json
 import os
@@ -34,6 +35,8 @@ from django.test import override_settings
 from apps.accounts.constants import Role
 from apps.accounts.models import AuditLog
 from apps.accounts.services import customer_region_set, team_region_set
+from apps.billing.constants import SubjectType
+from apps.billing.models import Subscription, Tier
 from apps.proxy.services import model_catalog_apply
 from apps.usage.models import UsageRecord
 from gateway_portal.data_regions import parse_regions
@@ -415,6 +418,35 @@ def test_each_row_its_tags_and_bodies_live_only_in_its_regions_database(regions,
             lines = list(csv.DictReader(io.StringIO(trend.text)))
             assert {line["region"] for line in lines} == {regions_read}
             assert sum(int(line["requests"]) for line in lines) == requests
+
+        # SaaS's statement bills its rows of both regions and names them.
+        Subscription.objects.create(
+            tier=Tier.objects.get_or_create(
+                name="Standard",
+                defaults={
+                    "monthly_token_allowance": 200_000,
+                    "monthly_price": 49,
+                    "hard_cap": True,
+                },
+            )[0],
+            subject_type=SubjectType.TEAM,
+            subject_key=f"team:{teams['saas'].pk}",
+            team=teams["saas"],
+            starts_at=dt.datetime.now(dt.UTC).replace(day=1, hour=0, minute=0, second=0),
+        )
+        saas_tokens = sum(
+            row[4] + row[5]
+            for rows in (in_eu, in_us)
+            for row in rows.values()
+            if row[0] == teams["saas"].pk
+        )
+        statements = portal.get("/billing/").text
+        assert f"<td>team saas</td><td>Standard</td><td>200,000</td><td>{saas_tokens:,}</td>" in (
+            statements
+        )
+        as_csv = portal.get("/billing/statements.csv").text
+        (line,) = list(csv.DictReader(io.StringIO(as_csv)))
+        assert (int(line["used_tokens"]), line["regions"]) == (saas_tokens, "eu+us")
 
 
 def test_a_stopped_region_delays_only_its_own_rows_and_loses_none(regions, regional_gateway):

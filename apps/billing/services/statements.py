@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from decimal import ROUND_HALF_UP, Decimal
 
 from django.conf import settings
@@ -54,6 +54,7 @@ class StatementDraft:
     overage_amount: Decimal
     amount: Decimal
     cost_usd: Decimal
+    regions: list[str] = field(default_factory=list)  # the data regions holding its usage
 
 
 def _segments(subscriptions: list[Subscription], month: dt.date) -> list[TierSegment]:
@@ -69,9 +70,11 @@ def _segments(subscriptions: list[Subscription], month: dt.date) -> list[TierSeg
     return out
 
 
-def _usage_by_subject(month: dt.date) -> dict[str, dict[str, list]]:
-    """subject key -> model -> [input + output tokens, cost] for the month so far."""
+def _usage_by_subject(month: dt.date) -> tuple[dict[str, dict[str, list]], dict[str, set[str]]]:
+    """(subject key -> model -> [input + output tokens, cost] for the month so far, subject
+    key -> the data regions holding that usage; empty with one region)."""
     usage: dict[str, dict[str, list]] = defaultdict(lambda: defaultdict(lambda: [0, Decimal(0)]))
+    regions: dict[str, set[str]] = defaultdict(set)
     # Statements need the month per subject and model only: no day, no tag but the customer.
     rows = month_to_date_rows(month=month, by_day=False, tag_key=settings.BILLING_CUSTOMER_TAG_KEY)
     for row in rows:
@@ -79,7 +82,9 @@ def _usage_by_subject(month: dt.date) -> dict[str, dict[str, list]]:
             acc = usage[key][row.model]
             acc[0] += row.tokens
             acc[1] += row.cost_usd
-    return usage
+            if row.region:
+                regions[key].add(row.region)
+    return usage, regions
 
 
 def statement_draft(
@@ -144,6 +149,7 @@ def _fields(draft: StatementDraft, now: dt.datetime) -> dict:
         "overage_amount": draft.overage_amount,
         "amount": draft.amount,
         "cost_usd": draft.cost_usd,
+        "regions": draft.regions,
         "lines": [
             {
                 "tier": s.tier.name,
@@ -159,14 +165,14 @@ def _fields(draft: StatementDraft, now: dt.datetime) -> dict:
 
 
 def _drafts(month: dt.date) -> list[tuple[str, StatementDraft]]:
-    usage = _usage_by_subject(month)
+    usage, regions = _usage_by_subject(month)
     out = []
     for key, subs in _overlapping(month).items():
         draft = statement_draft(
             subject=subject_of(subs[-1]), subscriptions=subs, month=month, usage=usage.get(key, {})
         )
         if draft is not None:
-            out.append((key, draft))
+            out.append((key, replace(draft, regions=sorted(regions.get(key, ())))))
     return out
 
 
