@@ -190,7 +190,14 @@ CELERY_BEAT_SCHEDULE: dict = {
     # and logged bodies past their days (apps/usage/partitions.py, apps/usage/retention.py).
     "usage.partitions_maintain": {"task": "usage.partitions_maintain", "schedule": 6 * 3600.0},
     "usage.retention_prune": {"task": "usage.retention_prune", "schedule": 24 * 3600.0},
+    # Region moves: finish interrupted ones, move rows that landed in an old region after one
+    # (apps/usage/region_move.py).
+    "usage.region_moves_sweep": {"task": "usage.region_moves_sweep", "schedule": 5 * 60.0},
 }
+# A region move untouched this long is no longer running: the sweep finishes it. For this
+# many hours after a move, the sweep moves the team's rows that still landed in an old region.
+USAGE_REGION_MOVE_IDLE_SECONDS = env.int("USAGE_REGION_MOVE_IDLE_SECONDS", default=600)
+USAGE_REGION_MOVE_SWEEP_HOURS = env.int("USAGE_REGION_MOVE_SWEEP_HOURS", default=24)
 # Complete days each rollup run re-rolls for the dashboards (late usage rows land within them).
 USAGE_ROLLUP_RECENT_DAYS = env.int("USAGE_ROLLUP_RECENT_DAYS", default=2)
 # Raw usage rows go a whole UTC month at a time once its last day is this old (0: kept);

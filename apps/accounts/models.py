@@ -309,3 +309,29 @@ class CustomerRegion(models.Model):
 
     def __str__(self) -> str:
         return f"customer {self.customer_id} in {self.region}"
+
+
+class TeamRegionMove(models.Model):
+    """One move of a team's usage history into its region (`manage.py usage move-region`).
+
+    Open until every other region's database holds none of the team's rows. The scheduled
+    sweep (`usage.region_moves_sweep`) finishes a move that was interrupted (nothing has
+    touched it for a while), and for a day after a move moves the rows that landed in the old
+    region after it: events in flight at the change (the usage stream, a spool, a gateway
+    that had not yet re-read the key).
+    """
+
+    team = models.ForeignKey(Team, on_delete=models.CASCADE, related_name="region_moves")
+    to = models.CharField(max_length=32)
+    started_at = models.DateTimeField(auto_now_add=True)
+    # Touched after every chunk: a move untouched for a while is no longer running.
+    touched_at = models.DateTimeField(auto_now=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    rows_moved = models.BigIntegerField(default=0)
+
+    class Meta:
+        ordering = ["-started_at"]
+        indexes = [models.Index(fields=["finished_at"], name="regionmove_finished")]
+
+    def __str__(self) -> str:
+        return f"move of {self.team} to {self.to}"

@@ -1,4 +1,5 @@
-"""Beat tasks of the usage ledger: the one scheduled rollup, partitions and retention.
+"""Beat tasks of the usage ledger: the one scheduled rollup, partitions, retention and the
+sweep of region moves.
 
 Each runs over every data region's ledger (apps/usage/regions.py). A region whose database
 is unreachable does not hold back the others: they are all done first, then its error fails
@@ -14,6 +15,7 @@ from django.conf import settings
 from django.db import OperationalError
 
 from .partitions import usage_partitions_ensure
+from .region_move import usage_region_moves_sweep
 from .regions import in_region, region_names
 from .retention import raw_cutoff, usage_bodies_prune, usage_raw_prune
 from .rollups import usage_rollups_refresh
@@ -91,3 +93,15 @@ def retention_prune() -> dict:
         )
         result["bodies_nulled"] += bodies
     return result
+
+
+@shared_task(
+    name="usage.region_moves_sweep",
+    autoretry_for=(OperationalError,),
+    retry_backoff=True,
+    max_retries=3,
+)
+def region_moves_sweep() -> dict:
+    """Finish interrupted region moves and move stragglers (`apps.usage.region_move`)."""
+    swept = usage_region_moves_sweep()
+    return {"finished": swept.finished, "stragglers": swept.stragglers}

@@ -31,9 +31,10 @@ import psycopg.types.json
 import pytest
 from django.db import connection
 from django.test import override_settings
+from django.utils import timezone
 
 from apps.accounts.constants import Role
-from apps.accounts.models import AuditLog
+from apps.accounts.models import AuditLog, TeamRegionMove
 from apps.accounts.services import customer_region_set, team_region_set
 from apps.billing.constants import SubjectType
 from apps.billing.models import Subscription, Tier
@@ -547,10 +548,12 @@ def deployments_of(url: str, ids: list[str]) -> dict[str, tuple]:
 COLUMNS = [f.column for f in UsageRecord._meta.concrete_fields if not f.primary_key]
 
 
-def copy_rows(source_url: str, target_url: str, ids: list[str]) -> None:
+def copy_rows(source_url: str, target_url: str, ids: list[str], suffix: str = "") -> None:
     """Rows of `ids` copied as they are: the state a move interrupted between its insert
-    into the target and its delete from the source leaves behind."""
+    into the target and its delete from the source leaves behind. With `suffix`, copies
+    under new request ids (`<id><suffix>`): rows that landed in the target of their own."""
     names = ", ".join(COLUMNS)
+    at = COLUMNS.index("request_id")
     with psycopg.connect(source_url) as source, psycopg.connect(target_url) as target:
         select = f"SELECT {names} FROM {TABLE} WHERE request_id = ANY(%s)"  # noqa: S608
         rows = source.execute(select, (ids,)).fetchall()
@@ -560,10 +563,14 @@ def copy_rows(source_url: str, target_url: str, ids: list[str]) -> None:
             cursor.executemany(
                 insert,
                 [
-                    [psycopg.types.json.Jsonb(v) if isinstance(v, dict) else v for v in row]
+                    [_cell(v, f"{v}{suffix}" if i == at else v) for i, v in enumerate(row)]
                     for row in rows
                 ],
             )
+
+
+def _cell(value: object, renamed: object) -> object:
+    return psycopg.types.json.Jsonb(value) if isinstance(value, dict) else renamed
 
 
 def manage(regions: Regions, *args: str) -> str:
@@ -605,6 +612,27 @@ def test_moving_a_team_moves_its_history_once_and_can_be_rerun(regions, regional
     assert count == 6 and not rows_in(regions.us_url, ids)
     assert "0 rows moved" in move(regions, "ranch-us", "eu")
 
+    # A move killed between an insert and its delete, and never re-run: once nobody has
+    # touched it for a while, the scheduled sweep finishes it; no row stays in both.
+    copy_rows(regions.eu_url, regions.us_url, ids[3:5])
+    journal = TeamRegionMove.objects.filter(team=teams["us"]).latest("started_at")
+    idle = timezone.now() - dt.timedelta(hours=1)
+    TeamRegionMove.objects.filter(pk=journal.pk).update(finished_at=None, touched_at=idle)
+    swept = manage(regions, "usage", "sweep-moves")
+    assert "moves finished: ranch-us" in swept, swept
+    (count,) = sql(regions.eu_url, COUNT_IDS, ids)[0]
+    assert count == 6 and not rows_in(regions.us_url, ids)
+    journal.refresh_from_db()
+    assert journal.finished_at is not None
+    # A row that still landed in the old region after the move (an event in flight at the
+    # change): the sweep of the day after the move moves it.
+    copy_rows(regions.eu_url, regions.us_url, ids[:1], suffix="-late")
+    late = f"{ids[0]}-late"
+    swept = manage(regions, "usage", "sweep-moves")
+    assert "stragglers moved: ranch-us: 1" in swept, swept
+    assert set(rows_in(regions.eu_url, [late])) == {late} and not rows_in(regions.us_url, [late])
+    assert "stragglers moved: none" in manage(regions, "usage", "sweep-moves")
+
     # New rows of the team go to its new region at once (its keys were re-read).
     new = send(regional_gateway, keys["us"], {"site": "austin"})
     assert set(wait_rows(regions.eu_url, [new])) == {new}
@@ -612,8 +640,8 @@ def test_moving_a_team_moves_its_history_once_and_can_be_rerun(regions, regional
     # Moving back leaves the rows of a customer kept in the EU (zeiss) where they are.
     zeiss = [send(regional_gateway, keys["us"], {"customer_id": "zeiss"}) for _ in range(2)]
     assert set(wait_rows(regions.eu_url, zeiss)) == set(zeiss)
-    assert "7 rows moved (7 from eu)" in move(regions, "ranch-us", "us")
-    assert set(rows_in(regions.us_url, [*ids, new])) == {*ids, new}
+    assert "8 rows moved (8 from eu)" in move(regions, "ranch-us", "us")
+    assert set(rows_in(regions.us_url, [*ids, late, new])) == {*ids, late, new}
     assert set(rows_in(regions.eu_url, zeiss)) == set(zeiss)
     assert not rows_in(regions.us_url, zeiss)
 
@@ -628,3 +656,4 @@ def test_moving_a_team_moves_its_history_once_and_can_be_rerun(regions, regional
 
     # Three changes: the explicit "us" (the default, stored all the same), eu, us again.
     assert actions.count("team.region_changed") == 3 and actions.count("usage.region_moved") == 4
+    assert actions.count("usage.region_move_swept") == 2
